@@ -1,0 +1,43 @@
+# lakescore: `make demo` runs the whole job on the embedded default; `make test` runs the tests.
+# Both create or reuse .venv, install the project, and resolve the Delta jars once into .jars/.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+JARS := .jars
+# Spark's Python workers must run the venv's interpreter (else: "No module named 'pandas'").
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
+export RAY_TRAIN_V2_ENABLED := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test test-fast bench jars dist clean
+
+setup: $(VENV)/.installed $(JARS)/.resolved
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(JARS)/.resolved: jars/pom.xml $(VENV)/.installed
+	$(BIN)/python -m lakescore.jars $(JARS)
+	touch $@
+
+jars: $(JARS)/.resolved
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

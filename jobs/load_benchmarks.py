@@ -1,0 +1,70 @@
+"""Write the small real anomaly benchmarks that ship inside PyPI packages into the lake.
+
+    spark-submit --jars "$(ls .jars/*.jar | paste -sd,)" jobs/load_benchmarks.py
+
+or `lakescore load-benchmarks`. Writes `lakescore.shuttle` (river's Statlog Shuttle, 49,097
+rows) and `lakescore.breast_cancer` (scikit-learn's, malignant = anomaly) as Delta tables of
+the same shape as any undated source: `record_id`, numeric features, `is_anomaly`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pyspark.sql import SparkSession
+
+from jobs.common import ConfigOption, SetOption, VerboseOption, print_rows, setup
+from lakescore import lake
+from lakescore import schemas as S
+from lakescore.config import Settings
+from lakescore.datasets import BENCHMARKS
+from lakescore.spark import build_spark_session
+
+
+def run_load_benchmarks(spark: SparkSession, settings: Settings, names: list[str] | None = None) -> list:
+    """Write each benchmark as a Delta table (overwriting it) and register it; return counts."""
+    names = names or list(BENCHMARKS)
+    for name in names:
+        if name not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+        frame = BENCHMARKS[name]()
+        path = lake.table_path(settings, name)
+        (
+            spark.createDataFrame(frame)
+            .write.format("delta")
+            .mode("overwrite")
+            .option("overwriteSchema", "true")
+            .save(str(path))
+        )
+        lake.register_table(spark, settings, name, path, "delta")
+    union = " UNION ALL ".join(
+        f"SELECT '{n}' AS table_name, COUNT(*) AS rows, SUM(CAST({S.IS_ANOMALY} AS INT)) AS anomalies "
+        f"FROM {settings.table(n)}"
+        for n in names
+    )
+    return spark.sql(union).collect()
+
+
+def load_benchmarks(
+    name: Optional[list[str]] = typer.Option(None, "--name", help="shuttle and/or breast_cancer (default: both)."),
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Write the bundled real benchmarks (river Shuttle, sklearn breast cancer) as lake tables."""
+    settings = setup(config, set_, None, verbose)
+    spark = build_spark_session(settings, app_name="lakescore-load-benchmarks")
+    try:
+        print_rows(run_load_benchmarks(spark, settings, name), ["table_name", "rows", "anomalies"])
+    finally:
+        spark.stop()
+
+
+def main() -> None:
+    typer.run(load_benchmarks)
+
+
+if __name__ == "__main__":
+    main()

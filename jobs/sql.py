@@ -1,0 +1,49 @@
+"""Run one SQL statement against the lake's catalog and print the result.
+
+    lakescore sql "SELECT run_date, COUNT(*) FROM lakescore.flagged GROUP BY run_date"
+
+With the embedded Derby metastore this needs no server; on a cluster, use spark-sql or the
+Thrift server against the shared metastore instead (see README).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pyspark.errors import AnalysisException
+from pyspark.sql import SparkSession
+
+from jobs.common import ConfigOption, SetOption, VerboseOption, fail, print_rows, setup
+from lakescore.config import Settings
+from lakescore.lake import ensure_database
+from lakescore.spark import build_spark_session
+
+
+def run_sql(spark: SparkSession, settings: Settings, query: str, limit: int = 1000) -> tuple[list[str], list]:
+    """Run `query` with the lake's database as the current one; return (columns, rows)."""
+    ensure_database(spark, settings)
+    spark.catalog.setCurrentDatabase(settings.lake.database)
+    df = spark.sql(query)
+    return df.columns, df.limit(limit).collect()
+
+
+def sql(
+    query: str = typer.Argument(..., help="One SQL statement; tables resolve in the lake's database."),
+    limit: int = typer.Option(1000, help="Print at most this many rows."),
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Query the lake's tables with Spark SQL (flagged, run_metrics, model_registry, feedback, ...)."""
+    settings = setup(config, set_, None, verbose)
+    spark = build_spark_session(settings, app_name="lakescore-sql")
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        columns, rows = run_sql(spark, settings, query, limit)
+    except AnalysisException as exc:
+        fail(f"the query failed: {str(exc).splitlines()[0]}")
+    finally:
+        spark.stop()
+    print_rows(rows, columns)

@@ -1,0 +1,220 @@
+"""The one feature function: raw source rows -> numeric model features.
+
+Training (Ray Data `map_batches`) and scoring (the Spark pandas UDF) call the same
+`FeatureSet.transform` on a pandas DataFrame of raw columns, so the two paths cannot drift.
+A bundle names its feature set and records the raw input columns with their types; scoring
+rebuilds the feature set from that record and checks the source table against it first.
+
+Missing values are not fixed here: null, NaN and inf pass through as NaN and the bundle's
+preprocessing imputes them (and counts them for `run_metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lakescore import schemas as S
+
+# Kinds of Spark type a raw input column may have; the check accepts any type of the kind.
+NUMERIC = "numeric"
+BOOLEAN = "boolean"
+STRING = "string"
+_SPARK_KINDS = {
+    "tinyint": NUMERIC,
+    "smallint": NUMERIC,
+    "int": NUMERIC,
+    "bigint": NUMERIC,
+    "float": NUMERIC,
+    "double": NUMERIC,
+    "boolean": BOOLEAN,
+    "string": STRING,
+}
+
+
+def spark_type_kind(simple_string: str) -> str | None:
+    """Map a Spark simpleString (`double`, `decimal(10,2)`, ...) to NUMERIC/BOOLEAN/STRING."""
+    if simple_string.startswith("decimal"):
+        return NUMERIC
+    return _SPARK_KINDS.get(simple_string)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named, versioned transformation from raw columns to float32 features.
+
+    Attributes:
+        name: recorded in the bundle; `feature_set_from_manifest` rebuilds it by this name.
+        inputs: raw column -> kind (NUMERIC, BOOLEAN or STRING), in a fixed order.
+        features: output feature names, in model input order.
+    """
+
+    name: str
+    inputs: Mapping[str, str]
+    features: tuple[str, ...]
+    _fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]]
+
+    def transform(self, raw: pd.DataFrame) -> np.ndarray:
+        """Return a float32 array (rows x features); nulls and bad values become NaN."""
+        columns = self._fn(raw)
+        if len(raw) == 0:
+            return np.empty((0, len(self.features)), dtype=np.float32)
+        out = np.empty((len(raw), len(self.features)), dtype=np.float32)
+        for i, name in enumerate(self.features):
+            out[:, i] = columns[name]
+        return out
+
+    def check_columns(self, available: Mapping[str, str], where: str) -> None:
+        """Raise ValueError naming every missing or mistyped input column.
+
+        Args:
+            available: column name -> Spark simpleString type of the source.
+            where: the source's name, for the message.
+        """
+        missing = [c for c in self.inputs if c not in available]
+        wrong = [
+            f"{c} is {available[c]}, expected {kind}"
+            for c, kind in self.inputs.items()
+            if c in available and spark_type_kind(available[c]) != kind
+        ]
+        if missing or wrong:
+            expected = ", ".join(f"{c} ({k})" for c, k in self.inputs.items())
+            problems = []
+            if missing:
+                problems.append("missing column(s): " + ", ".join(missing))
+            if wrong:
+                problems.append("wrong type(s): " + "; ".join(wrong))
+            raise ValueError(
+                f"{where} does not match the model's input ({self.name}): {'; '.join(problems)}. "
+                f"The model expects: {expected}. Fix the source table or score it with a model "
+                "trained on this table's columns."
+            )
+
+    def to_manifest(self) -> dict:
+        return {"name": self.name, "inputs": dict(self.inputs), "features": list(self.features)}
+
+
+def _as_float(series: pd.Series) -> np.ndarray:
+    """Numeric or boolean column -> float64 with NaN for null; strings become NaN."""
+    values = pd.to_numeric(series, errors="coerce")
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _transactions(raw: pd.DataFrame) -> dict[str, np.ndarray]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        amount = _as_float(raw[S.AMOUNT])
+        avg = _as_float(raw[S.ACCOUNT_AVG_AMOUNT])
+        # Heavy tails: amounts, distances and gaps are compared on a log scale.
+        log_amount = np.log1p(np.clip(amount, 0.0, None))
+        hour = _as_float(raw[S.HOUR_OF_DAY])
+        km_prev = _as_float(raw[S.KM_FROM_PREV])
+        gap = _as_float(raw[S.SECONDS_SINCE_PREV])
+        angle = 2.0 * np.pi * hour / 24.0
+        out = {
+            "log_amount": log_amount,
+            "log_amount_vs_account": log_amount - np.log1p(np.clip(avg, 0.0, None)),
+            "hour_sin": np.sin(angle),
+            "hour_cos": np.cos(angle),
+            "log_distance_km": np.log1p(np.clip(_as_float(raw[S.DISTANCE_FROM_HOME_KM]), 0.0, None)),
+            "log_seconds_since_prev": np.log1p(np.clip(gap, 0.0, None)),
+            "log_km_from_prev": np.log1p(np.clip(km_prev, 0.0, None)),
+            # Implied travel speed since the previous payment; gaps under a minute count as one.
+            "log_speed_kmh": np.log1p(np.clip(km_prev, 0.0, None) / np.maximum(gap / 3600.0, 1.0 / 60.0)),
+            "log_txn_count_1h": np.log1p(np.clip(_as_float(raw[S.TXN_COUNT_1H]), 0.0, None)),
+            "log_txn_count_24h": np.log1p(np.clip(_as_float(raw[S.TXN_COUNT_24H]), 0.0, None)),
+            "new_device": _as_float(raw[S.NEW_DEVICE]),
+            "card_present": _as_float(raw[S.CARD_PRESENT]),
+            "country_changed": _as_float(raw[S.COUNTRY_CHANGED]),
+        }
+    category = raw[S.MERCHANT_CATEGORY].astype("object")
+    known = category.isin(S.MERCHANT_CATEGORIES).to_numpy()
+    for name in S.MERCHANT_CATEGORIES:
+        # An unknown or null category is NaN in every slot, so it is imputed, not read as "none".
+        out[f"category_{name}"] = np.where(known, (category == name).to_numpy(dtype=np.float64), np.nan)
+    return out
+
+
+TRANSACTIONS_V1 = FeatureSet(
+    name="transactions_v1",
+    inputs={
+        S.AMOUNT: NUMERIC,
+        S.ACCOUNT_AVG_AMOUNT: NUMERIC,
+        S.HOUR_OF_DAY: NUMERIC,
+        S.DISTANCE_FROM_HOME_KM: NUMERIC,
+        S.SECONDS_SINCE_PREV: NUMERIC,
+        S.KM_FROM_PREV: NUMERIC,
+        S.TXN_COUNT_1H: NUMERIC,
+        S.TXN_COUNT_24H: NUMERIC,
+        S.NEW_DEVICE: BOOLEAN,
+        S.CARD_PRESENT: BOOLEAN,
+        S.COUNTRY_CHANGED: BOOLEAN,
+        S.MERCHANT_CATEGORY: STRING,
+    },
+    features=(
+        "log_amount",
+        "log_amount_vs_account",
+        "hour_sin",
+        "hour_cos",
+        "log_distance_km",
+        "log_seconds_since_prev",
+        "log_km_from_prev",
+        "log_speed_kmh",
+        "log_txn_count_1h",
+        "log_txn_count_24h",
+        "new_device",
+        "card_present",
+        "country_changed",
+    )
+    + tuple(f"category_{c}" for c in S.MERCHANT_CATEGORIES),
+    _fn=_transactions,
+)
+
+NUMERIC_PASSTHROUGH = "numeric_v1"
+
+
+def numeric_feature_set(columns: Sequence[str]) -> FeatureSet:
+    """Identity features over numeric columns (the undated benchmark tables)."""
+    columns = tuple(columns)
+
+    def _identity(raw: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {c: _as_float(raw[c]) for c in columns}
+
+    return FeatureSet(
+        name=NUMERIC_PASSTHROUGH,
+        inputs={c: NUMERIC for c in columns},
+        features=columns,
+        _fn=_identity,
+    )
+
+
+def feature_set_for_table(table: str, columns: Sequence[str]) -> FeatureSet:
+    """The feature set a source table is trained with: transactions_v1 if it has those
+    columns, else every numeric column except keys and labels."""
+    if all(c in columns for c in TRANSACTIONS_V1.inputs):
+        return TRANSACTIONS_V1
+    excluded = {S.RECORD_ID, S.IS_ANOMALY, S.ANOMALY_TYPE, S.EVENT_DATE, S.TRANSACTION_ID, S.ACCOUNT_ID}
+    numeric = [c for c in columns if c not in excluded]
+    if not numeric:
+        raise ValueError(f"table {table} has no feature columns besides keys and labels")
+    return numeric_feature_set(numeric)
+
+
+def feature_set_from_manifest(spec: Mapping) -> FeatureSet:
+    """Rebuild the feature set a bundle was trained with from its manifest entry."""
+    name = spec["name"]
+    if name == TRANSACTIONS_V1.name:
+        if tuple(spec["features"]) != TRANSACTIONS_V1.features:
+            raise ValueError(
+                f"bundle lists features {spec['features']} for {name}, but this code builds "
+                f"{list(TRANSACTIONS_V1.features)}; retrain the model with this version of lakescore"
+            )
+        return TRANSACTIONS_V1
+    if name == NUMERIC_PASSTHROUGH:
+        return numeric_feature_set(spec["features"])
+    raise ValueError(
+        f"bundle uses feature set {name!r}, which this version of lakescore does not know "
+        f"(known: {TRANSACTIONS_V1.name}, {NUMERIC_PASSTHROUGH}); upgrade lakescore or retrain"
+    )

@@ -1,0 +1,175 @@
+"""Lake layout and table I/O shared by every job.
+
+Tables lakescore writes are external Delta tables at `<root>/tables/<database>/<table>`,
+registered in the catalog under `<database>.<table>`, so analysts find them by name and
+JVM-free readers (delta-rs, DuckDB, Ray Data) find them by path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+
+from lakescore.config import ConfigError, Settings, check_identifier, check_table_name
+
+log = logging.getLogger(__name__)
+
+
+class SourceError(ValueError):
+    """A source table or path cannot be read; the message says what to do."""
+
+
+def table_path(settings: Settings, table: str) -> Path:
+    """Storage location of one of lakescore's own tables."""
+    qualified = settings.table(table)
+    database, name = qualified.split(".")
+    return settings.lake.tables_dir / database / name
+
+
+def ensure_database(spark: SparkSession, settings: Settings, database: str | None = None) -> None:
+    database = check_identifier(database or settings.lake.database, "database")
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+
+
+def register_table(spark: SparkSession, settings: Settings, table: str, path: Path | str, fmt: str) -> None:
+    """Register `path` as `<database>.<table>` in the catalog (idempotent).
+
+    Delta tables keep their schema in the log; Parquet tables are registered with their
+    partitions discovered, so `SELECT` sees every date written so far.
+    """
+    qualified = settings.table(table)
+    ensure_database(spark, settings, qualified.split(".")[0])
+    if fmt == "delta":
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{path}'")
+    elif fmt == "parquet":
+        spark.sql(f"DROP TABLE IF EXISTS {qualified}")
+        spark.sql(f"CREATE TABLE {qualified} USING PARQUET LOCATION '{path}'")
+        spark.sql(f"MSCK REPAIR TABLE {qualified}")
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use delta or parquet")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved source: how to read it and which version was read."""
+
+    name: str  # as the user gave it
+    path: str
+    format: str  # "delta" or "parquet"
+    version: int | None  # Delta version at resolve time; None for Parquet
+
+
+def resolve_source(spark: SparkSession, settings: Settings, source: str) -> Source:
+    """Resolve a catalog table name (`t` or `db.t`) or a path to a readable source.
+
+    A path is Delta if it holds a `_delta_log`, else Parquet. Raises SourceError naming the
+    problem and the fix.
+    """
+    if "/" in source or source.startswith("file:") or Path(source).exists():
+        path = source.removeprefix("file:")
+        if Path(path).is_dir() and (Path(path) / "_delta_log").is_dir():
+            return Source(source, str(Path(path).resolve()), "delta", delta_version(spark, path))
+        if Path(path).exists():
+            return Source(source, str(Path(path).resolve()), "parquet", None)
+        raise SourceError(f"source path {source!r} does not exist; check the path or name a catalog table")
+    try:
+        qualified = settings.table(source)
+    except ConfigError as exc:
+        raise SourceError(str(exc)) from None
+    if not spark.catalog.tableExists(qualified):
+        database = qualified.split(".")[0]
+        known = (
+            [t.name for t in spark.catalog.listTables(database)]
+            if spark.catalog.databaseExists(database)
+            else []
+        )
+        hint = f"tables in {database}: {', '.join(sorted(known))}" if known else f"database {database} has no tables"
+        raise SourceError(
+            f"table {qualified} does not exist ({hint}); run `lakescore generate` or give a path"
+        )
+    detail = spark.sql(f"DESCRIBE DETAIL {qualified}").collect()[0] if _is_delta(spark, qualified) else None
+    if detail is not None:
+        location = detail["location"].removeprefix("file:")
+        return Source(source, location, "delta", delta_version(spark, location))
+    location = _table_location(spark, qualified)
+    return Source(source, location, "parquet", None)
+
+
+def _is_delta(spark: SparkSession, qualified: str) -> bool:
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {qualified}").collect()
+    provider = [r["data_type"] for r in rows if r["col_name"] == "Provider"]
+    return bool(provider) and provider[0].lower() == "delta"
+
+
+def _table_location(spark: SparkSession, qualified: str) -> str:
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {qualified}").collect()
+    location = [r["data_type"] for r in rows if r["col_name"] == "Location"]
+    return location[0].removeprefix("file:")
+
+
+def delta_version(spark: SparkSession, path: str) -> int:
+    """Latest committed version of the Delta table at `path`."""
+    from delta.tables import DeltaTable
+
+    history = DeltaTable.forPath(spark, path).history(1).select("version").collect()
+    return int(history[0]["version"])
+
+
+def write_date_partitions(
+    df: DataFrame,
+    path: Path | str,
+    fmt: str,
+    date_column: str,
+    first: "dt.date",
+    last: "dt.date",
+) -> None:
+    """Write `df` partitioned by `date_column`, replacing exactly the dates [first, last].
+
+    Delta: one atomic commit with `replaceWhere`, so readers see the old dates or the new ones,
+    never a mix, and a re-run gives the same table. Parquet: dynamic partition overwrite
+    (per-partition, not atomic across dates: prefer Delta for anything readers depend on).
+    """
+    writer = df.write.partitionBy(date_column)
+    if fmt == "delta":
+        condition = f"{date_column} >= '{first.isoformat()}' AND {date_column} <= '{last.isoformat()}'"
+        (
+            writer.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", condition)
+            .save(str(path))
+        )
+    elif fmt == "parquet":
+        (
+            writer.format("parquet")
+            .mode("overwrite")
+            .option("partitionOverwriteMode", "dynamic")
+            .save(str(path))
+        )
+    else:
+        raise ValueError(f"unknown format {fmt!r}; use delta or parquet")
+
+
+def read_source(spark: SparkSession, source: Source, version: int | None = None) -> DataFrame:
+    """Read a resolved source; for Delta, at `version` (default: the version resolved)."""
+    if source.format == "delta":
+        pinned = source.version if version is None else version
+        return spark.read.format("delta").option("versionAsOf", pinned).load(source.path)
+    return spark.read.parquet(source.path)
+
+
+__all__ = [
+    "Source",
+    "SourceError",
+    "check_table_name",
+    "delta_version",
+    "write_date_partitions",
+    "ensure_database",
+    "read_source",
+    "register_table",
+    "resolve_source",
+    "table_path",
+]

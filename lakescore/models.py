@@ -1,0 +1,129 @@
+"""The torch models and the scoring core, shared by training (evaluation) and scoring (UDFs).
+
+Two kinds:
+- `mlp`: a supervised classifier producing one logit; score = sigmoid(logit), a probability.
+  Explanation: gradient x input of the logit, per feature (in the preprocessed space).
+- `autoencoder`: trained on rows not labelled anomalous; score = mean squared reconstruction
+  error over the preprocessed features. Explanation: each feature's share of that error.
+
+`score_batch` and `explain_batch` are plain functions on numpy arrays, unit-tested without
+Spark or Ray; the Spark UDFs and training's evaluation both call them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+MLP = "mlp"
+AUTOENCODER = "autoencoder"
+KINDS = (MLP, AUTOENCODER)
+
+
+class MLPClassifier(nn.Module):
+    """Features -> hidden layers (ReLU, dropout) -> one logit. Use BCEWithLogitsLoss on the logit."""
+
+    def __init__(self, n_features: int, hidden: Sequence[int], dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class Autoencoder(nn.Module):
+    """Features -> hidden... -> bottleneck -> ...hidden -> features (the last `hidden` is the bottleneck)."""
+
+    def __init__(self, n_features: int, hidden: Sequence[int], dropout: float = 0.0):
+        super().__init__()
+        widths = [n_features, *hidden]
+        encoder: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:]):
+            encoder += [nn.Linear(a, b), nn.ReLU()]
+        decoder: list[nn.Module] = []
+        back = widths[::-1]
+        for i, (a, b) in enumerate(zip(back, back[1:])):
+            decoder.append(nn.Linear(a, b))
+            if i < len(back) - 2:
+                decoder.append(nn.ReLU())
+        self.encoder = nn.Sequential(*encoder)
+        self.decoder = nn.Sequential(*decoder)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def build_model(architecture: Mapping[str, Any]) -> nn.Module:
+    """Build an untrained model from a manifest's `architecture` entry."""
+    kind = architecture["kind"]
+    args = (int(architecture["n_features"]), [int(h) for h in architecture["hidden"]], float(architecture.get("dropout", 0.0)))
+    if kind == MLP:
+        return MLPClassifier(*args)
+    if kind == AUTOENCODER:
+        return Autoencoder(*args)
+    raise ValueError(f"unknown model kind {kind!r}; this lakescore builds: {', '.join(KINDS)}")
+
+
+def model_from_bundle(bundle) -> nn.Module:
+    """Build the bundle's model on CPU, load its weights strictly, switch to eval mode."""
+    model = build_model(bundle.manifest["architecture"])
+    model.load_state_dict(bundle.state_dict(), strict=True)
+    return model.eval()
+
+
+def _forward_scores(model: nn.Module, kind: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if kind == MLP:
+        return torch.sigmoid(model(x)), None
+    errors = (model(x) - x) ** 2
+    return errors.mean(dim=1), errors
+
+
+def score_batch(model: nn.Module, kind: str, x: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    """Scores (float64) for preprocessed features `x` (rows x features); higher = more anomalous.
+
+    Deterministic on CPU: the same rows give bit-identical scores, so a retried task does too.
+    """
+    if len(x) == 0:
+        return np.empty(0, dtype=np.float64)
+    with torch.inference_mode():
+        scores, _ = _forward_scores(model, kind, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
+    return scores.double().cpu().numpy()
+
+
+def explain_batch(
+    model: nn.Module, kind: str, x: np.ndarray, top_k: int, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k feature contributions per row for preprocessed `x`.
+
+    Returns:
+        (indices, contributions), each rows x k, sorted by contribution, largest first.
+        mlp: gradient x input of the logit (signed; ranked by size, positive = towards anomaly).
+        autoencoder: the feature's squared reconstruction error / number of features.
+    """
+    n, f = x.shape
+    k = min(top_k, f)
+    if n == 0:
+        return np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float64)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    if kind == MLP:
+        with torch.enable_grad():
+            xt = xt.clone().requires_grad_(True)
+            logits = model(xt)
+            (grad,) = torch.autograd.grad(logits.sum(), xt)
+        contributions = (grad * xt).detach()
+        order = torch.argsort(contributions, dim=1, descending=True)[:, :k]
+    else:
+        with torch.inference_mode():
+            contributions = (model(xt) - xt) ** 2 / f
+        order = torch.argsort(contributions, dim=1, descending=True)[:, :k]
+    top = torch.gather(contributions, 1, order)
+    return order.cpu().numpy(), top.double().cpu().numpy()

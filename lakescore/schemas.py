@@ -1,0 +1,152 @@
+"""Table names, column names and schemas: the one place they are spelled.
+
+Every table lakescore writes is Delta, registered in the catalog database (`lakescore` by
+default) and stored at `<lake root>/tables/<database>/<table>` so that it can also be read
+without a JVM (delta-rs, DuckDB, Ray Data).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+# --- tables lakescore writes ----------------------------------------------------------------
+FLAGGED = "flagged"
+RUN_METRICS = "run_metrics"
+MODEL_REGISTRY = "model_registry"
+FEEDBACK = "feedback"
+TRANSACTIONS = "transactions"
+SHUTTLE = "shuttle"
+BREAST_CANCER = "breast_cancer"
+
+# --- source columns (synthetic transactions) ---------------------------------------------------
+TRANSACTION_ID = "transaction_id"
+ACCOUNT_ID = "account_id"
+EVENT_TS = "event_ts"
+EVENT_DATE = "event_date"
+AMOUNT = "amount"
+MERCHANT_CATEGORY = "merchant_category"
+COUNTRY = "country"
+HOUR_OF_DAY = "hour_of_day"
+DISTANCE_FROM_HOME_KM = "distance_from_home_km"
+SECONDS_SINCE_PREV = "seconds_since_prev"
+KM_FROM_PREV = "km_from_prev_txn"
+TXN_COUNT_1H = "txn_count_1h"
+TXN_COUNT_24H = "txn_count_24h"
+ACCOUNT_AVG_AMOUNT = "account_avg_amount"
+NEW_DEVICE = "new_device"
+CARD_PRESENT = "card_present"
+COUNTRY_CHANGED = "country_changed"
+IS_ANOMALY = "is_anomaly"
+ANOMALY_TYPE = "anomaly_type"
+RECORD_ID = "record_id"  # key of the undated benchmark tables
+
+MERCHANT_CATEGORIES = (
+    "grocery",
+    "restaurant",
+    "fuel",
+    "retail",
+    "online",
+    "travel",
+    "electronics",
+    "digital_goods",
+)
+ANOMALY_TYPES = ("card_testing", "account_takeover", "amount_spike", "impossible_travel")
+
+TRANSACTIONS_SCHEMA = T.StructType(
+    [
+        T.StructField(TRANSACTION_ID, T.LongType(), False),
+        T.StructField(ACCOUNT_ID, T.LongType(), False),
+        T.StructField(EVENT_TS, T.TimestampType(), False),
+        T.StructField(AMOUNT, T.DoubleType(), True),
+        T.StructField(MERCHANT_CATEGORY, T.StringType(), True),
+        T.StructField(COUNTRY, T.StringType(), True),
+        T.StructField(HOUR_OF_DAY, T.IntegerType(), False),
+        T.StructField(DISTANCE_FROM_HOME_KM, T.DoubleType(), True),
+        T.StructField(SECONDS_SINCE_PREV, T.DoubleType(), True),
+        T.StructField(KM_FROM_PREV, T.DoubleType(), True),
+        T.StructField(TXN_COUNT_1H, T.IntegerType(), False),
+        T.StructField(TXN_COUNT_24H, T.IntegerType(), False),
+        T.StructField(ACCOUNT_AVG_AMOUNT, T.DoubleType(), False),
+        T.StructField(NEW_DEVICE, T.BooleanType(), False),
+        T.StructField(CARD_PRESENT, T.BooleanType(), False),
+        T.StructField(COUNTRY_CHANGED, T.BooleanType(), False),
+        T.StructField(IS_ANOMALY, T.BooleanType(), False),
+        T.StructField(ANOMALY_TYPE, T.StringType(), True),
+        T.StructField(EVENT_DATE, T.DateType(), False),
+    ]
+)
+
+# --- output columns ---------------------------------------------------------------------------
+SCORE = "score"
+THRESHOLD = "threshold"
+IS_FLAGGED = "is_flagged"
+REASONS = "reasons"
+REASON_FEATURE = "feature"
+REASON_CONTRIBUTION = "contribution"
+REASON_VALUE = "value"
+MODEL_NAME = "model_name"
+MODEL_VERSION = "model_version"
+MODEL_SHA256 = "model_sha256"
+RUN_ID = "run_id"
+RUN_DATE = "run_date"
+SCORED_AT = "scored_at"
+
+REASONS_TYPE = T.ArrayType(
+    T.StructType(
+        [
+            T.StructField(REASON_FEATURE, T.StringType(), False),
+            T.StructField(REASON_CONTRIBUTION, T.DoubleType(), False),
+            T.StructField(REASON_VALUE, T.DoubleType(), True),
+        ]
+    )
+)
+
+# run_metrics is long so that a new metric never changes the schema.
+SCOPE = "scope"
+FEATURE = "feature"
+METRIC = "metric"
+VALUE = "value"
+RUN_METRICS_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(RUN_DATE, T.DateType(), False),
+        T.StructField(MODEL_NAME, T.StringType(), False),
+        T.StructField(MODEL_VERSION, T.IntegerType(), False),
+        T.StructField(SCOPE, T.StringType(), False),
+        T.StructField(FEATURE, T.StringType(), True),
+        T.StructField(METRIC, T.StringType(), False),
+        T.StructField(VALUE, T.DoubleType(), True),
+        T.StructField("recorded_at", T.TimestampType(), False),
+    ]
+)
+RUN_COMPLETE_METRIC = "run_complete"
+
+MODEL_REGISTRY_SCHEMA = T.StructType(
+    [
+        T.StructField("name", T.StringType(), False),
+        T.StructField("version", T.IntegerType(), False),
+        T.StructField("path", T.StringType(), False),
+        T.StructField("stage", T.StringType(), False),
+        T.StructField("kind", T.StringType(), False),
+        T.StructField("sha256", T.StringType(), False),
+        T.StructField("metrics", T.MapType(T.StringType(), T.DoubleType()), True),
+        T.StructField("source_table", T.StringType(), True),
+        T.StructField("source_version", T.LongType(), True),
+        T.StructField("note", T.StringType(), True),
+        T.StructField("created_at", T.TimestampType(), False),
+        T.StructField("updated_at", T.TimestampType(), False),
+    ]
+)
+STAGES = ("champion", "challenger", "archived")
+
+FEEDBACK_SCHEMA = T.StructType(
+    [
+        T.StructField("source_table", T.StringType(), False),
+        T.StructField("record_key", T.StringType(), False),
+        T.StructField("verdict", T.StringType(), False),
+        T.StructField("analyst", T.StringType(), True),
+        T.StructField("comment", T.StringType(), True),
+        T.StructField("recorded_at", T.TimestampType(), False),
+    ]
+)
+VERDICTS = ("confirmed_anomaly", "false_positive")

@@ -1,0 +1,135 @@
+"""The Spark session factory.
+
+`build_spark_session(settings)` is called in a job's `main()` or a test fixture, never at import.
+Its settings are *defaults*: anything already set by `spark-submit --conf`, `spark-defaults.conf`
+or `PYSPARK_SUBMIT_ARGS` wins, so the same code runs on the embedded default and on a cluster.
+
+Embedded default:
+- `local[*]`, Delta's SQL extension and catalog, the Delta jars from the project-local folder
+  (resolved once by `make jars`; no network at run time);
+- Hive support with an embedded Derby metastore and the warehouse at absolute paths under the
+  lake root, so table names survive across sessions and processes. Derby admits ONE process at
+  a time: two jobs on the same lake root must run one after the other (on a cluster, point
+  `spark.hadoop.javax.jdo.option.ConnectionURL` at a shared metastore; see cluster_configs/);
+- Python worker reuse and an explicit Arrow batch size for the pandas UDFs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+from lakescore.config import Settings
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+class MissingJarsError(RuntimeError):
+    pass
+
+
+def delta_jars(jars_dir: Path) -> list[str]:
+    """The jar files `make jars` resolved into `jars_dir`, sorted; raise if there are none."""
+    jars = sorted(str(p) for p in Path(jars_dir).glob("*.jar"))
+    if not any(Path(j).name.startswith("delta-spark_") for j in jars):
+        raise MissingJarsError(
+            f"no delta-spark jar in {jars_dir}; run `make jars` once (it copies the Delta jars from "
+            "Maven Central into that folder), or pass the jars yourself with spark-submit --jars / "
+            "--packages, or set spark.jars_dir"
+        )
+    return jars
+
+
+def default_spark_conf(settings: Settings) -> dict[str, str]:
+    """The settings lakescore wants unless the launcher already set them."""
+    lake = settings.lake
+    spark = settings.spark
+    conf = {
+        "spark.app.name": spark.app_name,
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": str(lake.warehouse_dir),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": (
+            f"jdbc:derby:;databaseName={lake.metastore_dir / 'metastore_db'};create=true"
+        ),
+        # The embedded metastore creates its schema on first use instead of needing schematool.
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+        "spark.python.worker.reuse": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark.arrow_batch_size),
+        "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        # Tables stay readable by delta-rs and Ray Data, which cannot honour deletion vectors.
+        "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+        "spark.ui.showConsoleProgress": "false",
+    }
+    conf.update(spark.conf)
+    return conf
+
+
+def _launcher_conf() -> SparkConf:
+    """What the launcher already decided.
+
+    Under spark-submit the JVM is running and its SparkConf holds --conf and spark-defaults.conf.
+    Otherwise this process is about to launch the JVM, passing our settings as --conf *before*
+    $PYSPARK_SUBMIT_ARGS (so those still win); the jars must be known at launch to reach the
+    driver's class path, which is why nothing here may start the JVM early.
+    """
+    if SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ:
+        SparkContext._ensure_initialized()
+        return SparkConf()
+    conf = SparkConf(loadDefaults=False)
+    args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
+    flags = {"--master": "spark.master", "--jars": "spark.jars", "--packages": "spark.jars.packages"}
+    for flag, value in zip(args, args[1:]):
+        if flag == "--conf" and "=" in value:
+            key, _, val = value.partition("=")
+            conf.set(key, val)
+        elif flag in flags:
+            conf.set(flags[flag], value)
+    return conf
+
+
+def build_spark_session(settings: Settings, app_name: str | None = None) -> SparkSession:
+    """Build (or return the running) SparkSession with lakescore's defaults under the launcher's.
+
+    Args:
+        settings: loaded settings; `settings.spark.conf` adds or overrides defaults.
+        app_name: shown in the Spark UI; defaults to settings.spark.app_name.
+
+    Operational caveat: with the embedded Derby metastore only one process may hold a session on
+    a lake root at a time.
+    """
+    launched = _launcher_conf()
+    defaults = default_spark_conf(settings)
+    if app_name:
+        defaults["spark.app.name"] = app_name
+    if settings.spark.master:
+        launched.setMaster(settings.spark.master)
+    elif not launched.contains("spark.master"):
+        launched.setMaster("local[*]")
+    master = launched.get("spark.master")
+    if not launched.contains("spark.jars") and not launched.contains("spark.jars.packages"):
+        defaults["spark.jars"] = ",".join(delta_jars(settings.spark.jars_dir))
+    if master.startswith("local"):
+        # Python workers on this machine must use this interpreter (the project's venv), else
+        # pandas UDFs fail with "No module named pandas". On a cluster, set spark.pyspark.python.
+        defaults["spark.pyspark.python"] = sys.executable
+    for key, value in defaults.items():
+        if not launched.contains(key):
+            launched.set(key, value)
+    settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
+    session = SparkSession.builder.config(conf=launched).enableHiveSupport().getOrCreate()
+    log.info("Spark %s on %s, lake root %s", session.version, master, settings.lake.root)
+    return session

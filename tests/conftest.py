@@ -1,0 +1,79 @@
+"""One session-scoped Spark fixture and one Ray fixture for the whole suite.
+
+The Spark session uses an embedded Derby metastore under a temporary lake root; Derby admits
+one process at a time, so tests that start jobs in subprocesses give them a lake root of their own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import pytest
+
+from lakescore.config import Settings, load_settings
+
+# Spark's Python workers and Ray's must run this interpreter, with the project installed.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+SMALL = {
+    "generate.days": "4",
+    "generate.rows_per_day": "3000",
+    "generate.accounts": "600",
+    "generate.anomaly_rate": "0.02",
+    "generate.start_date": "2026-11-01",
+}
+
+
+@pytest.fixture(scope="session")
+def lake_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("lake")
+
+
+@pytest.fixture(scope="session")
+def settings(lake_root) -> Settings:
+    return load_settings(
+        overrides={
+            "lake.root": str(lake_root),
+            "spark.master": "local[2]",
+            "spark.shuffle_partitions": "2",
+            "spark.arrow_batch_size": "1000",
+            **SMALL,
+        },
+        environ={},
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from lakescore.spark import build_spark_session
+
+    session = build_spark_session(settings, app_name="lakescore-tests")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def transactions(spark, settings):
+    """A small generated transactions table (4 days), registered as lakescore.transactions."""
+    from jobs.generate_transactions import run_generate
+
+    run_generate(spark, settings)
+    return settings.table(settings.generate.table)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Ray started in-process once for the suite, with this machine's two cores."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def day():
+    return dt.date(2026, 11, 4)

@@ -1,0 +1,119 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lakescore import bundle as B
+from lakescore.models import AUTOENCODER, MLP, build_model, explain_batch, model_from_bundle, score_batch
+from lakescore.preprocess import Preprocessing
+
+
+def _manifest(kind="mlp", n=3):
+    return {
+        "name": "m",
+        "version": 1,
+        "kind": kind,
+        "architecture": {"kind": kind, "n_features": n, "hidden": [4, 2], "dropout": 0.0},
+        "feature_set": {"name": "numeric_v1", "inputs": {}, "features": ["a", "b", "c"][:n]},
+        "preprocessing": {},
+        "score": {"type": "probability"},
+        "threshold": {"policy": "fixed", "target": 0.5, "value": 0.5},
+    }
+
+
+def _write(tmp_path, kind="mlp"):
+    torch.manual_seed(0)
+    model = build_model(_manifest(kind)["architecture"])
+    return B.write_bundle(tmp_path / "b", _manifest(kind), model.state_dict(), {"h": [1, 2]}, {"plot.png": b"png"})
+
+
+def test_a_written_bundle_loads_back_verified_with_every_file_hashed(tmp_path):
+    bundle = _write(tmp_path)
+    loaded = B.load_bundle(tmp_path / "b")
+    assert loaded.sha256 == bundle.sha256
+    assert set(loaded.manifest["files"]) == {"weights.safetensors", "reference.json", "plot.png"}
+    assert loaded.manifest["format_version"] == B.FORMAT_VERSION
+    assert loaded.reference == {"h": [1, 2]}
+    assert sorted(p.name for p in (tmp_path).iterdir()) == ["b"]  # no staging folder left
+
+
+def test_an_altered_file_is_refused_with_its_name(tmp_path):
+    _write(tmp_path)
+    weights = tmp_path / "b" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(B.BundleError, match="weights.safetensors has sha256"):
+        B.load_bundle(tmp_path / "b")
+
+
+def test_another_format_version_is_refused(tmp_path):
+    _write(tmp_path)
+    path = tmp_path / "b" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 99
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(B.BundleError, match="format version 99"):
+        B.load_bundle(tmp_path / "b")
+
+
+def test_a_file_the_manifest_does_not_list_is_refused(tmp_path):
+    _write(tmp_path)
+    (tmp_path / "b" / "model.pkl").write_bytes(b"\x80\x04")
+    with pytest.raises(B.BundleError, match="model.pkl"):
+        B.load_bundle(tmp_path / "b")
+
+
+def test_a_bundle_is_never_overwritten(tmp_path):
+    _write(tmp_path)
+    with pytest.raises(B.BundleError, match="immutable"):
+        _write(tmp_path)
+
+
+def test_preprocessing_imputes_clips_centres_and_scales_and_counts_invalid_values():
+    p = Preprocessing(
+        ("a", "b"),
+        impute=np.array([1.0, 2.0]),
+        clip_low=np.array([0.0, -10.0]),
+        clip_high=np.array([5.0, 10.0]),
+        center=np.array([1.0, 0.0]),
+        scale=np.array([2.0, 5.0]),
+    )
+    x = np.array([[np.nan, 20.0], [np.inf, -np.inf], [-3.0, 5.0]])
+    out, invalid = p.apply(x)
+    np.testing.assert_allclose(out, [[0.0, 2.0], [0.0, 0.4], [-0.5, 1.0]])
+    assert invalid.tolist() == [2, 1]
+    assert Preprocessing.from_manifest(p.to_manifest()).apply(x)[0].tolist() == out.tolist()
+
+
+def test_statistics_of_a_constant_or_empty_feature_give_a_usable_scale():
+    p = Preprocessing.from_statistics(
+        ["a", "b"], np.array([3.0, np.nan]), np.array([3.0, np.nan]), np.array([3.0, np.nan]),
+        np.array([3.0, np.nan]), np.array([0.0, np.nan]),
+    )
+    assert p.scale.tolist() == [1.0, 1.0]
+    assert p.impute.tolist() == [3.0, 0.0]
+
+
+@pytest.mark.parametrize("kind", [MLP, AUTOENCODER])
+def test_scores_are_deterministic_and_explanations_rank_features(tmp_path, kind):
+    bundle = _write(tmp_path, kind)
+    model = model_from_bundle(bundle)
+    x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    first, second = score_batch(model, kind, x), score_batch(model, kind, x)
+    assert first.shape == (50,) and np.array_equal(first, second)
+    assert np.array_equal(score_batch(model, kind, x[:7]), first[:7])
+    order, contrib = explain_batch(model, kind, x, top_k=2)
+    assert order.shape == (50, 2) and contrib.shape == (50, 2)
+    assert np.all(contrib[:, 0] >= contrib[:, 1])
+    if kind == AUTOENCODER:
+        # The reconstruction-error contributions add up to the score.
+        _, all_contrib = explain_batch(model, kind, x, top_k=3)
+        np.testing.assert_allclose(all_contrib.sum(axis=1), first, rtol=1e-5)
+
+
+def test_scoring_no_rows_returns_empty_arrays(tmp_path):
+    model = model_from_bundle(_write(tmp_path))
+    assert score_batch(model, MLP, np.empty((0, 3), np.float32)).shape == (0,)
+    assert explain_batch(model, MLP, np.empty((0, 3), np.float32), 3)[0].shape == (0, 3)

@@ -1,0 +1,88 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from lakescore import schemas as S
+from lakescore.features import TRANSACTIONS_V1, feature_set_for_table, feature_set_from_manifest, numeric_feature_set
+
+
+def _raw(**overrides):
+    row = {
+        S.AMOUNT: 100.0,
+        S.ACCOUNT_AVG_AMOUNT: 100.0,
+        S.HOUR_OF_DAY: 6,
+        S.DISTANCE_FROM_HOME_KM: 0.0,
+        S.SECONDS_SINCE_PREV: 3600.0,
+        S.KM_FROM_PREV: 100.0,
+        S.TXN_COUNT_1H: 1,
+        S.TXN_COUNT_24H: 3,
+        S.NEW_DEVICE: True,
+        S.CARD_PRESENT: False,
+        S.COUNTRY_CHANGED: False,
+        S.MERCHANT_CATEGORY: "fuel",
+    }
+    row.update(overrides)
+    return row
+
+
+def test_transaction_features_have_known_values():
+    x = TRANSACTIONS_V1.transform(pd.DataFrame([_raw()]))
+    f = dict(zip(TRANSACTIONS_V1.features, x[0]))
+    assert x.dtype == np.float32 and x.shape == (1, len(TRANSACTIONS_V1.features))
+    assert f["log_amount"] == pytest.approx(np.log1p(100.0))
+    assert f["log_amount_vs_account"] == 0.0
+    assert f["hour_sin"] == pytest.approx(1.0) and f["hour_cos"] == pytest.approx(0.0, abs=1e-6)
+    assert f["log_speed_kmh"] == pytest.approx(np.log1p(100.0))
+    assert f["new_device"] == 1.0 and f["card_present"] == 0.0
+    assert f["category_fuel"] == 1.0 and f["category_grocery"] == 0.0
+
+
+def test_nulls_nan_wrong_values_and_unknown_categories_become_nan_not_errors():
+    frame = pd.DataFrame(
+        [
+            _raw(**{S.AMOUNT: None, S.MERCHANT_CATEGORY: None}),
+            _raw(**{S.SECONDS_SINCE_PREV: float("nan"), S.MERCHANT_CATEGORY: "casino"}),
+            _raw(**{S.DISTANCE_FROM_HOME_KM: "far"}),
+        ]
+    )
+    x = TRANSACTIONS_V1.transform(frame)
+    f = {name: x[:, i] for i, name in enumerate(TRANSACTIONS_V1.features)}
+    assert np.isnan(f["log_amount"][0]) and np.isnan(f["category_fuel"][0])
+    assert np.isnan(f["log_seconds_since_prev"][1]) and np.isnan(f["category_grocery"][1])
+    assert np.isnan(f["log_distance_km"][2])
+    assert np.isfinite(f["log_amount"][1:]).all()
+
+
+def test_an_empty_batch_gives_an_empty_matrix():
+    empty = pd.DataFrame({c: pd.Series([], dtype=object) for c in TRANSACTIONS_V1.inputs})
+    assert TRANSACTIONS_V1.transform(empty).shape == (0, len(TRANSACTIONS_V1.features))
+
+
+def test_column_check_names_missing_and_mistyped_columns_and_what_is_expected():
+    available = {c: "double" for c in TRANSACTIONS_V1.inputs}
+    available[S.NEW_DEVICE] = available[S.CARD_PRESENT] = available[S.COUNTRY_CHANGED] = "boolean"
+    available[S.MERCHANT_CATEGORY] = "string"
+    TRANSACTIONS_V1.check_columns(available, "t")  # complete: no error
+    del available[S.AMOUNT]
+    available[S.HOUR_OF_DAY] = "string"
+    with pytest.raises(ValueError) as err:
+        TRANSACTIONS_V1.check_columns(available, "lakescore.transactions")
+    message = str(err.value)
+    assert "missing column(s): amount" in message
+    assert "hour_of_day is string, expected numeric" in message
+    assert "The model expects:" in message
+
+
+def test_feature_sets_round_trip_through_the_manifest():
+    assert feature_set_from_manifest(TRANSACTIONS_V1.to_manifest()) is TRANSACTIONS_V1
+    numeric = numeric_feature_set(["f1", "f2"])
+    again = feature_set_from_manifest(numeric.to_manifest())
+    assert again.features == ("f1", "f2")
+    frame = pd.DataFrame({"f1": [1, None], "f2": [2.5, 3.0]})
+    np.testing.assert_array_equal(again.transform(frame), numeric.transform(frame))
+
+
+def test_undated_tables_use_their_numeric_columns_without_keys_or_labels():
+    fs = feature_set_for_table("t", [S.RECORD_ID, "f1", "f2", S.IS_ANOMALY])
+    assert fs.features == ("f1", "f2")
+    assert feature_set_for_table("t", list(TRANSACTIONS_V1.inputs) + [S.IS_ANOMALY]) is TRANSACTIONS_V1
