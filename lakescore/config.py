@@ -12,6 +12,7 @@ Sources, later ones win:
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import datetime as dt
 import os
@@ -102,6 +103,8 @@ class RaySettings:
     cpus_per_worker: float = 1.0
     # Shared storage for checkpoints on a multi-node cluster; default: under the lake root.
     storage_path: Path | None = None
+    # Worker-group restarts Ray Train allows (each resumes from the last epoch's checkpoint).
+    max_failures: int = 2
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,23 @@ class TrainSettings:
     # Undated tables: stratified fractions.
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
+    # Dated tables: the training window (None: from the first / up to the last date of the table).
+    first_date: dt.date | None = None
+    last_date: dt.date | None = None
+    # Encoder widths of the autoencoder; the last one is the bottleneck (keep it below the feature count).
+    autoencoder_hidden: tuple[int, ...] = (32, 4)
+    # mlp: the positive class is weighted negatives/positives in the training split, capped here.
+    max_pos_weight: float = 50.0
+    # Features are clipped to these quantiles of the training split before scaling (heavy tails).
+    clip_low_quantile: float = 0.001
+    clip_high_quantile: float = 0.999
+    # Rows each worker shuffles locally between epochs (Ray Data local shuffle buffer; 0 = off).
+    shuffle_buffer_rows: int = 20_000
+    # Evaluation: precision among the k highest scores of the test window.
+    precision_at_k: int = 100
+    # Bound on rows taken into one process: the IsolationForest baseline's fit sample and the
+    # reference histograms for drift.
+    sample_rows: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -147,10 +167,18 @@ class ScoreSettings:
     model: str = "transactions"
     # Source columns copied into `flagged` besides the keys, score and reasons.
     allow_columns: tuple[str, ...] = ("amount", "merchant_category", "country")
-    # Of the allowed columns, these are replaced by a salted sha256 ("hash") or left out ("drop").
+    # Of the copied columns (keys or allowed), these are replaced by a salted sha256 ("hash") or left out ("drop").
     sensitive_columns: tuple[str, ...] = ()
     sensitive_action: str = "hash"
     top_reasons: int = 3
+    # Key columns copied into `flagged`; empty: whichever of transaction_id, account_id,
+    # event_ts, event_date, record_id the source has.
+    key_columns: tuple[str, ...] = ()
+    # Partition column a run filters on (--run-date / --from --to); a source without it is scored whole.
+    date_column: str = "event_date"
+    # Prefix hashed with sensitive values; set one per deployment (e.g. LAKESCORE_SCORE_HASH_SALT)
+    # so that hashes of guessable ids cannot be looked up, and keep it so hashes join across nights.
+    hash_salt: str = ""
 
 
 @dataclass(frozen=True)
@@ -288,7 +316,7 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
             items = value.split(",") if isinstance(value, str) else list(value)
             items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
             return tuple(_coerce(i, args[0], name, source) for i in items)
-        if origin in (Mapping, dict) or hint is Mapping:
+        if origin in (collections.abc.Mapping, dict):
             if isinstance(value, str):
                 pairs = [p for p in value.split(",") if p.strip()]
                 value = dict(p.split("=", 1) for p in pairs)
@@ -319,8 +347,9 @@ def _validate(settings: Settings) -> Settings:
         section, key = name.split(".")
         check_table_name(getattr(getattr(settings, section), key), name)
     check_identifier(settings.train.model_name, "train.model_name")
-    for column in settings.score.allow_columns + settings.score.sensitive_columns:
-        check_identifier(column, "a column in score.allow_columns/sensitive_columns")
+    for column in settings.score.allow_columns + settings.score.sensitive_columns + settings.score.key_columns:
+        check_identifier(column, "a column in score.allow_columns/sensitive_columns/key_columns")
+    check_identifier(settings.score.date_column, "score.date_column")
 
     positive = {
         "generate.days": settings.generate.days,
@@ -329,6 +358,11 @@ def _validate(settings: Settings) -> Settings:
         "generate.files_per_day": settings.generate.files_per_day,
         "train.epochs": settings.train.epochs,
         "train.batch_size": settings.train.batch_size,
+        "train.patience": settings.train.patience,
+        "train.precision_at_k": settings.train.precision_at_k,
+        "train.sample_rows": settings.train.sample_rows,
+        "train.max_pos_weight": settings.train.max_pos_weight,
+        "ray.cpus_per_worker": settings.ray.cpus_per_worker,
         "ray.num_workers": settings.ray.num_workers,
         "spark.arrow_batch_size": settings.spark.arrow_batch_size,
         "spark.shuffle_partitions": settings.spark.shuffle_partitions,
@@ -347,6 +381,20 @@ def _validate(settings: Settings) -> Settings:
     policy, value = settings.train.threshold_policy, settings.train.threshold_value
     if policy in ("target_precision", "alert_rate") and not 0.0 < value <= 1.0:
         raise ConfigError(f"train.threshold_value={value} must be in (0, 1] for the {policy} policy")
+    t = settings.train
+    if not t.autoencoder_hidden or any(h <= 0 for h in t.autoencoder_hidden):
+        raise ConfigError(f"train.autoencoder_hidden={t.autoencoder_hidden} must list positive layer sizes, e.g. 32,4")
+    if not 0.0 <= t.clip_low_quantile < t.clip_high_quantile <= 1.0:
+        raise ConfigError(
+            f"train.clip_low_quantile={t.clip_low_quantile} and clip_high_quantile={t.clip_high_quantile} must "
+            "satisfy 0 <= low < high <= 1, e.g. 0.001 and 0.999"
+        )
+    if t.first_date and t.last_date and t.first_date > t.last_date:
+        raise ConfigError(f"train.first_date={t.first_date} is after train.last_date={t.last_date}")
+    if t.validation_days < 1 or t.test_days < 1:
+        raise ConfigError("train.validation_days and train.test_days must be at least 1")
+    if t.shuffle_buffer_rows < 0 or settings.ray.max_failures < -1:
+        raise ConfigError("train.shuffle_buffer_rows must be >= 0 and ray.max_failures >= -1 (-1: unlimited)")
     for name in ("validation_fraction", "test_fraction"):
         fraction = getattr(settings.train, name)
         if not 0.0 < fraction < 0.5:

@@ -33,6 +33,7 @@ from lakescore import schemas as S
 
 COUNTRIES = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "MX", "BR", "JP", "AU")
 _HASH_RANGE = float(1 << 47)
+_EPOCH = dt.date(2000, 1, 1)
 _CARD_TESTING_BURST_MEAN = 8.0  # rows per card-testing burst (5..11)
 
 
@@ -85,7 +86,14 @@ def build_transactions(
     cut_travel = cut_spike + quarter
 
     rid = F.col("rid")
-    base = spark.range(0, days * rows_per_day, numPartitions=max(1, days)).withColumnRenamed("id", "rid")
+    # Row ids count from a fixed epoch, so a day's rows are the same whichever window it is
+    # generated in (re-generating one day reproduces it; velocity at the window's edge aside).
+    first_day = (start_date - _EPOCH).days
+    if first_day < 0:
+        raise ValueError(f"start_date {start_date} is before {_EPOCH}; pick a later start date")
+    base = spark.range(
+        first_day * rows_per_day, (first_day + days) * rows_per_day, numPartitions=max(1, days)
+    ).withColumnRenamed("id", "rid")
     u_kind = _uniform(seed, "kind", rid)
     kind = (
         F.when(u_kind < cut_card_testing, F.lit("card_testing"))
@@ -131,7 +139,8 @@ def build_transactions(
     # --- a normal payment ---------------------------------------------------------------------
     u = lambda tag: _uniform(seed, tag, rid, sub)  # noqa: E731 - a per-row uniform
     z = lambda tag: _normal(seed, tag, rid, sub)  # noqa: E731 - a per-row normal
-    hour = F.pmod(F.round(F.col("hour_centre") + F.lit(3.2) * z("hour")).cast("int"), F.lit(24))
+    # The rows of one burst or travel pair share their event's hour and starting second.
+    hour = F.pmod(F.round(F.col("hour_centre") + F.lit(3.2) * _normal(seed, "hour", rid)).cast("int"), F.lit(24))
     category = F.when(u("cat_fav") < 0.45, F.col("fav_category")).otherwise(_pick(S.MERCHANT_CATEGORIES, u("cat")))
     category_factor = (
         F.when(category == "travel", 4.0)
@@ -161,7 +170,7 @@ def build_transactions(
             .otherwise(F.exp(F.lit(1.6) + F.lit(0.9) * z("km"))),
         )
         .withColumn("new_device_raw", u("device") < 0.03)
-        .withColumn("second", F.floor(u("second") * 3600).cast("long"))
+        .withColumn("second", F.floor(_uniform(seed, "second", rid) * 3600).cast("long"))
     )
 
     # --- anomalies override the normal payment -----------------------------------------------
@@ -182,7 +191,7 @@ def build_transactions(
     spike = k == "amount_spike"
     travel_away = (k == "impossible_travel") & (sub == 1)
     travel_home = (k == "impossible_travel") & (sub == 0)
-    spike_factor = F.when(hard, F.lit(3.0) + F.lit(1.5) * u("spike")).otherwise(F.lit(6.0) + F.lit(14.0) * u("spike"))
+    spike_factor = F.when(hard, F.lit(3.5) + F.lit(1.5) * u("spike")).otherwise(F.lit(6.0) + F.lit(14.0) * u("spike"))
     ato_factor = F.when(hard, F.lit(1.5) + F.lit(1.2) * u("ato")).otherwise(F.lit(3.0) + F.lit(7.0) * u("ato"))
     rows = (
         rows.withColumn(
@@ -201,7 +210,9 @@ def build_transactions(
         .withColumn("card_present", F.when(ct | ato, F.lit(False)).otherwise(F.col("card_present")))
         .withColumn(
             "hour",
-            F.when(ato & ~hard, F.floor(F.lit(1.0) + F.lit(4.0) * u("ato_hour")).cast("int")).otherwise(F.col("hour")),
+            F.when(ato & ~hard, F.floor(F.lit(1.0) + F.lit(4.0) * _uniform(seed, "ato_hour", rid)).cast("int")).otherwise(
+                F.col("hour")
+            ),
         )
         .withColumn(
             "new_device_raw",
@@ -247,9 +258,9 @@ def build_transactions(
 
     start = dt.datetime.combine(start_date, dt.time(), tzinfo=dt.timezone.utc)
     epoch = int(start.timestamp())
-    ts_seconds = F.lit(epoch) + F.col("day") * 86400 + F.col("hour").cast("long") * 3600 + F.col("second")
+    ts_seconds = F.lit(epoch) + (F.col("day") - first_day) * 86400 + F.col("hour").cast("long") * 3600 + F.col("second")
     # Bursts may spill over the hour; keep each row inside its own day.
-    ts_seconds = F.least(ts_seconds, F.lit(epoch) + F.col("day") * 86400 + F.lit(86399))
+    ts_seconds = F.least(ts_seconds, F.lit(epoch) + (F.col("day") - first_day) * 86400 + F.lit(86399))
     rows = rows.withColumn("ts_seconds", ts_seconds)
 
     # --- per-account history: gaps and velocity (a shuffle by account; scales with accounts) ---
@@ -290,5 +301,5 @@ def build_transactions(
         (F.col("prev_country").isNotNull() & (F.col("prev_country") != F.col("country_raw"))).alias(S.COUNTRY_CHANGED),
         F.col("is_anomaly").alias(S.IS_ANOMALY),
         F.col("anomaly_type").alias(S.ANOMALY_TYPE),
-        F.date_add(F.lit(start_date), F.col("day").cast("int")).alias(S.EVENT_DATE),
+        F.date_add(F.lit(_EPOCH), F.col("day").cast("int")).alias(S.EVENT_DATE),
     )

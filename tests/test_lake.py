@@ -1,0 +1,88 @@
+"""The embedded lake: Delta round trips, time travel, the persistent catalog, clear errors."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from pyspark.sql import functions as F
+
+from lakescore import lake
+from lakescore.spark import default_spark_conf
+
+
+def test_the_session_has_delta_and_the_catalog_under_the_lake_root(spark, settings):
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.sql.extensions") == "io.delta.sql.DeltaSparkSessionExtension"
+    assert conf.get("spark.sql.catalogImplementation") == "hive"
+    assert conf.get("spark.sql.warehouse.dir") == str(settings.lake.warehouse_dir)
+    assert str(settings.lake.metastore_dir) in conf.get("spark.hadoop.javax.jdo.option.ConnectionURL")
+    assert conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "1000"
+    assert conf.get("spark.python.worker.reuse") == "true"
+    assert conf.get("spark.master") == "local[2]"
+
+
+def test_extra_settings_override_the_defaults(settings):
+    custom = settings.with_overrides({"spark.conf": "spark.sql.shuffle.partitions=64,spark.foo=bar"})
+    conf = default_spark_conf(custom)
+    assert conf["spark.sql.shuffle.partitions"] == "64"
+    assert conf["spark.foo"] == "bar"
+
+
+def test_a_delta_round_trip_keeps_every_version_for_time_travel(spark, tmp_path):
+    path = str(tmp_path / "t")
+    spark.createDataFrame([(1, "a", None), (2, "b", float("nan"))], "id INT, name STRING, x DOUBLE").write.format(
+        "delta"
+    ).save(path)
+    spark.createDataFrame([(3, "c", 1.5)], "id INT, name STRING, x DOUBLE").write.format("delta").mode("append").save(path)
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE id = 1")
+
+    assert lake.delta_version(spark, path) == 2
+    v0 = spark.read.format("delta").option("versionAsOf", 0).load(path)
+    assert sorted(r.id for r in v0.collect()) == [1, 2]
+    assert [r.x for r in v0.where("id = 1").collect()] == [None]
+    assert v0.where(F.isnan("x")).count() == 1
+    assert sorted(r.id for r in spark.read.format("delta").option("versionAsOf", 1).load(path).collect()) == [1, 2, 3]
+    assert sorted(r.id for r in spark.read.format("delta").load(path).collect()) == [2, 3]
+
+
+def test_an_unknown_table_is_reported_with_the_tables_that_exist(spark, settings, transactions):
+    with pytest.raises(lake.SourceError, match=r"lakescore.transactionz does not exist \(tables in lakescore: .*transactions"):
+        lake.resolve_source(spark, settings, "transactionz")
+    with pytest.raises(lake.SourceError, match="does not exist"):
+        lake.resolve_source(spark, settings, "/no/such/path")
+
+
+def test_a_catalog_name_resolves_to_its_delta_path_and_version(spark, settings, transactions):
+    source = lake.resolve_source(spark, settings, "transactions")
+    assert source.format == "delta"
+    assert source.path == str(lake.table_path(settings, "transactions"))
+    assert source.version == lake.delta_version(spark, source.path)
+    assert lake.resolve_source(spark, settings, source.path).format == "delta"
+
+
+@pytest.mark.slow
+def test_a_table_registered_in_one_process_is_found_by_name_from_the_next(tmp_path):
+    """Two processes one after the other on the same lake root (Derby admits one at a time)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from lakescore.config import load_settings
+        from lakescore.spark import build_spark_session
+        from lakescore import lake
+        settings = load_settings(overrides={"lake.root": sys.argv[1], "spark.master": "local[1]"}, environ={})
+        spark = build_spark_session(settings)
+        if sys.argv[2] == "write":
+            path = lake.table_path(settings, "persisted")
+            spark.range(5).write.format("delta").save(str(path))
+            lake.register_table(spark, settings, "persisted", path, "delta")
+        else:
+            print("SUM=%d" % spark.sql("SELECT SUM(id) AS s FROM lakescore.persisted").collect()[0]["s"])
+        spark.stop()
+        """
+    )
+    root = str(tmp_path / "lake")
+    for step in ("write", "read"):
+        result = subprocess.run([sys.executable, "-c", script, root, step], capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert "SUM=10" in result.stdout
