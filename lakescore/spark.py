@@ -65,6 +65,8 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         # The embedded metastore creates its schema on first use instead of needing schematool.
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
+        # derby.log lands here instead of in the working directory (read at JVM launch only).
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={lake.metastore_dir}",
         "spark.python.worker.reuse": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark.arrow_batch_size),

@@ -1,0 +1,78 @@
+"""The model registry: first model is champion, promotion and rollback in one commit, clear errors."""
+
+import pytest
+import torch
+
+from lakescore import registry
+from lakescore.bundle import write_bundle
+from lakescore.models import build_model
+
+
+def _register(spark, settings, name, metrics):
+    version = registry.next_version(spark, settings, name)
+    arch = {"kind": "mlp", "n_features": 2, "hidden": [2], "dropout": 0.0}
+    manifest = {
+        "name": name,
+        "version": version,
+        "kind": "mlp",
+        "architecture": arch,
+        "feature_set": {"name": "numeric_v1", "inputs": {"a": "numeric", "b": "numeric"}, "features": ["a", "b"]},
+        "preprocessing": {},
+        "score": {"type": "probability"},
+        "threshold": {"policy": "fixed", "target": 0.5, "value": 0.5},
+        "metrics": metrics,
+        "lineage": {"source_table": "lakescore.t", "source_version": 3},
+    }
+    torch.manual_seed(version)
+    path = registry.bundle_dir(settings, name, version)
+    bundle = write_bundle(path, manifest, build_model(arch).state_dict(), {})
+    return registry.register_bundle(spark, settings, bundle, path)
+
+
+def _stages(spark, settings, name):
+    return {r["version"]: r["stage"] for r in registry.list_models(spark, settings, name)}
+
+
+def test_the_first_model_of_a_name_is_champion_and_later_ones_are_challengers(spark, settings):
+    first = _register(spark, settings, "reg_a", {"test_aucpr": 0.5})
+    second = _register(spark, settings, "reg_a", {"test_aucpr": 0.6})
+    assert (first.version, first.stage) == (1, "champion")
+    assert (second.version, second.stage) == (2, "challenger")
+    assert registry.get_entry(spark, settings, "reg_a").version == 1
+    assert registry.get_entry(spark, settings, "reg_a@2").metrics == {"test_aucpr": 0.6}
+    row = registry.list_models(spark, settings, "reg_a")[0]
+    assert (row["source_table"], row["source_version"]) == ("lakescore.t", 3)
+
+
+def test_promotion_and_rollback_each_take_one_commit_and_leave_one_champion(spark, settings):
+    for _ in range(3):
+        _register(spark, settings, "reg_b", {})
+    table = registry.registry_table(settings)
+    before = spark.sql(f"DESCRIBE HISTORY {table}").count()
+    registry.promote(spark, settings, "reg_b@3", note="better")
+    assert _stages(spark, settings, "reg_b") == {1: "archived", 2: "challenger", 3: "champion"}
+    registry.promote(spark, settings, "reg_b@1")  # rollback
+    assert _stages(spark, settings, "reg_b") == {1: "champion", 2: "challenger", 3: "archived"}
+    assert spark.sql(f"DESCRIBE HISTORY {table}").count() == before + 2
+    _, bundle = registry.load_registered(spark, settings, "reg_b")
+    assert bundle.version == 1
+
+
+def test_unknown_models_and_bad_references_are_explained(spark, settings):
+    with pytest.raises(registry.RegistryError, match="no a champion for nobody|no .*champion for nobody"):
+        registry.get_entry(spark, settings, "nobody")
+    with pytest.raises(registry.RegistryError, match="not `name`"):
+        registry.parse_model_ref("a@b@c")
+    with pytest.raises(registry.RegistryError, match="explicit version"):
+        registry.promote(spark, settings, "reg_a")
+
+
+def test_a_bundle_replaced_on_disk_after_registration_is_refused(spark, settings):
+    import shutil
+
+    entry = _register(spark, settings, "reg_c", {})
+    other = _register(spark, settings, "reg_c", {})
+    shutil.rmtree(entry.path)
+    shutil.copytree(other.path, entry.path)
+    with pytest.raises(Exception, match="files were replaced|manifest"):
+        registry.load_registered(spark, settings, "reg_c@1")
