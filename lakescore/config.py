@@ -182,6 +182,17 @@ class ScoreSettings:
 
 
 @dataclass(frozen=True)
+class RetrainSettings:
+    # The challenger must beat the champion's holdout AUCPR by at least this much...
+    min_aucpr_gain: float = 0.005
+    # ...without its precision at threshold falling more than this below the champion's.
+    precision_tolerance: float = 0.0
+    # `retrain --reproduce`: largest metric difference still reported as a match (DDP with
+    # streamed shards is reproducible to float rounding, not bit for bit).
+    reproduce_tolerance: float = 0.01
+
+
+@dataclass(frozen=True)
 class Settings:
     lake: LakeSettings = field(default_factory=LakeSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
@@ -189,6 +200,7 @@ class Settings:
     generate: GenerateSettings = field(default_factory=GenerateSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
     def table(self, name: str) -> str:
         """Qualify `name` with the lake's database unless it already names one."""
@@ -345,7 +357,11 @@ def _validate(settings: Settings) -> Settings:
 
     for name in ("generate.table", "train.table", "score.table"):
         section, key = name.split(".")
-        check_table_name(getattr(getattr(settings, section), key), name)
+        value = getattr(getattr(settings, section), key)
+        # Training and scoring also read a path (a Delta table or a Parquet snapshot); resolve_source checks it.
+        if name in ("train.table", "score.table") and isinstance(value, str) and ("/" in value or value.startswith("file:")):
+            continue
+        check_table_name(value, name)
     check_identifier(settings.train.model_name, "train.model_name")
     for column in settings.score.allow_columns + settings.score.sensitive_columns + settings.score.key_columns:
         check_identifier(column, "a column in score.allow_columns/sensitive_columns/key_columns")

@@ -1,0 +1,179 @@
+"""Reading the lake with Ray Data, the distributed preprocessing fit, and the promise that the
+training path and the scoring path give a row the same model input."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lakescore import schemas as S
+from lakescore.features import TRANSACTIONS_V1, numeric_feature_set
+from training.data import (
+    SPLIT_COLUMN,
+    TEST,
+    TRAIN,
+    SplitPlan,
+    TableSource,
+    UnreadableSourceError,
+    check_delta_readable,
+    read_rows,
+    source_dates,
+)
+from training.preprocessing import X, features_batch, fit_preprocessing, preprocess_batch
+
+NOV = [dt.date(2026, 11, d) for d in range(1, 5)]
+
+
+def _raw_transactions(n: int, seed: int = 0) -> pd.DataFrame:
+    """Raw rows shaped like the transactions table, with nulls, NaN, inf and unknown categories."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            S.AMOUNT: rng.lognormal(3.0, 1.0, n),
+            S.ACCOUNT_AVG_AMOUNT: rng.lognormal(3.0, 0.5, n),
+            S.HOUR_OF_DAY: rng.integers(0, 24, n),
+            S.DISTANCE_FROM_HOME_KM: rng.lognormal(1.5, 1.0, n),
+            S.SECONDS_SINCE_PREV: rng.exponential(3600.0, n),
+            S.KM_FROM_PREV: rng.lognormal(1.0, 1.0, n),
+            S.TXN_COUNT_1H: rng.integers(1, 5, n),
+            S.TXN_COUNT_24H: rng.integers(1, 20, n),
+            S.NEW_DEVICE: rng.random(n) < 0.05,
+            S.CARD_PRESENT: rng.random(n) < 0.5,
+            S.COUNTRY_CHANGED: rng.random(n) < 0.05,
+            S.MERCHANT_CATEGORY: rng.choice(list(S.MERCHANT_CATEGORIES), n).astype(object),
+            S.IS_ANOMALY: rng.random(n) < 0.1,
+            S.ANOMALY_TYPE: None,
+            S.EVENT_DATE: [NOV[i % 4] for i in range(n)],
+        }
+    )
+    frame.loc[0, S.AMOUNT] = np.nan
+    frame.loc[1, S.DISTANCE_FROM_HOME_KM] = None
+    frame.loc[2, S.SECONDS_SINCE_PREV] = np.inf
+    frame.loc[3, S.MERCHANT_CATEGORY] = "space_tourism"
+    frame.loc[4, S.MERCHANT_CATEGORY] = None
+    frame.loc[5, S.AMOUNT] = 1e9  # far beyond the clipping quantile
+    frame.loc[frame[S.IS_ANOMALY], S.ANOMALY_TYPE] = "amount_spike"
+    return frame
+
+
+def _write_delta(path, frame: pd.DataFrame, mode: str = "overwrite") -> None:
+    from deltalake import write_deltalake
+
+    write_deltalake(str(path), pa.Table.from_pandas(frame, preserve_index=False), partition_by=[S.EVENT_DATE], mode=mode)
+
+
+@pytest.fixture
+def ordered(ray_local):
+    """Ray Data keeps the order of rows, so two paths can be compared row by row."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    before = context.execution_options.preserve_order
+    context.execution_options.preserve_order = True
+    yield
+    context.execution_options.preserve_order = before
+
+
+def test_a_delta_table_is_read_at_its_pinned_version_with_its_partition_column(tmp_path, ray_local):
+    path = tmp_path / "events"
+    _write_delta(path, pd.DataFrame({"a": [1.0, 2.0, 3.0], S.EVENT_DATE: NOV[:3]}))
+    _write_delta(path, pd.DataFrame({"a": [4.0], S.EVENT_DATE: [NOV[3]]}), mode="append")
+
+    pinned = TableSource("events", str(path), "delta", version=0)
+    rows = read_rows(pinned, ["a", S.EVENT_DATE]).to_pandas().sort_values("a")
+    assert rows["a"].tolist() == [1.0, 2.0, 3.0]
+    assert [pd.Timestamp(d).date() for d in rows[S.EVENT_DATE]] == NOV[:3]
+    assert source_dates(pinned) == NOV[:3]
+    assert source_dates(TableSource("events", str(path), "delta", version=1)) == NOV
+
+
+def test_a_parquet_snapshot_is_read_with_the_dates_from_its_directory_names(tmp_path, ray_local):
+    path = tmp_path / "snapshot"
+    frame = _raw_transactions(40)
+    pq.write_to_dataset(pa.Table.from_pandas(frame.astype({S.EVENT_DATE: str}), preserve_index=False), str(path), partition_cols=[S.EVENT_DATE])
+    source = TableSource("snapshot", str(path), "parquet")
+    assert source_dates(source) == NOV
+
+    plan = SplitPlan(dated=True, date_to_split={NOV[0]: TRAIN, NOV[3]: TEST})
+    columns = [*TRANSACTIONS_V1.inputs, S.IS_ANOMALY, S.ANOMALY_TYPE, S.EVENT_DATE]
+    featured = read_rows(source, columns).map_batches(
+        features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, "plan": plan}, batch_format="pandas"
+    ).to_pandas()
+    # Rows of the two dates outside the plan are dropped; the others carry their split.
+    assert featured[SPLIT_COLUMN].value_counts().to_dict() == {TRAIN: 10, TEST: 10}
+
+
+@pytest.mark.parametrize(
+    "properties, feature",
+    [
+        ("'delta.enableDeletionVectors' = 'true'", "deletion vectors"),
+        ("'delta.columnMapping.mode' = 'name', 'delta.minReaderVersion' = '2', 'delta.minWriterVersion' = '5'", "column mapping"),
+    ],
+)
+def test_a_delta_table_the_reader_cannot_honour_is_refused_with_a_parquet_hint(spark, tmp_path, properties, feature):
+    path = tmp_path / "unreadable"
+    spark.sql(f"CREATE TABLE delta.`{path}` (a DOUBLE, event_date DATE) USING DELTA TBLPROPERTIES ({properties})")
+    spark.sql(f"INSERT INTO delta.`{path}` VALUES (1.0, DATE'2026-11-01'), (2.0, DATE'2026-11-02')")
+    with pytest.raises(UnreadableSourceError, match=f"uses {feature}.*Write a Parquet snapshot first"):
+        check_delta_readable(str(path), None)
+
+
+def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
+    import ray
+
+    rng = np.random.default_rng(1)
+    train = rng.normal(10.0, 2.0, 2000)
+    train[:3] = [1e6, -1e6, np.nan]  # tails are clipped before the mean and std, a NaN is skipped
+    test = np.full(500, 1e3)  # would move every statistic if it leaked in
+    frame = pd.DataFrame({"v": np.r_[train, test], S.IS_ANOMALY: False, S.EVENT_DATE: [NOV[0]] * 2000 + [NOV[3]] * 500})
+    plan = SplitPlan(dated=True, date_to_split={NOV[0]: TRAIN, NOV[3]: TEST})
+    featured = ray.data.from_pandas(frame).map_batches(
+        features_batch, fn_kwargs={"feature_set": numeric_feature_set(["v"]), "plan": plan}, batch_format="pandas"
+    )
+    train_only = featured.filter(lambda row: row[SPLIT_COLUMN] == TRAIN).materialize()
+    preprocessing, stats = fit_preprocessing(train_only, ["v"], (0.01, 0.99))
+
+    finite = train[np.isfinite(train)]
+    low, high = np.quantile(finite, [0.01, 0.99])
+    clipped = np.clip(finite, stats["v"]["q_low"], stats["v"]["q_high"])
+    # KLL quantiles are approximate: within a fraction of a percent in rank.
+    assert stats["v"]["q_low"] == pytest.approx(low, abs=0.3)
+    assert stats["v"]["q_high"] == pytest.approx(high, abs=0.3)
+    assert stats["v"]["median"] == pytest.approx(np.median(finite), abs=0.1)
+    assert preprocessing.center[0] == pytest.approx(clipped.mean(), rel=1e-5)
+    assert preprocessing.scale[0] == pytest.approx(clipped.std(), rel=1e-4)
+    assert 1.5 < preprocessing.scale[0] < 2.5  # the +/-1e6 rows did not inflate it
+
+
+def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered):
+    import ray
+
+    raw = _raw_transactions(400)
+    plan = SplitPlan(dated=True, date_to_split={NOV[0]: TRAIN, NOV[1]: TRAIN, NOV[2]: TRAIN, NOV[3]: TEST})
+    featured = ray.data.from_pandas(raw).map_batches(
+        features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, "plan": plan}, batch_format="pandas", batch_size=64
+    )
+    preprocessing, _ = fit_preprocessing(
+        featured.filter(lambda row: row[SPLIT_COLUMN] == TRAIN).materialize(), TRANSACTIONS_V1.features, (0.01, 0.99)
+    )
+    # Training path: Ray Data batches, as the workers receive them.
+    batches = featured.map_batches(
+        preprocess_batch,
+        fn_kwargs={"features": TRANSACTIONS_V1.features, "preprocessing": preprocessing},
+        batch_format="pandas",
+        batch_size=64,
+    )
+    via_ray = np.concatenate([b[X] for b in batches.iter_batches(batch_format="numpy", batch_size=None)])
+    # Scoring path: the feature function and the bundle's preprocessing called directly.
+    direct, invalid = preprocessing.apply(TRANSACTIONS_V1.transform(raw))
+
+    assert via_ray.dtype == direct.dtype == np.float32
+    assert via_ray.shape == direct.shape == (400, len(TRANSACTIONS_V1.features))
+    assert np.array_equal(via_ray, direct)
+    assert np.isfinite(direct).all()
+    assert invalid.sum() > 0  # the NaN, null, inf and unknown categories were imputed
+    # The 1e9 amount was clipped to the training split's high quantile, not passed through.
+    assert direct[5, 0] == pytest.approx((preprocessing.clip_high[0] - preprocessing.center[0]) / preprocessing.scale[0])

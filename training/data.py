@@ -1,0 +1,206 @@
+"""Reading a training window from the lake with Ray Data, and the train/validation/test split.
+
+The job resolves a source with Spark (catalog name or path -> path, format, Delta version) and
+passes the result in; nothing here imports pyspark. Rows are read with Ray Data, never collected
+to one process:
+
+- Delta: `ray.data.read_delta` at the pinned version. It lists the version's files through
+  delta-rs and reads them as Parquet, so it cannot honour deletion vectors or column mapping;
+  such tables are refused up front (`check_delta_readable`) instead of silently yielding deleted
+  rows or wrongly named columns. Partition columns (event_date) come from the Delta log.
+- Parquet: `ray.data.read_parquet` with hive partitioning, so `event_date=...` directories arrive
+  as a column.
+
+Splits: a dated table (an `event_date` column) is split in time: the last `test_days` dates are
+the test window, the `validation_days` before them validation, the rest training. An undated
+table (a `record_id` key) is split per class by a hash of the key, so each split keeps the
+class balance and a row always lands in the same split.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lakescore import schemas as S
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+TRAIN = "train"
+VALIDATION = "validation"
+TEST = "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
+
+# Columns the feature step adds next to the features (double underscores: never a source column).
+LABEL_COLUMN = "__label"
+SPLIT_COLUMN = "__split"
+TYPE_COLUMN = "__type"
+
+
+class UnreadableSourceError(ValueError):
+    """The source cannot be read correctly by Ray Data; the message says what to do instead."""
+
+
+class SourceLike(Protocol):
+    """What the job resolved (lakescore.lake.Source has these attributes)."""
+
+    name: str
+    path: str
+    format: str
+    version: int | None
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A resolved source as training sees it (no Spark needed to build one)."""
+
+    name: str
+    path: str
+    format: str  # "delta" or "parquet"
+    version: int | None = None
+
+
+def check_delta_readable(path: str, version: int | None) -> None:
+    """Refuse a Delta table whose reader features Ray Data's Parquet-based reader cannot honour.
+
+    Deletion vectors would leave deleted rows in the training data; column mapping would read
+    physical column names (`col-3f2a...`) or nothing. Both are refused with the fix.
+    """
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path, version=version)
+    protocol = table.protocol()
+    reader_features = set(protocol.reader_features or ())
+    configuration = table.metadata().configuration or {}
+    problems = []
+    if "deletionVectors" in reader_features or configuration.get("delta.enableDeletionVectors", "").lower() == "true":
+        problems.append("deletion vectors")
+    mapping = configuration.get("delta.columnMapping.mode", "none").lower()
+    if "columnMapping" in reader_features or mapping != "none":
+        problems.append(f"column mapping (mode {mapping})")
+    if problems:
+        raise UnreadableSourceError(
+            f"Delta table at {path} (version {version}) uses {' and '.join(problems)}, which the Ray Data "
+            "reader cannot honour: it would train on wrong rows or columns. Write a Parquet snapshot first, "
+            f"e.g. in Spark: spark.read.format('delta').option('versionAsOf', {version}).load('{path}')"
+            ".write.partitionBy('event_date').parquet('/path/to/snapshot'), then train on that path"
+        )
+
+
+def source_dates(source: SourceLike) -> list[dt.date]:
+    """The distinct `event_date` values of a dated source, from metadata (no scan of the rows).
+
+    Delta: the partition values of the pinned version's files. Parquet: the `event_date=`
+    directory names. Empty if the date is not a partition column.
+    """
+    if source.format == "delta":
+        from deltalake import DeltaTable
+
+        partitions = DeltaTable(source.path, version=source.version).partitions()
+        values = {p.get(S.EVENT_DATE) for p in partitions}
+    else:
+        prefix = f"{S.EVENT_DATE}="
+        values = {p.name[len(prefix):] for p in Path(source.path).glob(f"{prefix}*") if p.is_dir()}
+    return sorted(dt.date.fromisoformat(v) for v in values if v and v != "__HIVE_DEFAULT_PARTITION__")
+
+
+def read_rows(source: SourceLike, columns: Sequence[str]) -> "ray.data.Dataset":
+    """Read `columns` of the source with Ray Data (Delta at `source.version`)."""
+    import ray.data
+
+    if source.format == "delta":
+        check_delta_readable(source.path, source.version)
+        return ray.data.read_delta(source.path, version=source.version, columns=list(columns))
+    if source.format == "parquet":
+        # Ray's default partitioning is hive: `event_date=...` directories become a column.
+        return ray.data.read_parquet(source.path, columns=list(columns))
+    raise UnreadableSourceError(f"source {source.name} has format {source.format!r}; train from delta or parquet")
+
+
+def date_splits(
+    dates: Sequence[dt.date],
+    validation_days: int,
+    test_days: int,
+    first: dt.date | None = None,
+    last: dt.date | None = None,
+) -> dict[dt.date, str]:
+    """Assign each date in [first, last] to a split, in time order (later = held out).
+
+    Raises ValueError if the window leaves no training date.
+    """
+    window = sorted(d for d in set(dates) if (first is None or d >= first) and (last is None or d <= last))
+    held_out = validation_days + test_days
+    if len(window) <= held_out:
+        raise ValueError(
+            f"the training window has {len(window)} date(s) ({_span(window)}), but {validation_days} validation "
+            f"and {test_days} test day(s) are held out, leaving none to train on; widen the window "
+            "(train.first_date/last_date) or lower train.validation_days/test_days"
+        )
+    splits = {}
+    for i, day in enumerate(reversed(window)):
+        splits[day] = TEST if i < test_days else VALIDATION if i < held_out else TRAIN
+    return dict(sorted(splits.items()))
+
+
+def _span(dates: Sequence[dt.date]) -> str:
+    return f"{dates[0]}..{dates[-1]}" if dates else "no dates"
+
+
+def hash_uniform(keys: np.ndarray, salt: int) -> np.ndarray:
+    """A deterministic uniform in [0, 1) per integer key (splitmix64 of key and salt; the same on
+    every machine, run and partitioning)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(keys).astype(np.uint64) + np.uint64(salt & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def stratified_split(
+    keys: np.ndarray, labels: np.ndarray, validation_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Split names for undated rows: per class (the hash is salted with the label), a row lands
+    in test with probability `test_fraction`, in validation with `validation_fraction`."""
+    labels = np.asarray(labels, dtype=bool)
+    u = np.where(labels, hash_uniform(keys, 2 * seed + 1), hash_uniform(keys, 2 * seed))
+    return np.where(u < test_fraction, TEST, np.where(u < test_fraction + validation_fraction, VALIDATION, TRAIN))
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How rows are assigned to splits; picklable, applied inside Ray Data tasks."""
+
+    dated: bool
+    date_to_split: Mapping[dt.date, str] | None = None
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 7
+
+    def assign(self, raw: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+        """The split name of every row; rows outside a dated window get ''."""
+        if self.dated:
+            dates = pd.to_datetime(raw[S.EVENT_DATE]).dt.date
+            return dates.map(lambda d: self.date_to_split.get(d, "")).to_numpy(dtype=object)
+        return stratified_split(
+            raw[S.RECORD_ID].to_numpy(), labels, self.validation_fraction, self.test_fraction, self.seed
+        )
+
+    def window(self) -> dict[str, str] | None:
+        """The window's first and last date, and first..last per split, for the manifest's lineage."""
+        if not self.dated:
+            return None
+        out = {"first": str(min(self.date_to_split)), "last": str(max(self.date_to_split))}
+        for name in SPLITS:
+            days = [d for d, s in self.date_to_split.items() if s == name]
+            out[name] = f"{min(days)}..{max(days)}"
+        return out

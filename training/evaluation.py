@@ -1,0 +1,155 @@
+"""Evaluation of scores on a held-out window, the IsolationForest baseline, and the plots.
+
+Everything here works on one process's numpy arrays: the scores and labels of the held-out
+window (collected after the scoring ran distributed; a few numbers per row), and, for the
+baseline, a bounded sample of the training split.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+# Metrics printed side by side, in this order.
+METRICS = ("aucpr", "aucroc", "precision", "recall", "f1", "precision_at_k", "tp", "fp", "fn", "tn")
+
+
+def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, k: int) -> dict[str, float]:
+    """AUCPR (average precision), AUCROC, precision/recall/F1 of `score >= threshold`,
+    precision among the k highest scores, and the confusion matrix (tp, fp, fn, tn).
+
+    AUCPR/AUCROC are NaN when the window holds only one class.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    both = labels.any() and not labels.all()
+    flagged = scores >= threshold
+    tp = int(np.sum(flagged & labels))
+    fp = int(np.sum(flagged & ~labels))
+    fn = int(np.sum(~flagged & labels))
+    tn = int(np.sum(~flagged & ~labels))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    k = min(k, len(scores))
+    top = np.argsort(-scores, kind="stable")[:k]
+    return {
+        "rows": int(len(scores)),
+        "anomalies": int(labels.sum()),
+        "aucpr": float(average_precision_score(labels, scores)) if both else math.nan,
+        "aucroc": float(roc_auc_score(labels, scores)) if both else math.nan,
+        "threshold": float(threshold),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "k": k,
+        "precision_at_k": float(labels[top].mean()) if k else math.nan,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def by_type(scores: np.ndarray, labels: np.ndarray, types: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+    """Per anomaly type: count, recall at the threshold, and AUCPR of that type against the normal rows."""
+    from sklearn.metrics import average_precision_score
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    types = np.asarray(types).astype(str)
+    out = {}
+    for name in sorted(set(types[labels]) - {""}):
+        mine = labels & (types == name)
+        keep = mine | ~labels
+        out[name] = {
+            "rows": int(mine.sum()),
+            "recall": float(np.mean(scores[mine] >= threshold)),
+            "aucpr": float(average_precision_score(mine[keep], scores[keep])) if (~labels).any() else math.nan,
+        }
+    return out
+
+
+def fit_isolation_forest(x_train: np.ndarray, seed: int, n_estimators: int = 200):
+    """The baseline: scikit-learn's IsolationForest on (a sample of) the preprocessed training
+    features, labels unused. Score with `isolation_forest_scores` (higher = more anomalous)."""
+    from sklearn.ensemble import IsolationForest
+
+    return IsolationForest(n_estimators=n_estimators, random_state=seed, n_jobs=1).fit(x_train)
+
+
+def isolation_forest_scores(forest, x: np.ndarray) -> np.ndarray:
+    return -forest.score_samples(x) if len(x) else np.empty(0)
+
+
+def format_table(columns: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = METRICS) -> str:
+    """Metrics as rows, one column per model: `{"mlp": {...}, "isolation_forest": {...}}`."""
+    names = list(columns)
+    width = max(len(m) for m in metrics) + 2
+    lines = ["metric".ljust(width) + "".join(n.rjust(18) for n in names)]
+    for metric in metrics:
+        cells = []
+        for name in names:
+            value = columns[name].get(metric, math.nan)
+            cells.append((f"{value:d}" if isinstance(value, int) else f"{value:.4f}").rjust(18))
+        lines.append(metric.ljust(width) + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot_pr_curve(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
+    """PNG of precision-recall curves, one per model: {name: (scores, labels)}."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for name, (scores, labels) in curves.items():
+        if np.any(labels) and not np.all(labels):
+            precision, recall, _ = precision_recall_curve(labels, scores)
+            ax.step(recall, precision, where="post", label=f"{name} (AP {average_precision_score(labels, scores):.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower left")
+    return _png(plt, fig)
+
+
+def plot_score_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, title: str) -> bytes:
+    """PNG of the score distribution of normal and anomalous rows, log-scaled counts, with the threshold."""
+    plt = _pyplot()
+    labels = np.asarray(labels).astype(bool)
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    finite = scores[np.isfinite(scores)]
+    bins = np.linspace(finite.min(), finite.max(), 50) if finite.size and finite.min() < finite.max() else 10
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"normal ({int((~labels).sum())})", log=True)
+    ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"anomalous ({int(labels.sum())})", log=True)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("score")
+    ax.set_ylabel("rows")
+    ax.set_title(title)
+    ax.legend()
+    return _png(plt, fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(plt, fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    # No timestamp in the PNG metadata: the same evaluation gives the same bytes.
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,161 @@
+"""Raw rows -> features -> preprocessed model inputs, as Ray Data batch functions, and the
+distributed fit of the preprocessing statistics on the training split.
+
+The per-batch functions call the very code scoring calls: `FeatureSet.transform` (the one feature
+function) and `Preprocessing.apply` (the bundle's preprocessing), so a row gets the same model
+input on both paths (tests/test_training_data.py checks it value for value).
+
+The statistics (median for imputation, low/high quantiles for clipping, mean and standard
+deviation for scaling) come from Ray Data aggregations over the training split: each block is
+summarised where it lives and only the summaries meet, so the table is never collected to one
+process. Quantiles are approximate (a KLL sketch, datasketches), which is plenty for clipping.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from lakescore import schemas as S
+from lakescore.features import FeatureSet
+from lakescore.preprocess import Preprocessing
+from training.data import LABEL_COLUMN, SPLIT_COLUMN, TYPE_COLUMN, SplitPlan
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+X = "x"  # preprocessed features, rows x features, float32
+Y = "y"  # label, float32 0/1
+
+
+def features_batch(
+    raw: pd.DataFrame,
+    feature_set: FeatureSet,
+    plan: SplitPlan,
+    label_overrides: Mapping[str, bool] | None = None,
+    key_column: str | None = None,
+) -> pa.Table:
+    """Ray Data batch function: raw source rows -> one column per feature (null where the value
+    is null/NaN/inf), the label, the split name and the anomaly type; rows outside the window
+    are dropped.
+
+    `label_overrides` ({record key as string: is_anomaly}, analysts' verdicts) replace the
+    source's label of the rows whose `key_column` they name, before the split is assigned.
+    """
+    labels = raw[S.IS_ANOMALY].fillna(False).astype(bool).to_numpy() if len(raw) else np.zeros(0, bool)
+    if label_overrides and key_column and len(raw):
+        keys = raw[key_column].astype(str)
+        verdicts = keys.map(label_overrides)
+        known = verdicts.notna().to_numpy()
+        labels = labels.copy()
+        labels[known] = verdicts[known].astype(bool).to_numpy()
+    split = plan.assign(raw, labels) if len(raw) else np.zeros(0, dtype=object)
+    keep = split != ""
+    x = feature_set.transform(raw.loc[keep].reset_index(drop=True))
+    columns = {
+        # A null in Arrow, so that the aggregations skip it; it comes back as NaN for `apply`.
+        name: pa.array(x[:, i], type=pa.float32(), mask=~np.isfinite(x[:, i]))
+        for i, name in enumerate(feature_set.features)
+    }
+    columns[LABEL_COLUMN] = pa.array(labels[keep])
+    columns[SPLIT_COLUMN] = pa.array(split[keep].astype(str))
+    types = raw[S.ANOMALY_TYPE].loc[keep] if S.ANOMALY_TYPE in raw.columns else pd.Series([None] * int(keep.sum()))
+    columns[TYPE_COLUMN] = pa.array(types.astype(object).where(types.notna(), None).tolist(), type=pa.string())
+    return pa.table(columns)
+
+
+def feature_matrix(batch: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    """The feature columns of a features batch as float32 rows x features (null -> NaN)."""
+    return np.stack([batch[f].to_numpy(dtype=np.float32, na_value=np.nan) for f in features], axis=1) if len(
+        batch
+    ) else np.empty((0, len(features)), dtype=np.float32)
+
+
+def preprocess_batch(
+    batch: pd.DataFrame, features: Sequence[str], preprocessing: Preprocessing, split: str | None = None
+) -> dict[str, np.ndarray]:
+    """Ray Data batch function: features batch -> {"x": model input, "y": label, "type": anomaly
+    type}, keeping only `split` (all rows if None)."""
+    if split is not None:
+        batch = batch[batch[SPLIT_COLUMN] == split]
+    x, _ = preprocessing.apply(feature_matrix(batch, features))
+    return {
+        X: x,
+        Y: batch[LABEL_COLUMN].to_numpy(dtype=np.float32),
+        "type": batch[TYPE_COLUMN].fillna("").to_numpy(dtype=object).astype(str),
+    }
+
+
+def fit_preprocessing(
+    train_features: "ray.data.Dataset",
+    features: Sequence[str],
+    clip_quantiles: tuple[float, float],
+) -> tuple[Preprocessing, dict[str, dict[str, float]]]:
+    """Fit imputation, clipping and scaling on the training split with Ray Data aggregations.
+
+    Args:
+        train_features: the training split's features dataset (`features_batch` output); it
+            is read twice, so it should come from a materialized dataset.
+        features: the feature columns, in model order.
+        clip_quantiles: (low, high) quantiles the features are clipped to.
+
+    Returns:
+        (Preprocessing, the statistics per feature, for the manifest).
+
+    Two passes, each one distributed aggregation over all features: (1) a KLL sketch per feature
+    gives the median and the clipping quantiles; (2) the mean and standard deviation of the
+    clipped values, so that a heavy tail cannot inflate the scale.
+    """
+    from ray.data.aggregate import ApproximateQuantile, Count, Mean, Std
+
+    low, high = clip_quantiles
+    first = train_features.aggregate(
+        Count(alias_name="rows"),
+        *[ApproximateQuantile(f, quantiles=[low, 0.5, high], alias_name=f"q|{f}") for f in features],
+    )
+    if not first or not first.get("rows"):
+        raise ValueError("the training split has no rows; check the training window and the split settings")
+    quantiles = np.array([_three(first.get(f"q|{f}")) for f in features], dtype=np.float64).reshape(len(features), 3)
+    q_low = np.where(np.isfinite(quantiles[:, 0]), quantiles[:, 0], -np.inf)
+    q_high = np.where(np.isfinite(quantiles[:, 2]), quantiles[:, 2], np.inf)
+
+    def clip(batch: pd.DataFrame) -> pa.Table:
+        x = np.clip(feature_matrix(batch, features), q_low, q_high)
+        return pa.table({f: pa.array(x[:, i], mask=~np.isfinite(x[:, i])) for i, f in enumerate(features)})
+
+    second = train_features.map_batches(clip, batch_format="pandas").aggregate(
+        *[Mean(f, ignore_nulls=True, alias_name=f"mean|{f}") for f in features],
+        *[Std(f, ddof=0, ignore_nulls=True, alias_name=f"std|{f}") for f in features],
+    )
+    stats = {
+        f: {
+            "q_low": float(quantiles[i, 0]),
+            "median": float(quantiles[i, 1]),
+            "q_high": float(quantiles[i, 2]),
+            "mean": _number(second.get(f"mean|{f}")),
+            "std": _number(second.get(f"std|{f}")),
+        }
+        for i, f in enumerate(features)
+    }
+    column = lambda key: np.array([stats[f][key] for f in features], dtype=np.float64)  # noqa: E731
+    preprocessing = Preprocessing.from_statistics(
+        features, column("median"), column("q_low"), column("q_high"), column("mean"), column("std")
+    )
+    return preprocessing, stats
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _three(values) -> list[float]:
+    """Three quantiles from a sketch result; NaN when the feature had no value at all."""
+    if values is None or len(values) != 3:
+        return [float("nan")] * 3
+    return [_number(v) for v in values]

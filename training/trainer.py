@@ -1,0 +1,359 @@
+"""Data-parallel training with Ray Train (V2 API, `RAY_TRAIN_V2_ENABLED=1`).
+
+Three tiers, as in Ray's own examples: the loss and optimiser builders, `train_loop_per_worker`
+(every hyperparameter unpacked at the top), and the driver `fit_model` that builds the
+`ScalingConfig`, `RunConfig` and `TorchTrainer`.
+
+What differs from a single-process torch loop is marked "Ray:" below. In short: each worker
+reads its shard of the training split (`get_dataset_shard` + `iter_torch_batches`), the model is
+wrapped in DDP by `prepare_model` (gradients all-reduced; gloo on CPU, nccl on GPU), every epoch
+ends with `ray.train.report` and a checkpoint, and a worker group that lost a worker is
+restarted by Ray Train (`FailureConfig`) and resumes from the last checkpoint.
+
+Early stopping on validation AUCPR: every worker scores the whole validation split (it is not
+sharded), and rank 0's figure is broadcast so that all workers stop at the same epoch (a
+collective that one worker skipped would hang the others).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from lakescore.models import AUTOENCODER, MLP, build_model
+
+if TYPE_CHECKING:
+    import ray.data
+
+log = logging.getLogger(__name__)
+
+_MODEL_FILE = "model.pt"
+_OPTIMIZER_FILE = "optimizer.pt"
+_BEST_FILE = "best.pt"
+_STATE_FILE = "state.json"
+
+
+# --- builders -------------------------------------------------------------------------------
+
+
+def build_loss(kind: str, pos_weight: float | None, device: torch.device) -> nn.Module:
+    """mlp: BCEWithLogitsLoss on the raw logit (sigmoid inside, numerically stable), with the
+    positive class up-weighted for the imbalance; autoencoder: mean squared reconstruction error."""
+    if kind == MLP:
+        weight = None if pos_weight is None else torch.tensor(pos_weight, dtype=torch.float32, device=device)
+        return nn.BCEWithLogitsLoss(pos_weight=weight)
+    return nn.MSELoss()
+
+
+def batch_loss(model: nn.Module, loss_fn: nn.Module, kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if kind == MLP:
+        return loss_fn(model(x), y)
+    return loss_fn(model(x), x)
+
+
+def validation_scores(model: nn.Module, kind: str, batches) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (sigmoid probability or mean squared reconstruction error) and labels of `batches`."""
+    model.eval()
+    scores, labels = [], []
+    with torch.inference_mode():
+        for batch in batches:
+            x = batch["x"]
+            if kind == MLP:
+                s = torch.sigmoid(model(x))
+            else:
+                s = ((model(x) - x) ** 2).mean(dim=1)
+            scores.append(s.double().cpu().numpy())
+            labels.append(batch["y"].cpu().numpy())
+    if not scores:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def _aucpr(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = labels.astype(bool)
+    if not labels.any() or labels.all():
+        return math.nan, math.nan
+    return float(average_precision_score(labels, scores)), float(roc_auc_score(labels, scores))
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` epochs without a better validation AUCPR; remember the best epoch.
+
+    Its fields travel in every checkpoint (`state.json`), so a resumed run keeps counting.
+    """
+
+    patience: int
+    best_aucpr: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, aucpr: float) -> bool:
+        """Record `epoch`'s validation AUCPR; True if it is the best so far. NaN never improves."""
+        if not math.isnan(aucpr) and aucpr > self.best_aucpr + 1e-6:
+            self.best_aucpr, self.best_epoch, self.bad_epochs = aucpr, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+# --- the loop every worker runs --------------------------------------------------------------
+
+
+def train_loop_per_worker(config: Mapping[str, Any]) -> None:
+    """Train one worker's share; resume from the last checkpoint if Ray Train passes one."""
+    import ray.train
+    import ray.train.torch
+
+    architecture = config["architecture"]
+    kind = architecture["kind"]
+    epochs = config["epochs"]
+    batch_size = config["batch_size"]
+    learning_rate = config["learning_rate"]
+    weight_decay = config["weight_decay"]
+    patience = config["patience"]
+    seed = config["seed"]
+    pos_weight = config.get("pos_weight")
+    shuffle_buffer = config.get("shuffle_buffer_rows") or None
+    # Test only: SIGKILL this worker process once, after epoch `fail_at_epoch`'s checkpoint.
+    fail_at_epoch = config.get("fail_at_epoch")
+    fail_marker = config.get("fail_marker")
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()  # Ray: the GPU Ray assigned to this worker, or CPU
+
+    model = build_model(architecture)
+    state: dict[str, Any] = {"epoch": -1, "best_aucpr": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "attempts": []}
+    best_state = copy.deepcopy(model.state_dict())
+    optimizer_state = None
+    # Ray: after a failure the new worker group starts here with the last reported checkpoint.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            directory = Path(directory)
+            model.load_state_dict(torch.load(directory / _MODEL_FILE, weights_only=True))
+            best_state = torch.load(directory / _BEST_FILE, weights_only=True)
+            optimizer_state = torch.load(directory / _OPTIMIZER_FILE, weights_only=True)
+            state = json.loads((directory / _STATE_FILE).read_text())
+    start_epoch = state["epoch"] + 1
+    state["attempts"].append({"start_epoch": start_epoch, "resumed_from_epoch": state["epoch"] if checkpoint else None})
+
+    # Ray: moves the model to `device` and wraps it in DistributedDataParallel when world > 1.
+    model = ray.train.torch.prepare_model(model)
+    plain = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    loss_fn = build_loss(kind, pos_weight, device)
+
+    # Ray: this worker's shard of the training split; the validation split is whole on every worker.
+    train_shard = ray.train.get_dataset_shard("train")
+    validation = ray.train.get_dataset_shard("validation")
+
+    stopping = EarlyStopping(patience, state["best_aucpr"], state["best_epoch"], state["bad_epochs"])
+    for epoch in range(start_epoch, epochs):
+        if stopping.stop:
+            break
+        started = time.perf_counter()
+        model.train()
+        rows, loss_sum = 0, 0.0
+        for batch in train_shard.iter_torch_batches(
+            batch_size=batch_size,
+            dtypes=torch.float32,
+            device=device,
+            local_shuffle_buffer_size=shuffle_buffer,
+            local_shuffle_seed=seed * 100_003 + epoch * 101 + rank,
+        ):
+            optimizer.zero_grad(set_to_none=True)
+            loss = batch_loss(model, loss_fn, kind, batch["x"], batch["y"])
+            loss.backward()  # Ray/DDP: gradients are averaged across workers here
+            optimizer.step()
+            rows += len(batch["y"])
+            loss_sum += float(loss.detach()) * len(batch["y"])
+        train_seconds = time.perf_counter() - started
+
+        scores, labels = validation_scores(
+            plain, kind, validation.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device=device)
+        )
+        aucpr, aucroc = _aucpr(scores, labels)
+        figures = torch.tensor([aucpr, aucroc, rows, loss_sum], dtype=torch.float64, device=device)
+        if world > 1:
+            import torch.distributed as dist
+
+            # Ray: every worker adopts rank 0's validation figures, so all take the same decision.
+            broadcast = figures.clone()
+            dist.broadcast(broadcast, src=0)
+            # Rows and loss are summed over the workers' shards.
+            summed = figures.clone()
+            dist.all_reduce(summed)
+            figures = torch.stack([broadcast[0], broadcast[1], summed[2], summed[3]])
+        aucpr, aucroc, total_rows, total_loss = (float(v) for v in figures.cpu())
+
+        if stopping.update(epoch, aucpr):
+            best_state = {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}
+        state.update(best_aucpr=stopping.best_aucpr, best_epoch=stopping.best_epoch, bad_epochs=stopping.bad_epochs)
+        metrics = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(total_rows, 1.0),
+            "validation_aucpr": aucpr,
+            "validation_aucroc": aucroc,
+            "train_rows": int(total_rows),
+            "train_seconds": train_seconds,
+            "train_rows_per_s": total_rows / train_seconds if train_seconds > 0 else math.nan,
+            "epoch_seconds": time.perf_counter() - started,
+            "best_epoch": stopping.best_epoch,
+            "early_stopped": stopping.stop,
+            "workers": world,
+        }
+        state["epoch"] = epoch
+        state["history"].append(metrics)
+
+        # Ray: rank 0 writes the checkpoint (all workers hold the same weights under DDP); every
+        # worker calls report, which is a barrier.
+        with tempfile.TemporaryDirectory() as directory:
+            reported = None
+            if rank == 0:
+                directory = Path(directory)
+                torch.save(plain.state_dict(), directory / _MODEL_FILE)
+                torch.save(best_state, directory / _BEST_FILE)
+                torch.save(optimizer.state_dict(), directory / _OPTIMIZER_FILE)
+                (directory / _STATE_FILE).write_text(json.dumps(state))
+                reported = ray.train.Checkpoint.from_directory(str(directory))
+            ray.train.report(metrics, checkpoint=reported)
+
+        if fail_at_epoch is not None and epoch == fail_at_epoch and rank == world - 1 and not os.path.exists(fail_marker):
+            Path(fail_marker).write_text(f"killed worker rank {rank} (pid {os.getpid()}) after epoch {epoch}\n")
+            # Make sure the controller has committed this epoch's checkpoint before dying.
+            from ray.train import CheckpointConsistencyMode
+
+            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What training hands to evaluation and export."""
+
+    architecture: Mapping[str, Any]
+    state_dict: Mapping[str, torch.Tensor]  # the best epoch's weights (CPU)
+    history: list[dict[str, Any]]  # one entry per epoch run, in order
+    attempts: list[dict[str, Any]]  # one entry per worker-group start (more than one after a failure)
+    best_epoch: int
+    best_validation_aucpr: float
+    checkpoint_path: str
+
+
+def fit_model(
+    train: "ray.data.Dataset",
+    validation: "ray.data.Dataset",
+    *,
+    architecture: Mapping[str, Any],
+    train_settings,
+    ray_settings,
+    storage_path: str | os.PathLike,
+    run_name: str,
+    pos_weight: float | None,
+    fault_injection: Mapping[str, Any] | None = None,
+) -> TrainedModel:
+    """Train with Ray Train's TorchTrainer on `train` ({"x", "y"}), early-stopping on `validation`.
+
+    Args:
+        train, validation: preprocessed datasets (materialize them first; every epoch re-reads them).
+        architecture: the manifest's architecture entry (kind, n_features, hidden, dropout).
+        train_settings: lakescore TrainSettings (epochs, batch size, learning rate, patience, seed).
+        ray_settings: lakescore RaySettings (num_workers, use_gpu, cpus_per_worker, max_failures).
+        storage_path: where Ray Train persists checkpoints (shared storage on a multi-node cluster).
+        run_name: the run's folder under storage_path.
+        pos_weight: the positive-class weight of the mlp loss (None: unweighted).
+        fault_injection: test only, {"fail_at_epoch": n, "fail_marker": path}.
+
+    Returns the best epoch's weights with the per-epoch history. Raises ray.train's
+    TrainingFailedError if the workers fail more often than `ray.max_failures`.
+    """
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = train_settings
+    config = {
+        "architecture": dict(architecture),
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "learning_rate": t.learning_rate,
+        "weight_decay": t.weight_decay,
+        "patience": t.patience,
+        "seed": t.seed,
+        "pos_weight": pos_weight,
+        "shuffle_buffer_rows": t.shuffle_buffer_rows,
+        **(fault_injection or {}),
+    }
+    resources = {"CPU": ray_settings.cpus_per_worker}
+    if ray_settings.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=ray_settings.num_workers, use_gpu=ray_settings.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=ray_settings.max_failures),
+            # The checkpoint holds the best weights too, so the latest two are all we need.
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": train, "validation": validation},
+        # Only the training split is sharded; each worker scores the whole validation split.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint; see the Ray Train logs under {storage_path}")
+    with result.checkpoint.as_directory() as directory:
+        directory = Path(directory)
+        best = torch.load(directory / _BEST_FILE, weights_only=True)
+        state = json.loads((directory / _STATE_FILE).read_text())
+    return TrainedModel(
+        architecture=dict(architecture),
+        state_dict=best,
+        history=state["history"],
+        attempts=state["attempts"],
+        best_epoch=state["best_epoch"],
+        best_validation_aucpr=state["best_aucpr"],
+        checkpoint_path=result.checkpoint.path,
+    )
+
+
+def make_architecture(kind: str, n_features: int, train_settings) -> dict[str, Any]:
+    """The manifest's architecture entry for `kind` from the settings."""
+    if kind == MLP:
+        return {"kind": MLP, "n_features": n_features, "hidden": list(train_settings.hidden), "dropout": train_settings.dropout}
+    if kind == AUTOENCODER:
+        # No dropout in the autoencoder: it would make the reconstruction error noisy.
+        return {"kind": AUTOENCODER, "n_features": n_features, "hidden": list(train_settings.autoencoder_hidden), "dropout": 0.0}
+    raise ValueError(f"unknown model kind {kind!r}; use mlp or autoencoder")
