@@ -1,0 +1,300 @@
+"""Nightly scoring: score one date partition of a source table with a registered model, write the
+flagged rows and the run's metrics to the lake as Delta tables.
+
+Embedded default (this machine; `make setup` made .venv and .jars):
+
+    PYSPARK_PYTHON=$PWD/.venv/bin/python .venv/bin/spark-submit \\
+      --jars "$(ls .jars/*.jar | paste -sd,)" \\
+      jobs/score_nightly.py --run-date 2026-11-27
+
+or `lakescore score --run-date 2026-11-27`. A cluster whose machines do not have lakescore
+installed gets the code as a zip (`lakescore package` -> dist/lakescore-0.1.0.zip), the Delta jars
+from Maven (or --jars), a Python with numpy/pandas/pyarrow/torch/safetensors on every executor,
+and the shared metastore and lake root:
+
+    spark-submit --master spark://HOST:7077 \\
+      --packages io.delta:delta-spark_4.2_2.13:4.4.0 \\
+      --py-files dist/lakescore-0.1.0.zip \\
+      --conf spark.pyspark.python=/opt/lakescore-env/bin/python \\
+      --conf spark.hadoop.javax.jdo.option.ConnectionURL='jdbc:postgresql://metastore/hive' \\
+      jobs/score_nightly.py --run-date 2026-11-27 --model transactions --table transactions \\
+      --set lake.root=/shared/lake
+
+Options: `--table` a catalog table or a path (Delta or Parquet, detected); `--model name` (its
+champion) or `name@version`, or `--bundle DIR` for a bundle outside the registry; `--run-date D`
+(default: yesterday, UTC) or `--from A --to B`, which runs each date as its own run.
+
+What a run writes, in this order:
+1. `flagged` (partitioned by run_date): the flagged rows of the date with keys, allow-listed
+   columns, score, threshold, reasons and provenance, replacing that date's rows of the same model
+   name in ONE Delta commit (`replaceWhere`), so a re-run never duplicates rows;
+2. `run_metrics`: the run's metrics (long format), gathered in the same pass over the data that
+   wrote `flagged` (the model runs once per row), with the `run_complete` row, in one commit.
+A run that dies before step 1 commits leaves both tables as they were. One that dies between the
+two commits leaves a `flagged` date whose run_id has no `run_complete` row: re-run the date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pyspark import Accumulator, Broadcast
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.common import ConfigOption, SetOption, VerboseOption, fail, print_rows, setup
+from lakescore import lake
+from lakescore import schemas as S
+from lakescore.bundle import Bundle, BundleError, load_bundle
+from lakescore.config import Settings
+from lakescore.features import feature_set_from_manifest
+from lakescore.registry import RegistryError, load_registered
+from lakescore.spark import build_spark_session
+from udfs.broadcast import broadcast_bundle
+from udfs.core import MetricLayout
+from udfs.flagged import OutputColumns, choose_output_columns, flagged_records
+from udfs.metrics import RunIdentity, metric_records
+from udfs.scoring import check_source_columns, score_dataframe, sum_counts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run did (one date, or the whole of an undated source)."""
+
+    run_id: str
+    run_date: dt.date
+    model: str
+    source: str
+    source_version: int | None
+    rows_read: int
+    rows_scored: int
+    rows_flagged: int
+    scoring_seconds: float  # the one pass over the rows: score, flag, explain, write flagged
+    duration_seconds: float  # the whole run up to its metrics commit
+
+
+def run_score(
+    spark: SparkSession,
+    settings: Settings,
+    run_date: dt.date | None = None,
+    *,
+    last_date: dt.date | None = None,
+    source: str | None = None,
+    model: str | None = None,
+    bundle_path: Path | str | None = None,
+    rows_counter: Accumulator | None = None,
+) -> list[RunSummary]:
+    """Score `source` for `run_date` (or each date from `run_date` to `last_date`) and write
+    `flagged` and `run_metrics`; return one summary per run.
+
+    Args:
+        run_date: the date partition to score (settings.score.date_column); default yesterday (UTC).
+        last_date: with it, every date from run_date to last_date, each its own run and commits.
+        source: catalog table or path (default settings.score.table).
+        model: `name` (champion) or `name@version` (default settings.score.model).
+        bundle_path: a bundle directory to use instead of the registry.
+        rows_counter: a Spark accumulator the UDF adds scored rows to (tests).
+
+    Raises, before anything is written: BundleError (a bundle that fails verification),
+    RegistryError, lake.SourceError, ValueError (missing/mistyped columns, bad dates).
+    """
+    score = settings.score
+    bundle = load_bundle(bundle_path) if bundle_path else load_registered(spark, settings, model or score.model)[1]
+    resolved = lake.resolve_source(spark, settings, source or score.table)
+    df = lake.read_source(spark, resolved)
+    where = f"source {resolved.name}"
+
+    # Every check that can fail on the input runs here, before the first write.
+    feature_set = feature_set_from_manifest(bundle.manifest["feature_set"])
+    check_source_columns(df, feature_set, where)
+    output = choose_output_columns(df.columns, score, where)
+    days, dated = _run_dates(df, settings, run_date, last_date, where)
+
+    # Only what flagged and the model need leaves the scan.
+    needed = list(dict.fromkeys([*output.copied, *feature_set.inputs] + ([score.date_column] if dated else [])))
+    df = df.select(*needed)
+    broadcast = broadcast_bundle(spark, bundle)
+    summaries = []
+    for day in days:
+        rows = df.filter(F.col(score.date_column) == F.lit(day)) if dated else df
+        summaries.append(
+            _score_one(spark, settings, rows, day, bundle, broadcast, resolved, output, rows_counter)
+        )
+    return summaries
+
+
+def _run_dates(
+    df: DataFrame, settings: Settings, first: dt.date | None, last: dt.date | None, where: str
+) -> tuple[list[dt.date], bool]:
+    """(dates to run, whether to filter on the date column)."""
+    column = settings.score.date_column
+    first = first or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
+    if column not in df.columns:
+        if last is not None:
+            raise ValueError(
+                f"{where} has no date column {column!r}, so a date range cannot be scored; "
+                "score it whole with --run-date only, or set score.date_column"
+            )
+        log.info("%s has no %s column: scoring every row as the run of %s", where, column, first)
+        return [first], False
+    last = last or first
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}; give the range in order")
+    days = (last - first).days + 1
+    return [first + dt.timedelta(days=i) for i in range(days)], True
+
+
+def _score_one(
+    spark: SparkSession,
+    settings: Settings,
+    rows: DataFrame,
+    run_date: dt.date,
+    bundle: Bundle,
+    broadcast: Broadcast,
+    resolved: lake.Source,
+    output: OutputColumns,
+    rows_counter: Accumulator | None,
+) -> RunSummary:
+    started = time.perf_counter()
+    scored_at = dt.datetime.now(dt.timezone.utc)
+    run = RunIdentity(
+        run_id=f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        run_date=run_date,
+        model_name=bundle.name,
+        model_version=bundle.version,
+        model_sha256=bundle.sha256,
+        source=resolved.name if "/" in resolved.name else settings.table(resolved.name),
+        source_version=resolved.version,
+        threshold=bundle.threshold,
+    )
+    log.info("run %s: scoring %s for %s with %s", run.run_id, run.source, run_date, bundle.label)
+    observation = Observation(f"lakescore_{run.run_id.replace('-', '_')}")
+    scored = score_dataframe(
+        rows,
+        broadcast,
+        top_k=settings.score.top_reasons,
+        rows_counter=rows_counter,
+        observation=observation,
+        where=f"source {resolved.name}",
+    )
+    # The one action over the source rows: the flagged rows are written while the observation
+    # aggregates the metrics of every row (no cache, no second pass, no second model run).
+    flagged_path = lake.table_path(settings, S.FLAGGED)
+    _replace_run(flagged_records(scored, output, run, scored_at), flagged_path, run)
+    observed = observation.get
+    scoring_seconds = time.perf_counter() - started
+    layout = MetricLayout.from_bundle(bundle)
+    counts = layout.split(sum_counts(observed["counts"], layout.size))
+    duration = time.perf_counter() - started
+    records = metric_records(
+        run,
+        layout,
+        counts,
+        rows_read=observed["rows_read"],
+        score_quantiles=observed["score_quantiles"],
+        score_mean=observed["score_mean"],
+        score_min=observed["score_min"],
+        score_max=observed["score_max"],
+        reference=bundle.reference,
+        scoring_seconds=scoring_seconds,
+        duration_seconds=duration,
+        recorded_at=dt.datetime.now(dt.timezone.utc),
+    )
+    metrics_path = lake.table_path(settings, S.RUN_METRICS)
+    _replace_run(spark.createDataFrame(records, S.RUN_METRICS_SCHEMA), metrics_path, run)
+    lake.register_table(spark, settings, S.FLAGGED, flagged_path, "delta")
+    lake.register_table(spark, settings, S.RUN_METRICS, metrics_path, "delta")
+    log.info("run %s: %d rows, %d flagged in %.1fs", run.run_id, counts.rows, counts.rows_flagged, duration)
+    return RunSummary(
+        run_id=run.run_id,
+        run_date=run_date,
+        model=bundle.label,
+        source=run.source,
+        source_version=resolved.version,
+        rows_read=int(observed["rows_read"]),
+        rows_scored=counts.rows,
+        rows_flagged=counts.rows_flagged,
+        scoring_seconds=scoring_seconds,
+        duration_seconds=duration,
+    )
+
+
+def _replace_run(df: DataFrame, path: Path, run: RunIdentity) -> None:
+    """Replace this model's rows of `run.run_date` in the Delta table at `path`, in one commit.
+
+    The table is partitioned by run_date; the model name is part of the predicate so that two
+    models scoring the same night (champion and challenger) keep their own rows.
+    """
+    condition = f"{S.RUN_DATE} = DATE'{run.run_date.isoformat()}' AND {S.MODEL_NAME} = '{run.model_name}'"
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", condition)
+        .option("mergeSchema", "true")  # a source with other key/allowed columns adds columns
+        .partitionBy(S.RUN_DATE)
+        .save(str(path))
+    )
+
+
+def score(
+    run_date: Optional[str] = typer.Option(None, "--run-date", help="Date partition to score, YYYY-MM-DD (default: yesterday, UTC)."),
+    first: Optional[str] = typer.Option(None, "--from", help="First date of a range (each date is its own run)."),
+    last: Optional[str] = typer.Option(None, "--to", help="Last date of a range."),
+    table: Optional[str] = typer.Option(None, help="Catalog table or path, Delta or Parquet (default: score.table)."),
+    model: Optional[str] = typer.Option(None, help="`name` (its champion) or `name@version` (default: score.model)."),
+    bundle: Optional[Path] = typer.Option(None, help="Score with this bundle directory instead of the registry."),
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+    verbose: bool = VerboseOption,
+) -> None:
+    """Score a date partition with the champion model; write lakescore.flagged and lakescore.run_metrics."""
+    settings = setup(config, set_, {"score.table": table, "score.model": model}, verbose)
+    try:
+        if run_date and (first or last):
+            raise ValueError("give either --run-date or --from/--to, not both")
+        if (first is None) != (last is None):
+            raise ValueError("a range needs both --from and --to")
+        start = dt.date.fromisoformat(run_date or first) if (run_date or first) else None
+        end = dt.date.fromisoformat(last) if last else None
+    except ValueError as exc:
+        fail(str(exc))
+    spark = build_spark_session(settings, app_name="lakescore-score")
+    try:
+        summaries = run_score(spark, settings, start, last_date=end, bundle_path=bundle)
+    except (BundleError, RegistryError, lake.SourceError, ValueError) as exc:
+        fail(str(exc))
+    finally:
+        spark.stop()
+    print_rows(
+        [
+            {
+                "run_date": s.run_date,
+                "run_id": s.run_id,
+                "model": s.model,
+                "rows": s.rows_read,
+                "flagged": s.rows_flagged,
+                "flag_rate": s.rows_flagged / s.rows_read if s.rows_read else None,
+                "seconds": s.duration_seconds,
+                "rows_per_s": s.rows_read / s.scoring_seconds if s.scoring_seconds else None,
+            }
+            for s in summaries
+        ],
+        ["run_date", "run_id", "model", "rows", "flagged", "flag_rate", "seconds", "rows_per_s"],
+    )
+
+
+def main() -> None:
+    typer.run(score)
+
+
+if __name__ == "__main__":
+    main()

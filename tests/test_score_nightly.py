@@ -1,0 +1,396 @@
+"""The nightly scoring job against the session's tiny transactions table (4 days, 2026-11-01..04).
+
+The bundles come from tests/scoring_bundles.py (a TEST FIXTURE trained in-process on the first
+three days), registered as `scoretest` (mlp) and `scoretest_ae` (autoencoder) so they cannot
+collide with models other tests register.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+
+from jobs.score_nightly import run_score
+from jobs.sql import run_sql
+from lakescore import lake, registry
+from lakescore import schemas as S
+from lakescore.bundle import BundleError
+from lakescore.drift import psi
+from lakescore.features import TRANSACTIONS_V1
+from lakescore.spark import default_spark_conf, delta_jars
+from scoring_bundles import AUTOENCODER, build_test_bundle
+from udfs.core import build_scoring_model, score_rows
+
+DAY = dt.date(2026, 11, 4)
+MLP_NAME = "scoretest"
+AE_NAME = "scoretest_ae"
+REPO = Path(__file__).resolve().parent.parent
+FLAGGED_COLUMNS = [
+    S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS, S.EVENT_DATE, S.AMOUNT, S.MERCHANT_CATEGORY, S.COUNTRY,
+    S.SCORE, S.THRESHOLD, S.REASONS, S.MODEL_NAME, S.MODEL_VERSION, S.MODEL_SHA256, S.SOURCE_TABLE,
+    S.RUN_ID, S.RUN_DATE, S.SCORED_AT,
+]
+
+
+@pytest.fixture(scope="module")
+def bundles(spark, settings, transactions):
+    """Register the test-fixture bundles; return {name: (bundle, directory)}."""
+    train = spark.table(transactions).where(F.col(S.EVENT_DATE) < F.lit(DAY)).toPandas()
+    out = {}
+    for name, kind in ((MLP_NAME, "mlp"), (AE_NAME, AUTOENCODER)):
+        version = registry.next_version(spark, settings, name)
+        directory = registry.bundle_dir(settings, name, version)
+        bundle = build_test_bundle(
+            directory, train, train[S.IS_ANOMALY].to_numpy(), TRANSACTIONS_V1, name=name, version=version, kind=kind
+        )
+        registry.register_bundle(spark, settings, bundle, directory)
+        out[name] = (bundle, directory)
+    return out
+
+
+@pytest.fixture(scope="module")
+def day_rows(spark, transactions):
+    """The raw rows of DAY, as the scoring core sees them."""
+    return spark.table(transactions).where(F.col(S.EVENT_DATE) == F.lit(DAY)).toPandas()
+
+
+@pytest.fixture(scope="module")
+def expected(bundles, day_rows):
+    """What the numpy/torch core says about DAY, in one process, without Spark."""
+    bundle, _ = bundles[MLP_NAME]
+    scoring = build_scoring_model(bundle)
+    batch = score_rows(scoring, day_rows, top_k=3)
+    return {
+        "scores": dict(zip(day_rows[S.TRANSACTION_ID], batch.scores)),
+        "flagged": set(day_rows[S.TRANSACTION_ID][batch.flagged]),
+        "counts": scoring.layout.split(batch.counts),
+        "all_scores": np.sort(batch.scores),
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, settings, bundles, transactions):
+    counter = spark.sparkContext.accumulator(0)
+    (summary,) = run_score(spark, settings, DAY, model=MLP_NAME, rows_counter=counter)
+    return summary, counter.value
+
+
+def _flagged(spark, settings, day=DAY, name=MLP_NAME):
+    return spark.read.format("delta").load(str(lake.table_path(settings, S.FLAGGED))).where(
+        (F.col(S.RUN_DATE) == F.lit(day)) & (F.col(S.MODEL_NAME) == name)
+    )
+
+
+def _metrics(spark, settings, day=DAY, name=MLP_NAME) -> dict:
+    rows = spark.table(settings.table(S.RUN_METRICS)).where(
+        (F.col(S.RUN_DATE) == F.lit(day)) & (F.col(S.MODEL_NAME) == name)
+    ).collect()
+    return {(r[S.SCOPE], r[S.FEATURE], r[S.METRIC]): r[S.VALUE] for r in rows} | {"_run_ids": {r[S.RUN_ID] for r in rows}}
+
+
+def _versions(spark, settings) -> tuple[int, int]:
+    return tuple(lake.delta_version(spark, str(lake.table_path(settings, t))) for t in (S.FLAGGED, S.RUN_METRICS))
+
+
+def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(spark, settings, bundles, first_run, expected):
+    summary, _ = first_run
+    bundle, _ = bundles[MLP_NAME]
+    flagged = spark.table(settings.table(S.FLAGGED)).where(
+        (F.col(S.RUN_DATE) == F.lit(DAY)) & (F.col(S.MODEL_NAME) == MLP_NAME)
+    )
+    assert flagged.columns == FLAGGED_COLUMNS
+    rows = flagged.collect()
+    assert {r[S.TRANSACTION_ID] for r in rows} == expected["flagged"]
+    assert len(rows) == summary.rows_flagged > 0
+    for r in rows:
+        assert r[S.SCORE] == pytest.approx(expected["scores"][r[S.TRANSACTION_ID]], rel=1e-6)
+        assert r[S.SCORE] >= r[S.THRESHOLD] == bundle.threshold
+        assert (r[S.MODEL_VERSION], r[S.MODEL_SHA256], r[S.RUN_ID]) == (bundle.version, bundle.sha256, summary.run_id)
+        assert r[S.EVENT_DATE] == DAY and r[S.SOURCE_TABLE] == settings.table(S.TRANSACTIONS)
+        features = [reason[S.REASON_FEATURE] for reason in r[S.REASONS]]
+        contributions = [reason[S.REASON_CONTRIBUTION] for reason in r[S.REASONS]]
+        assert len(features) == 3 and set(features) <= set(TRANSACTIONS_V1.features)
+        assert contributions == sorted(contributions, reverse=True)
+
+
+def test_the_model_runs_once_per_input_row_and_the_metrics_come_from_that_same_pass(spark, settings, transactions, bundles, first_run, expected, day_rows):
+    summary, model_rows = first_run
+    assert model_rows == summary.rows_read == summary.rows_scored == len(day_rows)
+    m = _metrics(spark, settings)
+    assert m["_run_ids"] == {summary.run_id}
+    assert m[("run", None, "rows_read")] == m[("run", None, "rows_scored")] == len(day_rows)
+    assert m[("run", None, "rows_flagged")] == len(expected["flagged"])
+    assert m[("run", None, "flag_rate")] == pytest.approx(len(expected["flagged"]) / len(day_rows))
+    assert m[("run", None, S.RUN_COMPLETE_METRIC)] == 1.0
+    counts = expected["counts"]
+    for feature, invalid in counts.invalid.items():
+        assert m[("feature", feature, "invalid_values")] == invalid
+    assert m[("feature", "log_amount", "psi")] == pytest.approx(
+        psi(bundles[MLP_NAME][0].reference["features"]["log_amount"]["fractions"], counts.feature_bins["log_amount"])
+    )
+    histogram = sum(v for k, v in m.items() if k != "_run_ids" and k[2] == "histogram_count")
+    assert histogram == len(day_rows)
+    scores = expected["all_scores"]
+    for metric, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999)):
+        rank = int(np.ceil(p * len(scores))) - 1  # percentile_approx returns a value of the data
+        assert scores[max(rank - 1, 0)] - 1e-9 <= m[("score", None, metric)] <= scores[min(rank + 1, len(scores) - 1)] + 1e-9
+    source_version = lake.resolve_source(spark, settings, transactions).version
+    assert m[("source", settings.table(S.TRANSACTIONS), "source_version")] == source_version
+    # run_metrics (with run_complete) is committed after flagged.
+    flagged_commit, metrics_commit = (
+        spark.sql(f"DESCRIBE HISTORY delta.`{lake.table_path(settings, t)}` LIMIT 1").collect()[0]["timestamp"]
+        for t in (S.FLAGGED, S.RUN_METRICS)
+    )
+    assert flagged_commit <= metrics_commit
+
+
+def test_rerunning_a_date_replaces_its_rows_in_one_commit_with_identical_scores(spark, settings, first_run):
+    summary, _ = first_run
+    before = {r[S.TRANSACTION_ID]: r[S.SCORE] for r in _flagged(spark, settings).collect()}
+    versions = _versions(spark, settings)
+    (again,) = run_score(spark, settings, DAY, model=MLP_NAME)
+    after = _flagged(spark, settings).collect()
+    assert _versions(spark, settings) == (versions[0] + 1, versions[1] + 1)
+    assert {r[S.TRANSACTION_ID]: r[S.SCORE] for r in after} == before  # bit-identical, no duplicates
+    assert len(after) == len(before) and {r[S.RUN_ID] for r in after} == {again.run_id} != {summary.run_id}
+    assert _metrics(spark, settings)["_run_ids"] == {again.run_id}
+
+
+def test_a_date_range_runs_each_date_on_its_own_and_an_empty_date_records_zero_rows(spark, settings, bundles):
+    bundle, _ = bundles[AE_NAME]
+    empty_day, full_day = dt.date(2026, 10, 31), dt.date(2026, 11, 1)  # the table starts on 11-01
+    summaries = run_score(spark, settings, empty_day, last_date=full_day, model=f"{AE_NAME}@{bundle.version}")
+    assert [s.run_date for s in summaries] == [empty_day, full_day]
+    assert len({s.run_id for s in summaries}) == 2
+
+    empty, full = summaries
+    assert (empty.rows_read, empty.rows_flagged) == (0, 0)
+    m = _metrics(spark, settings, empty_day, AE_NAME)
+    assert m[("run", None, "rows_read")] == 0 and m[("run", None, "rows_flagged")] == 0
+    assert m[("run", None, "flag_rate")] is None and m[("score", None, "p50")] is None
+    assert m[("run", None, S.RUN_COMPLETE_METRIC)] == 1.0
+    assert _flagged(spark, settings, empty_day, AE_NAME).count() == 0
+
+    rows = _flagged(spark, settings, full_day, AE_NAME).collect()
+    assert len(rows) == full.rows_flagged > 0 and full.rows_read > 0
+    assert {r[S.EVENT_DATE] for r in rows} == {full_day}
+    assert {(r[S.MODEL_NAME], r[S.MODEL_VERSION]) for r in rows} == {(AE_NAME, bundle.version)}
+    assert _metrics(spark, settings, full_day, AE_NAME)[("run", None, "rows_flagged")] == full.rows_flagged
+
+
+def _write_parquet_source(spark, frame: pd.DataFrame, path: Path) -> str:
+    spark.createDataFrame(frame).write.partitionBy(S.EVENT_DATE).parquet(str(path))
+    return str(path)
+
+
+def test_missing_or_mistyped_feature_columns_fail_naming_them_before_anything_is_written(spark, settings, day_rows, first_run, tmp_path):
+    broken = (
+        spark.createDataFrame(day_rows.head(20))
+        .drop(S.AMOUNT)
+        .withColumn(S.HOUR_OF_DAY, F.col(S.HOUR_OF_DAY).cast("string"))
+    )
+    broken.write.partitionBy(S.EVENT_DATE).parquet(str(tmp_path / "broken"))
+    versions = _versions(spark, settings)
+    with pytest.raises(ValueError) as error:
+        run_score(spark, settings, DAY, source=str(tmp_path / "broken"), model=MLP_NAME)
+    message = str(error.value)
+    assert "missing column(s): amount" in message
+    assert "hour_of_day is string, expected numeric" in message
+    assert "amount (numeric)" in message  # the expected inputs and their types are listed
+    assert _versions(spark, settings) == versions
+
+
+def test_a_bundle_that_fails_verification_is_refused_before_anything_is_written(spark, settings, bundles, first_run, tmp_path):
+    _, directory = bundles[MLP_NAME]
+    copy = tmp_path / "bundle"
+    shutil.copytree(directory, copy)
+    weights = copy / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1
+    weights.write_bytes(bytes(data))
+    versions = _versions(spark, settings)
+    with pytest.raises(BundleError, match="weights.safetensors has sha256"):
+        run_score(spark, settings, DAY, bundle_path=copy)
+    assert _versions(spark, settings) == versions
+
+
+def test_null_nan_inf_and_unknown_values_in_the_source_are_imputed_and_counted(spark, settings, bundles, day_rows, tmp_path):
+    odd_day = dt.date(2026, 12, 1)
+    frame = day_rows.head(8).copy()
+    frame[S.EVENT_DATE] = odd_day
+    frame[S.AMOUNT] = [None, float("nan"), float("inf"), 12.0, 250.0, 3.5, 40.0, 99.0]
+    frame[S.DISTANCE_FROM_HOME_KM] = [1.0, None, 2.0, float("nan"), 3.0, 4.0, 5.0, 6.0]
+    frame[S.MERCHANT_CATEGORY] = [None, "grocery", "spaceships", "fuel", "online", "retail", "travel", "fuel"]
+    frame[S.SECONDS_SINCE_PREV] = 600.0  # the generator leaves these null on an account's first payment
+    frame[S.KM_FROM_PREV] = 1.5
+    source = _write_parquet_source(spark, frame, tmp_path / "odd")
+    _, directory = bundles[MLP_NAME]
+    (summary,) = run_score(spark, settings, odd_day, source=source, bundle_path=directory)
+    assert summary.rows_scored == 8 and summary.source_version is None
+    m = _metrics(spark, settings, odd_day)
+    assert m[("feature", "log_amount", "invalid_values")] == 3
+    assert m[("feature", "log_distance_km", "invalid_values")] == 2
+    assert m[("feature", "category_grocery", "invalid_values")] == 2
+    assert m[("run", None, "rows_with_invalid")] == 4  # rows 0 to 3
+    assert m[("source", source, "source_version")] is None
+
+
+def _sql_examples() -> list[tuple[str, str]]:
+    text = (REPO / "docs" / "sql_examples.md").read_text()
+    return re.findall(r"### (.+?)\n\n```sql\n(.+?)```", text, flags=re.S)
+
+
+def test_every_documented_sql_example_runs_and_returns_the_runs_results(spark, settings, first_run, expected, day_rows):
+    summary, _ = first_run
+    account = int(day_rows.set_index(S.TRANSACTION_ID).loc[sorted(expected["flagged"])[0], S.ACCOUNT_ID])
+    # The docs use the demo's dates and an example account; point them at this test's data.
+    substitutions = {"2026-11-27": DAY.isoformat(), "2026-11-21": "2026-11-01", "account_id = 4211": f"account_id = {account}"}
+    examples = dict(_sql_examples())
+    assert len(examples) == 7
+    results = {}
+    for title, query in examples.items():
+        for old, new in substitutions.items():
+            query = query.replace(old, new)
+        columns, rows = run_sql(spark, settings, query)
+        results[title] = [dict(zip(columns, r)) for r in rows]
+    n_flagged = len(expected["flagged"])
+    per_day = [r for r in results["Flags per day"] if r["run_date"] == DAY and r["model_name"] == MLP_NAME]
+    assert [r["flagged"] for r in per_day] == [n_flagged]
+    summary_rows = [r for r in results["Run summary per night (complete runs only)"] if r["run_date"] == DAY and r["model_name"] == MLP_NAME]
+    assert [(r["rows_scored"], r["rows_flagged"]) for r in summary_rows] == [(len(day_rows), n_flagged)]
+    night = results["The flagged rows of one night, highest score first"]
+    assert len(night) == min(20, n_flagged)
+    assert night[0]["score"] == pytest.approx(max(expected["scores"][t] for t in expected["flagged"]), abs=1e-4)
+    reasons = results["The most frequent reasons"]
+    assert sum(r["times_in_top_3"] for r in reasons) == 3 * spark.table(settings.table(S.FLAGGED)).where(
+        F.col(S.RUN_DATE).between(dt.date(2026, 11, 1), DAY)
+    ).count()
+    mine = {t for t in expected["flagged"] if int(day_rows.set_index(S.TRANSACTION_ID).loc[t, S.ACCOUNT_ID]) == account}
+    account_rows = [r for r in results["The flagged rows of one account"] if r["run_date"] == DAY]
+    assert {r["transaction_id"] for r in account_rows} == mine and all(len(r["reasons"]) == 3 for r in account_rows)
+    m = _metrics(spark, settings)
+    drift = [r for r in results["The drift of a feature over nights"] if r["run_date"] == DAY]
+    assert [r["psi"] for r in drift] == [round(m[("feature", "log_amount", "psi")], 4)]
+    invalid = results["Invalid (imputed) values per feature, one night"]
+    assert {r["feature"]: r["invalid_values"] for r in invalid} == {f: n for f, n in expected["counts"].invalid.items() if n}
+
+
+# --- whole jobs in subprocesses, each on its own lake root (Derby admits one process) -----------
+
+
+def _subprocess_env() -> dict:
+    return {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+
+
+def _job_flags(settings, lake_root: Path, database: str = "lakescore") -> list[str]:
+    return ["--set", f"lake.root={lake_root}", "--set", f"lake.database={database}", "--set", "spark.master=local[2]",
+            "--set", f"spark.jars_dir={settings.spark.jars_dir}"]
+
+
+@pytest.mark.slow
+def test_a_spark_submit_run_is_queryable_from_new_sessions_spark_sql_and_lakescore_sql(spark, settings, bundles, transactions, expected, tmp_path):
+    root = tmp_path / "lake"
+    source = lake.resolve_source(spark, settings, transactions).path
+    _, directory = bundles[MLP_NAME]
+    bin_dir = Path(sys.executable).parent
+    submit = subprocess.run(
+        [str(bin_dir / "spark-submit"), "--master", "local[2]", "--jars", ",".join(delta_jars(settings.spark.jars_dir)),
+         str(REPO / "jobs" / "score_nightly.py"), "--run-date", DAY.isoformat(), "--table", source,
+         "--bundle", str(directory), *_job_flags(settings, root)],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=240,
+    )
+    assert submit.returncode == 0, submit.stderr[-3000:]
+    n_flagged = len(expected["flagged"])
+    query = f"SELECT COUNT(*) AS n FROM lakescore.flagged WHERE run_date = DATE'{DAY}'"
+
+    sub_settings = settings.with_overrides({"lake.root": str(root)})
+    conf = default_spark_conf(sub_settings)
+    conf_args = [a for key in ("spark.sql.extensions", "spark.sql.catalog.spark_catalog", "spark.sql.warehouse.dir",
+                               "spark.hadoop.javax.jdo.option.ConnectionURL") for a in ("--conf", f"{key}={conf[key]}")]
+    spark_sql = subprocess.run(
+        [str(bin_dir / "spark-sql"), "--master", "local[1]", "--jars", ",".join(delta_jars(settings.spark.jars_dir)),
+         *conf_args, "-S", "-e", query],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=180,
+    )
+    assert spark_sql.returncode == 0, spark_sql.stderr[-3000:]
+    assert spark_sql.stdout.strip().splitlines()[-1].strip() == str(n_flagged)
+
+    cli = subprocess.run(
+        [str(bin_dir / "lakescore"), "sql", query, *_job_flags(settings, root)],
+        env=_subprocess_env(), capture_output=True, text=True, timeout=180,
+    )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert cli.stdout.strip().splitlines()[-1].strip() == str(n_flagged)
+
+
+def _session_processes(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process in session `sid` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spark, settings, bundles, transactions, tmp_path):
+    root = tmp_path / "lake"
+    database = "killtest"  # the initial state is registered in this session's catalog under its own name
+    sub_settings = settings.with_overrides({"lake.root": str(root), "lake.database": database})
+    source = lake.resolve_source(spark, settings, transactions).path
+    _, directory = bundles[MLP_NAME]
+    run_score(spark, sub_settings, DAY, source=source, bundle_path=directory)
+    paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
+
+    def state():
+        return [
+            (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect())))
+            for p in paths
+        ]
+
+    before = state()
+    # One row per Arrow batch makes the scoring stage last seconds, long enough to kill it mid-way.
+    job = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "score_nightly.py"), "--run-date", DAY.isoformat(), "--table", source,
+         "--bundle", str(directory), *_job_flags(settings, root, database), "--set", "spark.arrow_batch_size=1"],
+        env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not any("pyspark" in cmd and ("daemon" in cmd or "worker" in cmd) for _, cmd in _session_processes(job.pid)):
+            assert job.poll() is None, f"the job ended before scoring started: {job.stderr.read().decode()[-3000:]}"
+            assert time.monotonic() < deadline, "the job's scoring stage did not start within 180 s"
+            time.sleep(0.2)
+        time.sleep(1.0)  # Python workers are up: the scoring stage is running
+        assert job.poll() is None, "the job finished before it could be killed; make its stage slower"
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=30)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        job.stderr.close()
+    assert job.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while _session_processes(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_processes(job.pid) == []
+    assert state() == before

@@ -1,0 +1,252 @@
+"""The scoring core: raw source rows (pandas) -> scores, flags, reasons and metric counts.
+
+Plain numpy/torch, no Spark: the pandas UDF in `udfs.scoring` calls `score_rows` once per Arrow
+batch, and the tests call it directly. Everything a batch needs is built once per Python worker
+into a `ScoringModel` (see `udfs.broadcast` for the per-worker cache).
+
+Per batch:
+    raw columns --FeatureSet.transform--> raw features (NaN for null/NaN/inf/unknown values)
+                --Preprocessing.apply--> model input (imputed, clipped, centred, scaled)
+                --score_batch--> score; flagged = score >= threshold
+                --explain_batch (flagged rows only)--> top-k reasons
+and the counts `run_metrics` needs (rows, invalid values per feature, reference-histogram bin
+counts per feature and for the score), packed into one int64 vector: the job sums these vectors
+over all batches in the same pass that writes the flagged rows, so the model runs once per row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lakescore import schemas as S
+from lakescore.bundle import Bundle
+from lakescore.drift import bin_index
+from lakescore.features import FeatureSet, feature_set_from_manifest
+from lakescore.models import MLP, explain_batch, model_from_bundle, score_batch
+from lakescore.preprocess import Preprocessing
+
+# Score histogram edges when the bundle's reference.json has no score histogram: a probability
+# lies in [0, 1]; a reconstruction error is spread over decades.
+_PROBABILITY_EDGES = tuple(np.linspace(0.0, 1.0, 11).tolist())
+_ERROR_EDGES = tuple([0.0] + np.logspace(-4, 2, 13).tolist())
+
+
+@dataclass(frozen=True)
+class MetricLayout:
+    """How the per-batch counts are laid out in one int64 vector, and the edges they count with.
+
+    The vector is: [rows, rows_flagged, rows_with_invalid, invalid values per feature (F),
+    bin counts of each feature that has a reference histogram (in `binned` order), score bin
+    counts]. The driver rebuilds the same layout from the bundle to read the sums back.
+    """
+
+    features: tuple[str, ...]
+    binned: tuple[str, ...]  # features with reference edges, in model order
+    feature_edges: tuple[tuple[float, ...], ...]  # one per `binned` feature
+    score_edges: tuple[float, ...]
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "MetricLayout":
+        features = tuple(bundle.manifest["feature_set"]["features"])
+        reference = bundle.reference.get("features", {})
+        binned = tuple(f for f in features if f in reference)
+        score_reference = bundle.reference.get("score")
+        if score_reference:
+            score_edges = tuple(float(e) for e in score_reference["edges"])
+        else:
+            score_edges = _PROBABILITY_EDGES if bundle.kind == MLP else _ERROR_EDGES
+        return cls(
+            features=features,
+            binned=binned,
+            feature_edges=tuple(tuple(float(e) for e in reference[f]["edges"]) for f in binned),
+            score_edges=score_edges,
+        )
+
+    @property
+    def size(self) -> int:
+        return 3 + len(self.features) + sum(len(e) - 1 for e in self.feature_edges) + len(self.score_edges) - 1
+
+    @cached_property
+    def _binning(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(columns of the binned features, their interior edges padded with +inf, bin offsets,
+        total bins): what `count_batch` needs to bin every feature in one vectorised pass."""
+        column = {name: i for i, name in enumerate(self.features)}
+        columns = np.array([column[name] for name in self.binned], dtype=np.int64)
+        width = max([len(e) - 2 for e in self.feature_edges], default=0)
+        inner = np.full((len(self.binned), max(width, 1)), np.inf)
+        for i, edges in enumerate(self.feature_edges):
+            inner[i, : len(edges) - 2] = edges[1:-1]
+        # Preprocessed features are float32: for a float32 v, v >= e exactly when v >= the
+        # smallest float32 at or above e, so comparing in float32 against edges rounded up keeps
+        # lakescore.drift.bin_index's bins without converting the batch to float64.
+        inner32 = inner.astype(np.float32)
+        low = inner32 < inner
+        inner32[low] = np.nextafter(inner32[low], np.float32(np.inf))
+        bins = np.array([len(e) - 1 for e in self.feature_edges], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(bins)[:-1]]).astype(np.int64)
+        return columns, inner32, offsets, int(bins.sum())
+
+    def split(self, vector: np.ndarray) -> "RunCounts":
+        """Read a (summed) count vector back into named parts."""
+        vector = np.asarray(vector, dtype=np.int64)
+        if vector.shape != (self.size,):
+            raise ValueError(f"count vector has shape {vector.shape}, this layout expects ({self.size},)")
+        f = len(self.features)
+        at = 3 + f
+        bins = {}
+        for name, edges in zip(self.binned, self.feature_edges):
+            bins[name] = vector[at : at + len(edges) - 1]
+            at += len(edges) - 1
+        return RunCounts(
+            rows=int(vector[0]),
+            rows_flagged=int(vector[1]),
+            rows_with_invalid=int(vector[2]),
+            invalid=dict(zip(self.features, vector[3 : 3 + f].tolist())),
+            feature_bins=bins,
+            score_bins=vector[at:],
+        )
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """Counts summed over every batch of a run (see `MetricLayout`)."""
+
+    rows: int
+    rows_flagged: int
+    rows_with_invalid: int
+    invalid: dict[str, int]
+    feature_bins: dict[str, np.ndarray]
+    score_bins: np.ndarray
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """Everything needed to score raw rows, built once per Python worker from a verified bundle."""
+
+    sha256: str
+    name: str
+    version: int
+    kind: str
+    threshold: float
+    feature_set: FeatureSet
+    preprocessing: Preprocessing
+    model: nn.Module
+    layout: MetricLayout
+
+
+def build_scoring_model(bundle: Bundle) -> ScoringModel:
+    """Build the model (CPU, eval mode) and its feature/preprocessing steps from a verified bundle.
+
+    Raises ValueError if the bundle's feature set and preprocessing disagree.
+    """
+    manifest = bundle.manifest
+    feature_set = feature_set_from_manifest(manifest["feature_set"])
+    preprocessing = Preprocessing.from_manifest(manifest["preprocessing"])
+    if preprocessing.features != feature_set.features:
+        raise ValueError(
+            f"bundle {bundle.label}: preprocessing lists features {list(preprocessing.features)}, "
+            f"the feature set {feature_set.name} builds {list(feature_set.features)}; re-export the model"
+        )
+    return ScoringModel(
+        sha256=bundle.sha256,
+        name=bundle.name,
+        version=bundle.version,
+        kind=bundle.kind,
+        threshold=bundle.threshold,
+        feature_set=feature_set,
+        preprocessing=preprocessing,
+        model=model_from_bundle(bundle),
+        layout=MetricLayout.from_bundle(bundle),
+    )
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """What `score_rows` returns for one batch of n rows."""
+
+    scores: np.ndarray  # float64 (n,)
+    flagged: np.ndarray  # bool (n,)
+    reasons: np.ndarray  # object (n,): None, or a list of {feature, contribution, value} dicts
+    counts: np.ndarray  # int64 (layout.size,)
+
+
+def score_rows(scoring: ScoringModel, raw: pd.DataFrame, *, top_k: int) -> ScoredBatch:
+    """Score one batch of raw source rows.
+
+    Args:
+        scoring: the worker's model (see `build_scoring_model`).
+        raw: at least the feature set's input columns.
+        top_k: reasons per flagged row.
+
+    Deterministic: the same rows in the same batch give bit-identical output (CPU, one thread).
+    """
+    raw_features = scoring.feature_set.transform(raw)
+    x, invalid_counts = scoring.preprocessing.apply(raw_features)
+    scores = score_batch(scoring.model, scoring.kind, x)
+    flagged = scores >= scoring.threshold
+    reasons = np.full(len(scores), None, dtype=object)
+    rows = np.flatnonzero(flagged)
+    if rows.size:
+        order, contributions = explain_batch(scoring.model, scoring.kind, x[rows], top_k)
+        names = scoring.feature_set.features
+        for j, row in enumerate(rows.tolist()):
+            reasons[row] = [
+                {
+                    S.REASON_FEATURE: names[i],
+                    S.REASON_CONTRIBUTION: float(c),
+                    S.REASON_VALUE: _finite_or_none(raw_features[row, i]),
+                }
+                for i, c in zip(order[j].tolist(), contributions[j].tolist())
+            ]
+    counts = count_batch(scoring.layout, x, raw_features, scores, flagged, invalid_counts)
+    return ScoredBatch(scores=scores, flagged=flagged, reasons=reasons, counts=counts)
+
+
+def count_batch(
+    layout: MetricLayout,
+    x: np.ndarray,
+    raw_features: np.ndarray,
+    scores: np.ndarray,
+    flagged: np.ndarray,
+    invalid_counts: np.ndarray,
+) -> np.ndarray:
+    """The batch's count vector (see `MetricLayout`); histograms are over preprocessed `x`."""
+    columns, inner32, offsets, total = layout._binning
+    header = [len(scores), int(flagged.sum()), int((~np.isfinite(raw_features)).any(axis=1).sum())]
+    if total:
+        values = np.asarray(x[:, columns], dtype=np.float32)
+        feature_bins = np.bincount((_bins(values, inner32) + offsets).ravel(), minlength=total)
+    else:
+        feature_bins = np.zeros(0, dtype=np.int64)
+    score_bins = np.bincount(bin_index(scores, layout.score_edges), minlength=len(layout.score_edges) - 1)
+    return np.concatenate(
+        [np.array(header, dtype=np.int64), np.asarray(invalid_counts, dtype=np.int64), feature_bins, score_bins]
+    ).astype(np.int64)
+
+
+def _bins(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
+    """Bin of each float32 value (rows x features) by counting the interior edges at or below
+    it: the same bins as lakescore.drift.bin_index (below the first edge -> first bin, from the
+    last edge up -> last bin, NaN -> first bin), for all features at once."""
+    index = np.zeros(values.shape, dtype=np.int64)
+    for j in range(inner_edges.shape[1]):  # a few edges: compare whole columns at a time
+        index += values >= inner_edges[:, j]
+    return index
+
+
+def _finite_or_none(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def configure_torch_for_worker() -> None:
+    """One intra-op thread per Python worker: Spark already runs one worker per core, and a
+    single thread keeps reductions in a fixed order, so scores are bit-identical on retry."""
+    torch.set_num_threads(1)

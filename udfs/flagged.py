@@ -1,0 +1,116 @@
+"""Shaping scored rows into `flagged` records: keys, allow-listed columns, score and provenance.
+
+A pure DataFrame transformation (no I/O). Which source columns reach `flagged` is decided here
+and nowhere else: the keys, the allow-list (settings.score.allow_columns), and of those the
+sensitive ones hashed or dropped. Nothing else of the source row leaves the source table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from lakescore import schemas as S
+from lakescore.config import ScoreSettings
+from udfs.metrics import RunIdentity
+
+log = logging.getLogger(__name__)
+
+# Columns that identify a source row, in output order (the synthetic and benchmark tables' keys).
+KEY_CANDIDATES = (S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS, S.EVENT_DATE, S.RECORD_ID)
+HASH = "hash"
+DROP = "drop"
+
+
+@dataclass(frozen=True)
+class OutputColumns:
+    """Source columns copied into `flagged`, and how."""
+
+    keys: tuple[str, ...]
+    allowed: tuple[str, ...]  # allow-listed, not keys
+    hashed: tuple[str, ...]  # of keys + allowed: replaced by sha256(salt || value)
+    salt: str
+
+    @property
+    def copied(self) -> tuple[str, ...]:
+        return self.keys + self.allowed
+
+
+def choose_output_columns(columns: Sequence[str], score: ScoreSettings, where: str) -> OutputColumns:
+    """Decide the keys and allow-listed columns of `flagged` for a source with `columns`.
+
+    Raises ValueError if configured key columns are missing, or if the source has none of the
+    known keys and none are configured. Allow-listed columns the source lacks are skipped with
+    a warning (an allow-list can only let less through).
+    """
+    present = set(columns)
+    if score.key_columns:
+        missing = [c for c in score.key_columns if c not in present]
+        if missing:
+            raise ValueError(
+                f"{where} lacks key column(s) {', '.join(missing)} named in score.key_columns; "
+                f"its columns are: {', '.join(columns)}. Fix score.key_columns"
+            )
+        keys = tuple(score.key_columns)
+    else:
+        keys = tuple(c for c in KEY_CANDIDATES if c in present)
+        if not keys:
+            raise ValueError(
+                f"{where} has none of the known key columns ({', '.join(KEY_CANDIDATES)}); "
+                "name the columns that identify a row in score.key_columns"
+            )
+    absent = [c for c in score.allow_columns if c not in present]
+    if absent:
+        log.warning("%s lacks allow-listed column(s) %s; they are left out of flagged", where, ", ".join(absent))
+    allowed = tuple(c for c in score.allow_columns if c in present and c not in keys)
+    sensitive = set(score.sensitive_columns)
+    if score.sensitive_action == DROP:
+        keys = tuple(c for c in keys if c not in sensitive)
+        allowed = tuple(c for c in allowed if c not in sensitive)
+        if not keys:
+            raise ValueError(
+                f"score.sensitive_action=drop would drop every key column of {where}; hash them instead "
+                "(score.sensitive_action=hash) or name other keys in score.key_columns"
+            )
+        hashed: tuple[str, ...] = ()
+    else:
+        hashed = tuple(c for c in keys + allowed if c in sensitive)
+    return OutputColumns(keys=keys, allowed=allowed, hashed=hashed, salt=score.hash_salt)
+
+
+def hash_column(name: str, salt: str) -> Column:
+    """sha256 hex of salt || value-as-string; NULL stays NULL."""
+    return F.sha2(F.concat(F.lit(salt), F.col(name).cast("string")), 256)
+
+
+def flagged_records(
+    scored: DataFrame, output: OutputColumns, run: RunIdentity, scored_at: dt.datetime
+) -> DataFrame:
+    """The flagged rows of `scored` (see udfs.scoring.score_dataframe) as `flagged` records.
+
+    Columns: keys, allowed columns (sensitive ones hashed), score, threshold, reasons,
+    model_name, model_version, model_sha256, source_table, run_id, run_date, scored_at.
+    """
+    hashed = set(output.hashed)
+    copied = [hash_column(c, output.salt).alias(c) if c in hashed else F.col(c) for c in output.copied]
+    return (
+        scored.filter(F.col(S.IS_FLAGGED))
+        .select(
+            *copied,
+            F.col(S.SCORE),
+            F.lit(run.threshold).cast("double").alias(S.THRESHOLD),
+            F.col(S.REASONS),
+            F.lit(run.model_name).alias(S.MODEL_NAME),
+            F.lit(run.model_version).cast("int").alias(S.MODEL_VERSION),
+            F.lit(run.model_sha256).alias(S.MODEL_SHA256),
+            F.lit(run.source).alias(S.SOURCE_TABLE),
+            F.lit(run.run_id).alias(S.RUN_ID),
+            F.lit(run.run_date).cast("date").alias(S.RUN_DATE),
+            F.lit(scored_at).cast("timestamp").alias(S.SCORED_AT),
+        )
+    )

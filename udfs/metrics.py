@@ -1,0 +1,116 @@
+"""A scoring run's metric summary, in `run_metrics`' long format (one value per row).
+
+Built on the driver from what `score_dataframe`'s observation gathered during the one pass
+that wrote the flagged rows. Plain Python: unit-tested without Spark.
+
+Rows, as (scope, feature, metric, value):
+    run      NULL          rows_read, rows_scored, rows_flagged, flag_rate, rows_with_invalid,
+                           threshold, scoring_seconds (the pass over the rows), duration_seconds
+                           (up to the metrics commit), and last `run_complete` = 1
+    source   <source>      source_version   (Delta version read; NULL for Parquet)
+    model    <sha256>      model_sha256     (value: the model version)
+    feature  <feature>     invalid_values   (null/NaN/inf/unknown values imputed), psi
+    score    NULL          p50, p90, p99, p99_9, mean, min, max, psi
+    score    <bin label>   histogram_count  (bins of the bundle's reference score histogram;
+                                             the first and last bins are open-ended)
+`feature` names what a row is about: a feature, a histogram bin, the source or the bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from lakescore import schemas as S
+from lakescore.drift import psi
+from udfs.core import MetricLayout, RunCounts
+
+RUN = "run"
+SOURCE = "source"
+MODEL = "model"
+FEATURE = "feature"
+SCORE = "score"
+
+# Score quantiles recorded per run: metric name -> probability.
+SCORE_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99_9": 0.999}
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who scored what: the columns every metric row of a run repeats."""
+
+    run_id: str
+    run_date: dt.date
+    model_name: str
+    model_version: int
+    model_sha256: str
+    source: str
+    source_version: int | None
+    threshold: float
+
+
+def metric_records(
+    run: RunIdentity,
+    layout: MetricLayout,
+    counts: RunCounts,
+    *,
+    rows_read: int,
+    score_quantiles: Sequence[float] | None,
+    score_mean: float | None,
+    score_min: float | None,
+    score_max: float | None,
+    reference: Mapping[str, Any],
+    scoring_seconds: float,
+    duration_seconds: float,
+    recorded_at: dt.datetime,
+) -> list[tuple]:
+    """All metric rows of one run, in RUN_METRICS_SCHEMA column order, `run_complete` last.
+
+    Undefined values (the flag rate of zero rows, quantiles of no scores, PSI without rows) are
+    NULL, never NaN, so SQL aggregates over runs stay meaningful.
+    """
+    rows: list[tuple[str, str | None, str, float | None]] = [
+        (RUN, None, "rows_read", rows_read),
+        (RUN, None, "rows_scored", counts.rows),
+        (RUN, None, "rows_flagged", counts.rows_flagged),
+        (RUN, None, "flag_rate", counts.rows_flagged / counts.rows if counts.rows else None),
+        (RUN, None, "rows_with_invalid", counts.rows_with_invalid),
+        (RUN, None, "threshold", run.threshold),
+        (SOURCE, run.source, "source_version", run.source_version),
+        (MODEL, run.model_sha256, "model_sha256", run.model_version),
+    ]
+    reference_features = reference.get("features", {})
+    for name in layout.features:
+        rows.append((FEATURE, name, "invalid_values", counts.invalid[name]))
+        if name in counts.feature_bins and name in reference_features:
+            rows.append((FEATURE, name, "psi", psi(reference_features[name]["fractions"], counts.feature_bins[name])))
+    quantiles = list(score_quantiles) if score_quantiles is not None else [None] * len(SCORE_QUANTILES)
+    for metric, value in zip(SCORE_QUANTILES, quantiles):
+        rows.append((SCORE, None, metric, value))
+    rows += [(SCORE, None, "mean", score_mean), (SCORE, None, "min", score_min), (SCORE, None, "max", score_max)]
+    if "score" in reference:
+        rows.append((SCORE, None, "psi", psi(reference["score"]["fractions"], counts.score_bins)))
+    edges = layout.score_edges
+    for i, count in enumerate(counts.score_bins.tolist()):
+        rows.append((SCORE, histogram_bin_label(i, edges[i], edges[i + 1]), "histogram_count", count))
+    rows.append((RUN, None, "scoring_seconds", scoring_seconds))
+    rows.append((RUN, None, "duration_seconds", duration_seconds))
+    rows.append((RUN, None, S.RUN_COMPLETE_METRIC, 1.0))
+    return [
+        (run.run_id, run.run_date, run.model_name, run.model_version, scope, feature, metric, _number(value), recorded_at)
+        for scope, feature, metric, value in rows
+    ]
+
+
+def histogram_bin_label(index: int, low: float, high: float) -> str:
+    """`03:[0.0125,0.0311)`: sorts in bin order and shows the edges."""
+    return f"{index:02d}:[{low:.6g},{high:.6g})"
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
