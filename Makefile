@@ -39,5 +39,9 @@ test-fast: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run
 
+# What spark-submit ships to a cluster: dist/lakescore-<version>.zip for --py-files (cluster_configs/README.md).
+dist: $(VENV)/.installed
+	$(BIN)/lakescore package --dest dist
+
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
