@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import typer
 
+from jobs.feedback import feedback
 from jobs.generate_transactions import generate
 from jobs.load_benchmarks import load_benchmarks
+from jobs.models import models, promote_command
+from jobs.package import package
+from jobs.retrain import retrain
+from jobs.score_nightly import score
 from jobs.sql import sql
+from jobs.train import train
 
 app = typer.Typer(
     help="Anomaly detection at data-lake scale: generate, train, score, query, retrain.",
@@ -21,6 +27,13 @@ app = typer.Typer(
 app.command("generate")(generate)
 app.command("load-benchmarks")(load_benchmarks)
 app.command("sql")(sql)
+app.command("train")(train)
+app.command("package")(package)
+app.command("score")(score)
+app.command("feedback")(feedback)
+app.command("models")(models)
+app.command("promote")(promote_command)
+app.command("retrain")(retrain)
 
 
 if __name__ == "__main__":

@@ -116,12 +116,25 @@ def latest_verdicts(feedback: DataFrame) -> DataFrame:
     return feedback.withColumn("_rank", F.row_number().over(newest_first)).where("_rank = 1").drop("_rank")
 
 
-def verdicts_for(spark: SparkSession, settings: Settings, source_table: str) -> dict[str, bool]:
-    """{record_key: is_anomaly} from the latest verdicts on `source_table`.
+def feedback_version(spark: SparkSession, settings: Settings) -> int:
+    """Current Delta version of the feedback table (recorded in a bundle's lineage)."""
+    ensure_feedback_table(spark, settings)
+    return lake.delta_version(spark, str(lake.table_path(settings, S.FEEDBACK)))
+
+
+def verdicts_for(
+    spark: SparkSession, settings: Settings, source_table: str, version: int | None = None
+) -> dict[str, bool]:
+    """{record_key: is_anomaly} from the latest verdicts on `source_table` (at a Delta `version`
+    of the feedback table, for reproductions; default: now).
 
     Collected to the driver on purpose: verdicts are written by people, so there are at most
     thousands, and training broadcasts this small map to every reader.
     """
-    table = ensure_feedback_table(spark, settings)
-    rows = latest_verdicts(spark.table(table).where(F.col("source_table") == source_name(settings, source_table))).collect()
+    ensure_feedback_table(spark, settings)
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    feedback = reader.load(str(lake.table_path(settings, S.FEEDBACK)))
+    rows = latest_verdicts(feedback.where(F.col("source_table") == source_name(settings, source_table))).collect()
     return {r["record_key"]: r["verdict"] == "confirmed_anomaly" for r in rows}

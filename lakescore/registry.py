@@ -184,3 +184,40 @@ def promote(spark: SparkSession, settings: Settings, ref: str, note: str | None 
 def discard_bundle(path: Path) -> None:
     """Remove a bundle directory that never made it into the registry."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def record_decision(
+    spark: SparkSession,
+    settings: Settings,
+    challenger: ModelEntry,
+    figures: Mapping[str, float],
+    note: str,
+    *,
+    promote: bool,
+) -> None:
+    """Record a retraining decision on the challenger's row and, if `promote`, crown it: one commit.
+
+    The figures join the challenger's metrics map; the note says what was decided and why. When
+    promoted, the previous champion is archived by the same UPDATE, so readers never see two
+    champions or none.
+    """
+    table = registry_table(settings)
+    name = check_identifier(challenger.name, "model name")
+    v = int(challenger.version)
+    pairs = ", ".join(f"'{check_identifier(k, 'metric name')}', CAST('{float(x)!r}' AS DOUBLE)" for k, x in figures.items())
+    figures_map = f"map({pairs})" if pairs else "map()"
+    note_sql = "'" + note.replace("'", "''") + "'"
+    new_stage = "'champion'" if promote else "stage"
+    old_champion = "'archived'" if promote else "stage"
+    replaced = "'" + f"archived: replaced by {name}@{v}".replace("'", "''") + "'"
+    spark.sql(
+        f"""
+        UPDATE {table}
+        SET stage = CASE WHEN version = {v} THEN {new_stage} ELSE {old_champion} END,
+            metrics = CASE WHEN version = {v} THEN map_concat(coalesce(metrics, map()), {figures_map}) ELSE metrics END,
+            note = CASE WHEN version = {v} THEN {note_sql} WHEN {str(promote).upper()} THEN {replaced} ELSE note END,
+            updated_at = current_timestamp()
+        WHERE name = '{name}' AND (version = {v} OR stage = 'champion')
+        """
+    )
+    log.info("%s@%d: %s", name, v, note)
