@@ -71,6 +71,9 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark.arrow_batch_size),
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        # Delta rebuilds a table's snapshot with this many tasks (default 50, which dominates
+        # small tables on one machine); it follows shuffle_partitions unless set with --conf.
+        "spark.databricks.delta.snapshotPartitions": str(spark.shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
         # Tables stay readable by delta-rs and Ray Data, which cannot honour deletion vectors.
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
