@@ -300,7 +300,8 @@ def _parquet_files(path: str) -> list[str]:
     from deltalake import DeltaTable
 
     table = DeltaTable(path)
-    return [u.removeprefix("file://") for u in table.file_uris(partition_filters=[(S.EVENT_DATE, "=", DAY.isoformat())])]
+    # The live files of the day's partition (files the log has removed are not listed).
+    return [u.removeprefix("file://") for u in table.file_uris() if f"/{S.EVENT_DATE}={DAY.isoformat()}/" in u]
 
 
 def _single_process(files: list[str], inputs: list[str], bundle: Bundle, batch_size: int, full: bool) -> None:
@@ -387,10 +388,18 @@ class _RssSampler(threading.Thread):
             pid = int(entry.name)
             parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
             rss[pid] = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-        workers = [pid for pid in parents if pid != self.jvm_pid and self._descends(pid, parents)]
+        workers = [pid for pid in parents if pid != self.jvm_pid and self._descends(pid, parents) and self._is_python_worker(pid)]
         self.peaks["jvm"] = max(self.peaks["jvm"], rss.get(self.jvm_pid, 0.0))
         self.peaks["worker"] = max([self.peaks["worker"]] + [rss[p] for p in workers])
         self.peaks["workers"] = max(self.peaks["workers"], sum(rss[p] for p in workers))
+
+    @staticmethod
+    def _is_python_worker(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return b"pyspark" in f.read()
+        except OSError:
+            return False
 
     def _descends(self, pid: int, parents: dict[int, int]) -> bool:
         while pid in parents and pid > 1:

@@ -10,7 +10,8 @@ scikit-learn's breast cancer (mlp); figures are on each table's held-out test sp
 IsolationForest fitted on the same training split.
 
 Throughput: the transactions training split, preprocessed and materialized once, trained for a
-few epochs by (a) a plain torch loop over in-memory tensors in this process, (b) Ray Train with
+few epochs by (a) a plain torch loop over in-memory tensors in this process (one torch thread,
+like a one-CPU Ray worker), (b) Ray Train with
 one worker and (c) with two (DDP, gloo). Same model, batch size and optimiser. Rows/s per epoch
 counts training steps only (not validation or checkpoints); the first epoch includes warm-up.
 """
@@ -45,7 +46,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--days", type=int, default=7, help="generated days of transactions")
     parser.add_argument("--rows-per-day", type=int, default=40_000)
     parser.add_argument("--lake", type=Path, default=None, help="reuse this lake root (kept), else a temporary one")
-    parser.add_argument("--skip", default="", help="comma-separated: transactions, shuttle, breast_cancer, throughput")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated: transactions, shuttle, breast_cancer, quality, throughput, generate "
+        "(reuse the tables already in --lake)",
+    )
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
@@ -71,19 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"quality": [], "throughput": []}
     try:
         started = time.perf_counter()
-        if "transactions" not in skip:
+        if "transactions" not in skip and "generate" not in skip:
             run_generate(spark, settings)
-        benchmarks = [t for t in ("shuttle", "breast_cancer") if t not in skip]
+        benchmarks = [t for t in ("shuttle", "breast_cancer") if t not in skip and "generate" not in skip]
         if benchmarks:
             run_load_benchmarks(spark, settings, benchmarks)
         print(f"lake {root}: tables written in {time.perf_counter() - started:.0f}s", flush=True)
         connect_ray(settings)
 
         for table, kind, metric, target, published in TARGETS:
-            if table in skip:
+            if table in skip or "quality" in skip:
                 continue
             results["quality"].append(_quality(spark, settings, table, kind, metric, target, published))
-        _print_quality(results["quality"])
+        if results["quality"]:
+            _print_quality(results["quality"])
         by_type = next((r["by_type"] for r in results["quality"] if r["table"] == "transactions"), None)
         if by_type:
             _print_by_type(by_type)
@@ -210,6 +217,9 @@ def _plain_loop(x: np.ndarray, y: np.ndarray, architecture: dict, settings: Sett
 
     t = settings.train
     torch.manual_seed(t.seed)
+    # One thread, like a Ray worker with one CPU (Ray sets OMP_NUM_THREADS to the worker's CPUs).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     model = build_model(architecture)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
     loss_fn = build_loss("mlp", pos_weight, torch.device("cpu"))
@@ -226,6 +236,7 @@ def _plain_loop(x: np.ndarray, y: np.ndarray, architecture: dict, settings: Sett
             loss_fn(model(xs[index]), ys[index]).backward()
             optimizer.step()
         rates.append(len(xs) / (time.perf_counter() - started))
+    torch.set_num_threads(threads)
     return rates
 
 

@@ -26,8 +26,8 @@ champion) or `name@version`, or `--bundle DIR` for a bundle outside the registry
 
 What a run writes, in this order:
 1. `flagged` (partitioned by run_date): the flagged rows of the date with keys, allow-listed
-   columns, score, threshold, reasons and provenance, replacing that date's rows of the same model
-   name in ONE Delta commit (`replaceWhere`), so a re-run never duplicates rows;
+   columns, score, threshold, reasons and provenance, replacing that date's rows in ONE Delta
+   commit (`replaceWhere` on run_date), so a re-run never duplicates rows;
 2. `run_metrics`: the run's metrics (long format), gathered in the same pass over the data that
    wrote `flagged` (the model runs once per row), with the `run_complete` row, in one commit.
 A run that dies before step 1 commits leaves both tables as they were. One that dies between the
@@ -229,12 +229,13 @@ def _score_one(
 
 
 def _replace_run(df: DataFrame, path: Path, run: RunIdentity) -> None:
-    """Replace this model's rows of `run.run_date` in the Delta table at `path`, in one commit.
+    """Replace the rows of `run.run_date` in the Delta table at `path` with `df`, in one commit.
 
-    The table is partitioned by run_date; the model name is part of the predicate so that two
-    models scoring the same night (champion and challenger) keep their own rows.
+    The predicate names only the partition column, so Delta drops the date's old files without
+    rewriting any (a predicate on another column would rewrite the partition's files first).
+    A date holds one run: re-running it, with any model, replaces it.
     """
-    condition = f"{S.RUN_DATE} = DATE'{run.run_date.isoformat()}' AND {S.MODEL_NAME} = '{run.model_name}'"
+    condition = f"{S.RUN_DATE} = DATE'{run.run_date.isoformat()}'"
     (
         df.write.format("delta")
         .mode("overwrite")

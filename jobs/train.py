@@ -145,7 +145,8 @@ def train(
         started = time.perf_counter()
         try:
             run, entry = run_train(spark, settings)
-        except (ValueError, lake.SourceError) as exc:
+        except ValueError as exc:  # SourceError, TrainingDataError, UnreadableSourceError, BundleError...
+            log.debug("training failed", exc_info=True)
             fail(str(exc))
         elapsed = time.perf_counter() - started
         print_summary(run.bundle, entry, run.table, elapsed)

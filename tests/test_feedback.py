@@ -34,6 +34,7 @@ def test_a_batch_with_an_unknown_verdict_writes_nothing(spark, settings, tmp_pat
     csv.write_text("record_key,verdict\n1,confirmed_anomaly\n2,maybe\n")
     with pytest.raises(FeedbackError, match="unknown verdict.*'maybe'.*Nothing was written"):
         run_feedback(spark, settings, table="fb_bad", file=csv)
+    spark.createDataFrame([(1, "x")], "id INT, label STRING").createOrReplaceTempView("not_verdicts")
     with pytest.raises(FeedbackError, match="lack column"):
-        run_feedback(spark, settings, table="fb_bad", from_table="lakescore.model_registry")
+        run_feedback(spark, settings, table="fb_bad", from_table="not_verdicts")
     assert spark.sql(f"DESCRIBE HISTORY {table}").count() == before

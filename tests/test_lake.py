@@ -15,7 +15,8 @@ def test_the_session_has_delta_and_the_catalog_under_the_lake_root(spark, settin
     conf = spark.sparkContext.getConf()
     assert conf.get("spark.sql.extensions") == "io.delta.sql.DeltaSparkSessionExtension"
     assert conf.get("spark.sql.catalogImplementation") == "hive"
-    assert conf.get("spark.sql.warehouse.dir") == str(settings.lake.warehouse_dir)
+    # Spark qualifies the path with file: once the metastore has started.
+    assert conf.get("spark.sql.warehouse.dir").removeprefix("file:") == str(settings.lake.warehouse_dir)
     assert str(settings.lake.metastore_dir) in conf.get("spark.hadoop.javax.jdo.option.ConnectionURL")
     assert conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "1000"
     assert conf.get("spark.python.worker.reuse") == "true"
