@@ -156,8 +156,11 @@ def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str
     original = {k: bundle.manifest["metrics"][k] for k in REPRODUCED_METRICS if k in bundle.manifest["metrics"]}
     again = {k: run.bundle.manifest["metrics"][k] for k in original}
     result = metrics_match(original, again, settings.retrain.reproduce_tolerance)
-    result.update(model=entry.label, source=bundle.manifest["lineage"]["source_path"], source_version=version,
-                  original=original, reproduced=again)
+    # Same data version, window and verdicts must give the very same rows and labels per split.
+    counts_match = run.bundle.manifest["lineage"]["counts"] == lineage["counts"]
+    result.update(model=entry.label, source=lineage["source_path"], source_version=version,
+                  original=original, reproduced=again, counts_match=counts_match)
+    result["match"] = result["match"] and counts_match
     return result
 
 

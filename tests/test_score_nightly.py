@@ -363,7 +363,7 @@ def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spar
 
     def state():
         return [
-            (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect())))
+            (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect()), key=repr))
             for p in paths
         ]
 

@@ -222,7 +222,7 @@ def count_batch(
     header = [len(scores), int(flagged.sum()), int((~np.isfinite(raw_features)).any(axis=1).sum())]
     if total:
         values = np.asarray(x[:, columns], dtype=np.float32)
-        feature_bins = np.bincount((_bins(values, inner32) + offsets).ravel(), minlength=total)
+        feature_bins = np.bincount((_bins(values, inner32) + offsets).ravel(), minlength=total)  # int64 sums
     else:
         feature_bins = np.zeros(0, dtype=np.int64)
     score_bins = np.bincount(bin_index(scores, layout.score_edges), minlength=len(layout.score_edges) - 1)
@@ -235,9 +235,12 @@ def _bins(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
     """Bin of each float32 value (rows x features) by counting the interior edges at or below
     it: the same bins as lakescore.drift.bin_index (below the first edge -> first bin, from the
     last edge up -> last bin, NaN -> first bin), for all features at once."""
-    index = np.zeros(values.shape, dtype=np.int64)
-    for j in range(inner_edges.shape[1]):  # a few edges: compare whole columns at a time
-        index += values >= inner_edges[:, j]
+    # A few edges (10 bins by default): compare whole columns at a time, counting in bytes.
+    index = np.zeros(values.shape, dtype=np.uint8 if inner_edges.shape[1] < 256 else np.int64)
+    above = np.empty(values.shape, dtype=bool)
+    for j in range(inner_edges.shape[1]):
+        np.greater_equal(values, inner_edges[:, j], out=above)
+        index += above.view(np.uint8) if index.dtype == np.uint8 else above
     return index
 
 
