@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lakescore import schemas as S
-from lakescore.bundle import BundleError, MANIFEST, WEIGHTS
+from lakescore.bundle import WEIGHTS, BundleError
 from lakescore.config import ScoreSettings
 from lakescore.drift import bin_index, psi
 from lakescore.features import TRANSACTIONS_V1
