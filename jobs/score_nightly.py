@@ -28,8 +28,9 @@ What a run writes, in this order:
 1. `flagged` (partitioned by run_date): the flagged rows of the date with keys, allow-listed
    columns, score, threshold, reasons and provenance, replacing that date's rows in ONE Delta
    commit (`replaceWhere` on run_date), so a re-run never duplicates rows;
-2. `run_metrics`: the run's metrics (long format), gathered in the same pass over the data that
-   wrote `flagged` (the model runs once per row), with the `run_complete` row, in one commit.
+2. `run_metrics`: the run's metrics (long format), added up by the scoring UDF in the same pass
+   over the data that wrote `flagged` (the model runs once per row), with the `run_complete` row,
+   in one commit.
 A run that dies before step 1 commits leaves both tables as they were. One that dies between the
 two commits leaves a `flagged` date whose run_id has no `run_complete` row: re-run the date.
 """
@@ -45,8 +46,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pyspark import Accumulator, Broadcast
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark import Broadcast
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.common import ConfigOption, SetOption, VerboseOption, fail, print_rows, setup
@@ -61,7 +62,7 @@ from udfs.broadcast import broadcast_bundle
 from udfs.core import MetricLayout
 from udfs.flagged import OutputColumns, choose_output_columns, flagged_records
 from udfs.metrics import RunIdentity, metric_records
-from udfs.scoring import check_source_columns, score_dataframe, sum_counts
+from udfs.scoring import check_source_columns, new_run_totals, score_dataframe
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,11 @@ class RunSummary:
     model: str
     source: str
     source_version: int | None
-    rows_read: int
-    rows_scored: int
+    rows_read: int  # rows in the source partition, counted without the model
+    rows_scored: int  # rows the scoring UDF scored, added up by the UDF itself
     rows_flagged: int
     scoring_seconds: float  # the one pass over the rows: score, flag, explain, write flagged
-    duration_seconds: float  # the whole run up to its metrics commit
+    duration_seconds: float  # the whole run, commits and catalog included
 
 
 def run_score(
@@ -91,7 +92,6 @@ def run_score(
     source: str | None = None,
     model: str | None = None,
     bundle_path: Path | str | None = None,
-    rows_counter: Accumulator | None = None,
 ) -> list[RunSummary]:
     """Score `source` for `run_date` (or each date from `run_date` to `last_date`) and write
     `flagged` and `run_metrics`; return one summary per run.
@@ -102,7 +102,6 @@ def run_score(
         source: catalog table or path (default settings.score.table).
         model: `name` (champion) or `name@version` (default settings.score.model).
         bundle_path: a bundle directory to use instead of the registry.
-        rows_counter: a Spark accumulator the UDF adds scored rows to (tests).
 
     Raises, before anything is written: BundleError (a bundle that fails verification),
     RegistryError, lake.SourceError, ValueError (missing/mistyped columns, bad dates).
@@ -126,9 +125,7 @@ def run_score(
     summaries = []
     for day in days:
         rows = df.filter(F.col(score.date_column) == F.lit(day)) if dated else df
-        summaries.append(
-            _score_one(spark, settings, rows, day, bundle, broadcast, resolved, output, rows_counter)
-        )
+        summaries.append(_score_one(spark, settings, rows, day, bundle, broadcast, resolved, output))
     return summaries
 
 
@@ -162,7 +159,6 @@ def _score_one(
     broadcast: Broadcast,
     resolved: lake.Source,
     output: OutputColumns,
-    rows_counter: Accumulator | None,
 ) -> RunSummary:
     started = time.perf_counter()
     scored_at = dt.datetime.now(dt.timezone.utc)
@@ -177,42 +173,39 @@ def _score_one(
         threshold=bundle.threshold,
     )
     log.info("run %s: scoring %s for %s with %s", run.run_id, run.source, run_date, bundle.label)
-    observation = Observation(f"lakescore_{run.run_id.replace('-', '_')}")
+    # Rows in the source partition, counted without the model (Parquet footers or Delta
+    # statistics, no column is decoded): the UDF's own count of rows scored is checked against it.
+    rows_read = rows.count()
+    totals = new_run_totals(spark, bundle)
     scored = score_dataframe(
-        rows,
-        broadcast,
-        top_k=settings.score.top_reasons,
-        rows_counter=rows_counter,
-        observation=observation,
-        where=f"source {resolved.name}",
+        rows, broadcast, top_k=settings.score.top_reasons, totals=totals, where=f"source {resolved.name}"
     )
-    # The one action over the source rows: the flagged rows are written while the observation
-    # aggregates the metrics of every row (no cache, no second pass, no second model run).
+    # The one action over the source rows: the flagged rows are written while the UDF adds up the
+    # metrics of every row into `totals` (no cache, no second pass, no second model run).
     flagged_path = lake.table_path(settings, S.FLAGGED)
     _replace_run(flagged_records(scored, output, run, scored_at), flagged_path, run)
-    observed = observation.get
     scoring_seconds = time.perf_counter() - started
+    run_totals = totals.value
+    if run_totals.rows != rows_read:
+        log.warning("run %s: %d rows read but %d scored", run.run_id, rows_read, run_totals.rows)
+
     layout = MetricLayout.from_bundle(bundle)
-    counts = layout.split(sum_counts(observed["counts"], layout.size))
-    duration = time.perf_counter() - started
     records = metric_records(
         run,
         layout,
-        counts,
-        rows_read=observed["rows_read"],
-        score_quantiles=observed["score_quantiles"],
-        score_mean=observed["score_mean"],
-        score_min=observed["score_min"],
-        score_max=observed["score_max"],
+        run_totals,
+        rows_read=rows_read,
         reference=bundle.reference,
         scoring_seconds=scoring_seconds,
-        duration_seconds=duration,
+        duration_seconds=time.perf_counter() - started,
         recorded_at=dt.datetime.now(dt.timezone.utc),
     )
     metrics_path = lake.table_path(settings, S.RUN_METRICS)
     _replace_run(spark.createDataFrame(records, S.RUN_METRICS_SCHEMA), metrics_path, run)
     lake.register_table(spark, settings, S.FLAGGED, flagged_path, "delta")
     lake.register_table(spark, settings, S.RUN_METRICS, metrics_path, "delta")
+    duration = time.perf_counter() - started
+    counts = layout.split(run_totals.counts)
     log.info("run %s: %d rows, %d flagged in %.1fs", run.run_id, counts.rows, counts.rows_flagged, duration)
     return RunSummary(
         run_id=run.run_id,
@@ -220,7 +213,7 @@ def _score_one(
         model=bundle.label,
         source=run.source,
         source_version=resolved.version,
-        rows_read=int(observed["rows_read"]),
+        rows_read=rows_read,
         rows_scored=counts.rows,
         rows_flagged=counts.rows_flagged,
         scoring_seconds=scoring_seconds,

@@ -18,9 +18,9 @@ from lakescore.features import TRANSACTIONS_V1
 from lakescore.models import explain_batch, score_batch
 from scoring_bundles import AUTOENCODER, MLP, build_test_bundle
 from udfs.broadcast import bundle_from_files, load_scoring_model
-from udfs.core import MetricLayout, build_scoring_model, count_batch, score_rows
+from udfs.core import MetricLayout, RunTotals, ScoreGrid, build_scoring_model, count_batch, score_rows
 from udfs.flagged import choose_output_columns
-from udfs.metrics import RunIdentity, metric_records
+from udfs.metrics import RunIdentity, RunTotalsParam, metric_records
 from udfs.model_cache import ModelCache
 
 N_FEATURES = len(TRANSACTIONS_V1.features)
@@ -121,7 +121,7 @@ def test_null_nan_inf_and_unknown_values_are_imputed_and_counted_per_feature(mlp
     raw[S.MERCHANT_CATEGORY] = [None, "spaceships", "grocery", "fuel", "online", "travel"]
     raw[S.NEW_DEVICE] = pd.array([True, None, False, False, True, False], dtype="boolean")
     batch = score_rows(scoring, raw, top_k=3)
-    counts = scoring.layout.split(batch.counts)
+    counts = scoring.layout.split(batch.totals.counts)
     assert np.isfinite(batch.scores).all()
     assert counts.invalid["log_amount"] == 3
     assert counts.invalid["log_amount_vs_account"] == 3
@@ -131,17 +131,37 @@ def test_null_nan_inf_and_unknown_values_are_imputed_and_counted_per_feature(mlp
     assert counts.rows == 6 and counts.rows_with_invalid == 3  # rows 0, 1, 2
 
 
-def test_count_vectors_add_up_over_batches_and_every_histogram_counts_every_row(mlp_bundle):
+def test_batch_totals_add_up_to_the_totals_of_the_whole_and_every_histogram_counts_every_row(mlp_bundle):
     scoring = build_scoring_model(mlp_bundle)
     raw, _ = raw_transactions(700, seed=7)
-    whole = score_rows(scoring, raw, top_k=3).counts
-    parts = score_rows(scoring, raw.iloc[:300], top_k=3).counts + score_rows(scoring, raw.iloc[300:], top_k=3).counts
-    np.testing.assert_array_equal(whole, parts)
-    counts = scoring.layout.split(whole)
-    assert counts.rows == 700
+    whole = score_rows(scoring, raw, top_k=3)
+    parts = RunTotalsParam().zero(whole.totals)
+    for piece in (raw.iloc[:300], raw.iloc[300:]):
+        parts = RunTotalsParam().addInPlace(parts, score_rows(scoring, piece, top_k=3).totals)
+    np.testing.assert_array_equal(whole.totals.counts, parts.counts)
+    assert parts.score_sum == pytest.approx(whole.scores.sum())
+    assert (parts.score_min, parts.score_max) == (whole.scores.min(), whole.scores.max())
+    counts = scoring.layout.split(parts.counts)
+    assert counts.rows == parts.rows == 700
     assert set(counts.feature_bins) == set(TRANSACTIONS_V1.features)
     assert all(bins.sum() == 700 for bins in counts.feature_bins.values())
-    assert counts.score_bins.sum() == 700
+    assert counts.score_bins.sum() == counts.score_grid.sum() == 700
+
+
+@pytest.mark.parametrize("kind", [MLP, AUTOENCODER])
+def test_score_quantiles_read_from_the_grid_are_within_half_a_bin_of_the_exact_ones(kind):
+    grid = ScoreGrid.for_kind(kind)
+    rng = np.random.default_rng(11)
+    scores = rng.beta(0.3, 8.0, 20_000) if kind == MLP else rng.lognormal(-3.0, 1.5, 20_000)
+    counts = np.bincount(grid.index(scores), minlength=grid.bins)
+    for q in (0.5, 0.9, 0.99, 0.999):
+        exact = np.quantile(scores, q, method="inverted_cdf")
+        approx = grid.quantile(counts, q)
+        if kind == MLP:
+            assert abs(np.log(approx / (1 - approx)) - np.log(exact / (1 - exact))) <= grid.step / 2 + 1e-9
+        else:
+            assert abs(np.log(approx) - np.log(exact)) <= grid.step / 2 + 1e-9
+    assert grid.quantile(np.zeros(grid.bins, dtype=np.int64), 0.5) is None
 
 
 def test_all_features_are_binned_at_once_exactly_as_drift_bin_index_bins_each(mlp_bundle):
@@ -163,7 +183,7 @@ def test_an_empty_batch_scores_nothing_and_counts_zero(mlp_bundle):
     raw, _ = raw_transactions(5, seed=8)
     batch = score_rows(scoring, raw.iloc[:0], top_k=3)
     assert batch.scores.shape == (0,) and len(batch.reasons) == 0
-    assert not batch.counts.any() and batch.counts.shape == (scoring.layout.size,)
+    assert not batch.totals.counts.any() and batch.totals.counts.shape == (scoring.layout.size,)
 
 
 class _FakeBroadcast:
@@ -222,20 +242,22 @@ def test_metric_records_hold_counts_rates_quantiles_psi_and_end_with_run_complet
     scoring = build_scoring_model(mlp_bundle)
     raw, _ = raw_transactions(800, seed=9)
     batch = score_rows(scoring, raw, top_k=3)
-    counts = scoring.layout.split(batch.counts)
+    counts = scoring.layout.split(batch.totals.counts)
     when = dt.datetime(2026, 11, 5, 3, 0)
     records = metric_records(
-        _run(mlp_bundle), scoring.layout, counts, rows_read=800, score_quantiles=[0.1, 0.2, 0.3, 0.4],
-        score_mean=0.05, score_min=0.0, score_max=0.9, reference=mlp_bundle.reference,
+        _run(mlp_bundle), scoring.layout, batch.totals, rows_read=800, reference=mlp_bundle.reference,
         scoring_seconds=2.0, duration_seconds=2.5, recorded_at=when,
     )
     by_key = {(r[4], r[5], r[6]): r[7] for r in records}
     assert records[-1][6] == S.RUN_COMPLETE_METRIC and records[-1][7] == 1.0
     assert all(r[:4] == ("r1", dt.date(2026, 11, 4), "tx", 1) and r[8] == when for r in records)
-    assert by_key[("run", None, "rows_read")] == 800
+    assert by_key[("run", None, "rows_read")] == by_key[("run", None, "rows_scored")] == 800
     assert by_key[("run", None, "rows_flagged")] == batch.flagged.sum()
     assert by_key[("run", None, "flag_rate")] == pytest.approx(batch.flagged.mean())
-    assert by_key[("score", None, "p99_9")] == 0.4
+    assert by_key[("score", None, "mean")] == pytest.approx(batch.scores.mean())
+    assert by_key[("score", None, "max")] == batch.scores.max()
+    exact_p99 = np.quantile(batch.scores, 0.99, method="inverted_cdf")
+    assert by_key[("score", None, "p99")] == pytest.approx(exact_p99, rel=0.01)
     assert by_key[("source", "lakescore.t", "source_version")] == 7
     assert by_key[("model", mlp_bundle.sha256, "model_sha256")] == 1
     expected_psi = psi(mlp_bundle.reference["features"]["log_amount"]["fractions"], counts.feature_bins["log_amount"])
@@ -247,16 +269,15 @@ def test_metric_records_hold_counts_rates_quantiles_psi_and_end_with_run_complet
 
 def test_metric_records_of_an_empty_run_count_zero_and_leave_rates_and_quantiles_null(mlp_bundle):
     layout = MetricLayout.from_bundle(mlp_bundle)
-    counts = layout.split(np.zeros(layout.size, dtype=np.int64))
     records = metric_records(
-        _run(mlp_bundle), layout, counts, rows_read=0, score_quantiles=None, score_mean=None,
-        score_min=None, score_max=None, reference=mlp_bundle.reference, scoring_seconds=0.5, duration_seconds=1.0,
-        recorded_at=dt.datetime(2026, 11, 5),
+        _run(mlp_bundle), layout, RunTotals(layout.size), rows_read=0, reference=mlp_bundle.reference,
+        scoring_seconds=0.5, duration_seconds=1.0, recorded_at=dt.datetime(2026, 11, 5),
     )
     by_key = {(r[4], r[5], r[6]): r[7] for r in records}
     assert by_key[("run", None, "rows_read")] == 0 and by_key[("run", None, "rows_scored")] == 0
     assert by_key[("run", None, "flag_rate")] is None
-    assert by_key[("score", None, "p50")] is None
+    assert by_key[("score", None, "p50")] is None and by_key[("score", None, "mean")] is None
+    assert by_key[("score", None, "min")] is None
     assert by_key[("feature", "log_amount", "psi")] is None
     assert records[-1][6] == S.RUN_COMPLETE_METRIC
 

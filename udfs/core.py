@@ -9,9 +9,10 @@ Per batch:
                 --Preprocessing.apply--> model input (imputed, clipped, centred, scaled)
                 --score_batch--> score; flagged = score >= threshold
                 --explain_batch (flagged rows only)--> top-k reasons
-and the counts `run_metrics` needs (rows, invalid values per feature, reference-histogram bin
-counts per feature and for the score), packed into one int64 vector: the job sums these vectors
-over all batches in the same pass that writes the flagged rows, so the model runs once per row.
+and the totals `run_metrics` needs (rows, invalid values per feature, reference-histogram bin
+counts per feature and for the score, a fine score histogram for quantiles, the score's sum, min
+and max) as a `RunTotals`: the UDF adds each batch's totals to a Spark accumulator, so the run's
+metrics come from the same pass that writes the flagged rows, and the model runs once per row.
 """
 
 from __future__ import annotations
@@ -39,18 +40,76 @@ _ERROR_EDGES = tuple([0.0] + np.logspace(-4, 2, 13).tolist())
 
 
 @dataclass(frozen=True)
+class ScoreGrid:
+    """A fine, fixed histogram of scores from which quantiles are read with a bounded error.
+
+    Bins have a fixed width on a scale that spreads the scores: the logit for probabilities
+    (mlp; width 0.01, so p99.9 = 0.9990 is read to about +-0.000005), the natural log for
+    reconstruction errors (autoencoder; width 0.005, about +-0.25% of the value). Mergeable by
+    adding counts, so batches and tasks combine exactly. Values beyond the range fall into an
+    under- or overflow bin and read as the range's end.
+    """
+
+    logit: bool
+    low: float
+    high: float
+    step: float
+
+    @classmethod
+    def for_kind(cls, kind: str) -> "ScoreGrid":
+        return cls(logit=True, low=-35.0, high=35.0, step=0.01) if kind == MLP else cls(False, -35.0, 15.0, 0.005)
+
+    @property
+    def bins(self) -> int:
+        return int(round((self.high - self.low) / self.step)) + 2  # + underflow and overflow
+
+    def _scale(self, scores: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.logit:
+                p = np.clip(scores, 1e-300, 1.0)
+                return np.log(p) - np.log1p(-p)
+            return np.log(scores)
+
+    def index(self, scores: np.ndarray) -> np.ndarray:
+        scaled = self._scale(np.asarray(scores, dtype=np.float64))
+        index = np.floor((scaled - self.low) / self.step) + 1
+        index = np.where(np.isnan(index), 0, index)
+        return np.clip(index, 0, self.bins - 1).astype(np.int64)
+
+    def value(self, index: int) -> float:
+        """The score a bin stands for: its midpoint on the scale (range ends for the outer bins)."""
+        if index <= 0:
+            scaled = self.low
+        elif index >= self.bins - 1:
+            scaled = self.high
+        else:
+            scaled = self.low + (index - 0.5) * self.step
+        return float(1.0 / (1.0 + math.exp(-scaled))) if self.logit else float(math.exp(scaled))
+
+    def quantile(self, counts: np.ndarray, q: float) -> float | None:
+        """The q-quantile (inverted CDF: the ceil(q*n)-th smallest score) of the counted scores."""
+        total = int(counts.sum())
+        if total == 0:
+            return None
+        rank = max(1, math.ceil(q * total))
+        return self.value(int(np.searchsorted(np.cumsum(counts), rank)))
+
+
+@dataclass(frozen=True)
 class MetricLayout:
     """How the per-batch counts are laid out in one int64 vector, and the edges they count with.
 
     The vector is: [rows, rows_flagged, rows_with_invalid, invalid values per feature (F),
     bin counts of each feature that has a reference histogram (in `binned` order), score bin
-    counts]. The driver rebuilds the same layout from the bundle to read the sums back.
+    counts (reference edges), score grid counts (`ScoreGrid`, for quantiles)]. The driver
+    rebuilds the same layout from the bundle to read the sums back.
     """
 
     features: tuple[str, ...]
     binned: tuple[str, ...]  # features with reference edges, in model order
     feature_edges: tuple[tuple[float, ...], ...]  # one per `binned` feature
     score_edges: tuple[float, ...]
+    grid: ScoreGrid
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "MetricLayout":
@@ -67,11 +126,13 @@ class MetricLayout:
             binned=binned,
             feature_edges=tuple(tuple(float(e) for e in reference[f]["edges"]) for f in binned),
             score_edges=score_edges,
+            grid=ScoreGrid.for_kind(bundle.kind),
         )
 
     @property
     def size(self) -> int:
-        return 3 + len(self.features) + sum(len(e) - 1 for e in self.feature_edges) + len(self.score_edges) - 1
+        histograms = sum(len(e) - 1 for e in self.feature_edges) + len(self.score_edges) - 1
+        return 3 + len(self.features) + histograms + self.grid.bins
 
     @cached_property
     def _binning(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -104,13 +165,15 @@ class MetricLayout:
         for name, edges in zip(self.binned, self.feature_edges):
             bins[name] = vector[at : at + len(edges) - 1]
             at += len(edges) - 1
+        score_bins = len(self.score_edges) - 1
         return RunCounts(
             rows=int(vector[0]),
             rows_flagged=int(vector[1]),
             rows_with_invalid=int(vector[2]),
             invalid=dict(zip(self.features, vector[3 : 3 + f].tolist())),
             feature_bins=bins,
-            score_bins=vector[at:],
+            score_bins=vector[at : at + score_bins],
+            score_grid=vector[at + score_bins :],
         )
 
 
@@ -124,6 +187,30 @@ class RunCounts:
     invalid: dict[str, int]
     feature_bins: dict[str, np.ndarray]
     score_bins: np.ndarray
+    score_grid: np.ndarray
+
+
+class RunTotals:
+    """What a run adds up over its batches: the count vector of a `MetricLayout`, and the sum,
+    minimum and maximum of the scores. Picklable and mergeable (the value of a Spark accumulator)."""
+
+    def __init__(self, size: int):
+        self.counts = np.zeros(size, dtype=np.int64)
+        self.score_sum = 0.0
+        self.score_min = math.inf
+        self.score_max = -math.inf
+
+    def add(self, other: "RunTotals") -> "RunTotals":
+        """Merge `other` into this one (in place) and return it."""
+        self.counts += other.counts
+        self.score_sum += other.score_sum
+        self.score_min = min(self.score_min, other.score_min)
+        self.score_max = max(self.score_max, other.score_max)
+        return self
+
+    @property
+    def rows(self) -> int:
+        return int(self.counts[0])
 
 
 @dataclass(frozen=True)
@@ -174,7 +261,7 @@ class ScoredBatch:
     scores: np.ndarray  # float64 (n,)
     flagged: np.ndarray  # bool (n,)
     reasons: np.ndarray  # object (n,): None, or a list of {feature, contribution, value} dicts
-    counts: np.ndarray  # int64 (layout.size,)
+    totals: RunTotals
 
 
 def score_rows(scoring: ScoringModel, raw: pd.DataFrame, *, top_k: int) -> ScoredBatch:
@@ -205,8 +292,11 @@ def score_rows(scoring: ScoringModel, raw: pd.DataFrame, *, top_k: int) -> Score
                 }
                 for i, c in zip(order[j].tolist(), contributions[j].tolist())
             ]
-    counts = count_batch(scoring.layout, x, raw_features, scores, flagged, invalid_counts)
-    return ScoredBatch(scores=scores, flagged=flagged, reasons=reasons, counts=counts)
+    totals = RunTotals(scoring.layout.size)
+    totals.counts = count_batch(scoring.layout, x, raw_features, scores, flagged, invalid_counts)
+    if len(scores):
+        totals.score_sum, totals.score_min, totals.score_max = float(scores.sum()), float(scores.min()), float(scores.max())
+    return ScoredBatch(scores=scores, flagged=flagged, reasons=reasons, totals=totals)
 
 
 def count_batch(
@@ -226,8 +316,9 @@ def count_batch(
     else:
         feature_bins = np.zeros(0, dtype=np.int64)
     score_bins = np.bincount(bin_index(scores, layout.score_edges), minlength=len(layout.score_edges) - 1)
+    score_grid = np.bincount(layout.grid.index(scores), minlength=layout.grid.bins)
     return np.concatenate(
-        [np.array(header, dtype=np.int64), np.asarray(invalid_counts, dtype=np.int64), feature_bins, score_bins]
+        [np.array(header, dtype=np.int64), np.asarray(invalid_counts, dtype=np.int64), feature_bins, score_bins, score_grid]
     ).astype(np.int64)
 
 
