@@ -78,11 +78,17 @@ def test_the_data_has_the_nulls_a_real_source_has(spark, transactions):
 def test_regenerating_replaces_only_the_dates_it_writes(spark, settings, transactions):
     from jobs.generate_transactions import run_generate
 
-    before = spark.table(transactions).count()
-    version = spark.sql(f"DESCRIBE HISTORY {transactions}").agg(F.max("version")).collect()[0][0]
-    one_day = settings.with_overrides({"generate.days": "1", "generate.start_date": "2026-11-02"})
+    # A table of its own: the shared fixture keeps version 0, which the training tests record.
+    own = settings.with_overrides({"generate.table": "transactions_regenerated", "generate.days": "2"})
+    run_generate(spark, own)
+    table = own.table("transactions_regenerated")
+    before = spark.table(table).orderBy(S.TRANSACTION_ID).collect()
+    version = spark.sql(f"DESCRIBE HISTORY {table}").agg(F.max("version")).collect()[0][0]
+    # The first day: its rows look back only within it, so it regenerates row for row.
+    one_day = own.with_overrides({"generate.days": "1", "generate.start_date": "2026-11-01"})
     run_generate(spark, one_day)
-    assert spark.table(transactions).count() == before
-    last = spark.sql(f"DESCRIBE HISTORY {transactions}").orderBy(F.desc("version")).first()
+    # The regenerated day is identical and the other day untouched.
+    assert spark.table(table).orderBy(S.TRANSACTION_ID).collect() == before
+    last = spark.sql(f"DESCRIBE HISTORY {table}").orderBy(F.desc("version")).first()
     assert last["version"] == version + 1 and last["operation"] == "WRITE"
     assert "replaceWhere" in str(last["operationParameters"]) or "predicate" in str(last["operationParameters"])
