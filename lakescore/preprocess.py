@@ -4,12 +4,17 @@ The parameters are fitted on the training split only (training/preprocessing.py 
 with Ray Data aggregations); this module holds their format and the one `apply` function.
 
 Per feature, in order: values that are null, NaN or +/-inf are replaced by `impute`; then
-clipped to [clip_low, clip_high] (quantiles of the training data: heavy tails cannot dominate);
-then centred and scaled: (x - center) / scale.
+clipped to [clip_low, clip_high]; then centred and scaled: (x - center) / scale. The clip bounds
+are the training data's low/high quantiles widened by `clip_margin` times their distance on each
+side: absurd values stay bounded, while an anomaly far beyond the bulk of the data still reads
+as far beyond it (clipping at the quantiles themselves would make a 20x amount spike look like
+the 99.9th percentile). Centre and scale come from values clipped at the quantiles, so a heavy
+tail cannot inflate the scale.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -83,11 +88,18 @@ class Preprocessing:
         q_high: np.ndarray,
         mean: np.ndarray,
         std: np.ndarray,
+        clip_margin: float = 0.0,
     ) -> "Preprocessing":
-        """Build from training-split statistics; a constant or all-missing feature gets scale 1."""
+        """Build from training-split statistics; a constant or all-missing feature gets scale 1.
+
+        The clip bounds are [q_low - m * (q_high - q_low), q_high + m * (q_high - q_low)] with
+        m = `clip_margin` (0: clip at the quantiles)."""
+        if not (math.isfinite(clip_margin) and clip_margin >= 0):
+            raise ValueError(f"clip_margin={clip_margin} must be a finite number >= 0")
         median = np.where(np.isfinite(median), median, 0.0)
         q_low = np.where(np.isfinite(q_low), q_low, median)
-        q_high = np.where(np.isfinite(q_high), q_high, median)
+        q_high = np.maximum(np.where(np.isfinite(q_high), q_high, median), q_low)
         mean = np.clip(np.where(np.isfinite(mean), mean, median), q_low, q_high)
         std = np.where(np.isfinite(std) & (std > 1e-9), std, 1.0)
-        return cls(tuple(features), median, q_low, np.maximum(q_high, q_low), mean, std)
+        width = clip_margin * (q_high - q_low)
+        return cls(tuple(features), median, q_low - width, q_high + width, mean, std)

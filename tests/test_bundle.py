@@ -96,6 +96,15 @@ def test_statistics_of_a_constant_or_empty_feature_give_a_usable_scale():
     assert p.impute.tolist() == [3.0, 0.0]
 
 
+def test_the_clip_margin_widens_the_bounds_by_the_quantile_range_and_must_not_be_negative():
+    stats = [np.array([1.0]), np.array([0.0]), np.array([2.0]), np.array([1.0]), np.array([0.5])]
+    p = Preprocessing.from_statistics(["a"], *stats, clip_margin=1.5)
+    assert (p.clip_low.tolist(), p.clip_high.tolist()) == ([-3.0], [5.0])
+    assert Preprocessing.from_statistics(["a"], *stats).clip_high.tolist() == [2.0]
+    with pytest.raises(ValueError, match="clip_margin=-1"):
+        Preprocessing.from_statistics(["a"], *stats, clip_margin=-1)
+
+
 @pytest.mark.parametrize("kind", [MLP, AUTOENCODER])
 def test_scores_are_deterministic_and_explanations_rank_features(tmp_path, kind):
     bundle = _write(tmp_path, kind)

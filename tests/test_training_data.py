@@ -134,7 +134,7 @@ def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
         features_batch, fn_kwargs={"feature_set": numeric_feature_set(["v"]), "plan": plan}, batch_format="pandas"
     )
     train_only = featured.filter(lambda row: row[SPLIT_COLUMN] == TRAIN).materialize()
-    preprocessing, stats = fit_preprocessing(train_only, ["v"], (0.01, 0.99))
+    preprocessing, stats = fit_preprocessing(train_only, ["v"], (0.01, 0.99), clip_margin=0.5)
 
     finite = train[np.isfinite(train)]
     low, high = np.quantile(finite, [0.01, 0.99])
@@ -146,6 +146,15 @@ def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
     assert preprocessing.center[0] == pytest.approx(clipped.mean(), rel=1e-5)
     assert preprocessing.scale[0] == pytest.approx(clipped.std(), rel=1e-4)
     assert 1.5 < preprocessing.scale[0] < 2.5  # the +/-1e6 rows did not inflate it
+    # The clip bounds lie half a quantile range beyond the quantiles: a value beyond the bulk
+    # keeps its distance (up to the bound), an absurd one stays bounded.
+    width = stats["v"]["q_high"] - stats["v"]["q_low"]
+    assert preprocessing.clip_low[0] == pytest.approx(stats["v"]["q_low"] - 0.5 * width)
+    assert preprocessing.clip_high[0] == pytest.approx(stats["v"]["q_high"] + 0.5 * width)
+    beyond = stats["v"]["q_high"] + 0.25 * width
+    x, _ = preprocessing.apply(np.array([[beyond], [1e6]], dtype=np.float32))
+    assert x[0, 0] == pytest.approx((beyond - preprocessing.center[0]) / preprocessing.scale[0], rel=1e-5)
+    assert x[1, 0] == pytest.approx((preprocessing.clip_high[0] - preprocessing.center[0]) / preprocessing.scale[0], rel=1e-5)
 
 
 def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered):
@@ -175,5 +184,5 @@ def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered
     assert np.array_equal(via_ray, direct)
     assert np.isfinite(direct).all()
     assert invalid.sum() > 0  # the NaN, null, inf and unknown categories were imputed
-    # The 1e9 amount was clipped to the training split's high quantile, not passed through.
+    # The 1e9 amount was clipped to the training split's high bound, not passed through.
     assert direct[5, 0] == pytest.approx((preprocessing.clip_high[0] - preprocessing.center[0]) / preprocessing.scale[0])

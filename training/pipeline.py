@@ -268,7 +268,7 @@ def prepare_datasets(
     _check_counts(counts, t.kind, plan)
 
     preprocessing, statistics = fit_preprocessing(
-        _select(featured, TRAIN), features, (t.clip_low_quantile, t.clip_high_quantile)
+        _select(featured, TRAIN), features, (t.clip_low_quantile, t.clip_high_quantile), t.clip_margin
     )
 
     # What the workers iterate every epoch: materialized, so no Ray Data task competes with them.
@@ -466,7 +466,8 @@ def build_manifest(
             "architecture": dict(architecture),
             "feature_set": feature_set.to_manifest(),
             "preprocessing": {**preprocessing.to_manifest(), "fitted_on": TRAIN, "statistics": statistics,
-                              "clip_quantiles": [t.clip_low_quantile, t.clip_high_quantile]},
+                              "clip_quantiles": [t.clip_low_quantile, t.clip_high_quantile],
+                              "clip_margin": t.clip_margin},
             "score": _score_definition(kind),
             "threshold": threshold.to_manifest(),
             "metrics": metrics,
@@ -500,6 +501,7 @@ def build_manifest(
                 "validation_fraction": t.validation_fraction,
                 "test_fraction": t.test_fraction,
                 "clip_quantiles": [t.clip_low_quantile, t.clip_high_quantile],
+                "clip_margin": t.clip_margin,
                 "max_pos_weight": t.max_pos_weight,
                 "ray_run": run_name,
                 "checkpoint": trained.checkpoint_path,

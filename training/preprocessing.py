@@ -96,6 +96,7 @@ def fit_preprocessing(
     train_features: "ray.data.Dataset",
     features: Sequence[str],
     clip_quantiles: tuple[float, float],
+    clip_margin: float = 0.0,
 ) -> tuple[Preprocessing, dict[str, dict[str, float]]]:
     """Fit imputation, clipping and scaling on the training split with Ray Data aggregations.
 
@@ -103,7 +104,9 @@ def fit_preprocessing(
         train_features: the training split's features dataset (`features_batch` output); it
             is read twice, so it should come from a materialized dataset.
         features: the feature columns, in model order.
-        clip_quantiles: (low, high) quantiles the features are clipped to.
+        clip_quantiles: (low, high) quantiles the scale is computed within.
+        clip_margin: the clip bounds lie this many quantile ranges beyond the quantiles
+            (see lakescore.preprocess).
 
     Returns:
         (Preprocessing, the statistics per feature, for the manifest).
@@ -145,7 +148,7 @@ def fit_preprocessing(
     }
     column = lambda key: np.array([stats[f][key] for f in features], dtype=np.float64)  # noqa: E731
     preprocessing = Preprocessing.from_statistics(
-        features, column("median"), column("q_low"), column("q_high"), column("mean"), column("std")
+        features, column("median"), column("q_low"), column("q_high"), column("mean"), column("std"), clip_margin
     )
     return preprocessing, stats
 
