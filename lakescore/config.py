@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import datetime as dt
+import math
 import os
 import re
 import tomllib
@@ -96,8 +97,13 @@ class SparkSettings:
 
 @dataclass(frozen=True)
 class RaySettings:
-    # None: start Ray in-process with this machine's cores; "auto" or "ray://host:10001" joins one.
+    # None: start Ray in-process with this machine's cores; "auto" or "ray://host:10001" joins one;
+    # "spark": start Ray on the job's Spark cluster (ray.util.spark.setup_ray_cluster) for the job.
     address: str | None = None
+    # address = "spark": Ray worker nodes (each holds one Spark task slot while the job runs; keep
+    # slots free for the job's own Spark reads and writes) and CPUs of the head node in the driver.
+    spark_worker_nodes: int = 1
+    spark_head_cpus: int = 1
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -126,14 +132,14 @@ class TrainSettings:
     table: str = "transactions"
     model_name: str = "transactions"
     kind: str = "mlp"
-    hidden: tuple[int, ...] = (64, 32)
-    epochs: int = 12
+    hidden: tuple[int, ...] = (128, 64)
+    epochs: int = 20
     batch_size: int = 1024
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     dropout: float = 0.1
     seed: int = 7
-    patience: int = 4
+    patience: int = 5
     threshold_policy: str = "target_precision"
     threshold_value: float = 0.9
     # Dated tables: the last `validation_days` then `test_days` are held out, in time order.
@@ -149,9 +155,12 @@ class TrainSettings:
     autoencoder_hidden: tuple[int, ...] = (32, 4)
     # mlp: the positive class is weighted negatives/positives in the training split, capped here.
     max_pos_weight: float = 50.0
-    # Features are clipped to these quantiles of the training split before scaling (heavy tails).
+    # Scaling is computed within these quantiles of the training split (heavy tails)...
     clip_low_quantile: float = 0.001
     clip_high_quantile: float = 0.999
+    # ...and features are clipped this many quantile ranges beyond them: bounded, but an anomaly
+    # far beyond the bulk keeps its distance (0 clips at the quantiles, flattening the tail).
+    clip_margin: float = 1.0
     # Rows each worker shuffles locally between epochs (Ray Data local shuffle buffer; 0 = off).
     shuffle_buffer_rows: int = 20_000
     # Evaluation: precision among the k highest scores of the test window.
@@ -404,6 +413,13 @@ def _validate(settings: Settings) -> Settings:
         raise ConfigError(
             f"train.clip_low_quantile={t.clip_low_quantile} and clip_high_quantile={t.clip_high_quantile} must "
             "satisfy 0 <= low < high <= 1, e.g. 0.001 and 0.999"
+        )
+    if not (math.isfinite(t.clip_margin) and t.clip_margin >= 0):
+        raise ConfigError(f"train.clip_margin={t.clip_margin} must be a finite number >= 0 (0 clips at the quantiles)")
+    if settings.ray.address == "spark" and (settings.ray.spark_worker_nodes < 1 or settings.ray.spark_head_cpus < 0):
+        raise ConfigError(
+            f"ray.spark_worker_nodes={settings.ray.spark_worker_nodes} must be at least 1 and "
+            f"ray.spark_head_cpus={settings.ray.spark_head_cpus} at least 0 for ray.address = 'spark'"
         )
     if t.first_date and t.last_date and t.first_date > t.last_date:
         raise ConfigError(f"train.first_date={t.first_date} is after train.last_date={t.last_date}")
