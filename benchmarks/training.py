@@ -55,11 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
-    import ray
-
     from jobs.generate_transactions import run_generate
     from jobs.load_benchmarks import run_load_benchmarks
-    from jobs.train import connect_ray
+    from jobs.train import ray_cluster
     from lakescore.spark import build_spark_session
 
     root = args.lake or Path(tempfile.mkdtemp(prefix="lakescore-bench-training-"))
@@ -83,24 +81,22 @@ def main(argv: list[str] | None = None) -> dict:
         if benchmarks:
             run_load_benchmarks(spark, settings, benchmarks)
         print(f"lake {root}: tables written in {time.perf_counter() - started:.0f}s", flush=True)
-        connect_ray(settings)
+        with ray_cluster(settings, spark):
+            for table, kind, metric, target, published in TARGETS:
+                if table in skip or "quality" in skip:
+                    continue
+                results["quality"].append(_quality(spark, settings, table, kind, metric, target, published))
+            if results["quality"]:
+                _print_quality(results["quality"])
+            by_type = next((r["by_type"] for r in results["quality"] if r["table"] == "transactions"), None)
+            if by_type:
+                _print_by_type(by_type)
 
-        for table, kind, metric, target, published in TARGETS:
-            if table in skip or "quality" in skip:
-                continue
-            results["quality"].append(_quality(spark, settings, table, kind, metric, target, published))
-        if results["quality"]:
-            _print_quality(results["quality"])
-        by_type = next((r["by_type"] for r in results["quality"] if r["table"] == "transactions"), None)
-        if by_type:
-            _print_by_type(by_type)
-
-        if "throughput" not in skip and "transactions" not in skip:
-            results["throughput"] = _throughput(spark, settings)
-            _print_throughput(results["throughput"])
+            if "throughput" not in skip and "transactions" not in skip:
+                results["throughput"] = _throughput(spark, settings)
+                _print_throughput(results["throughput"])
     finally:
         spark.stop()
-        ray.shutdown()
     return results
 
 

@@ -35,7 +35,7 @@ import typer
 from pyspark.sql import SparkSession
 
 from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup
-from jobs.train import connect_ray, run_train
+from jobs.train import ray_cluster, run_train
 from lakescore import lake, registry
 from lakescore.bundle import Bundle
 from lakescore.config import Settings
@@ -181,14 +181,14 @@ def retrain(
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     spark = build_session(settings)
     try:
-        connect_ray(settings)
-        try:
-            if reproduce:
-                _print_reproduction(run_reproduce(spark, settings, reproduce))
-            else:
-                _print_result(run_retrain(spark, settings))
-        except (ValueError, lake.SourceError) as exc:
-            fail(str(exc))
+        with ray_cluster(settings, spark):
+            try:
+                if reproduce:
+                    _print_reproduction(run_reproduce(spark, settings, reproduce))
+                else:
+                    _print_result(run_retrain(spark, settings))
+            except (ValueError, lake.SourceError) as exc:
+                fail(str(exc))
     finally:
         spark.stop()
 

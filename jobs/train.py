@@ -6,17 +6,20 @@
 or `lakescore train --table transactions`. Spark only resolves the source (catalog name or path ->
 path, format, pinned Delta version, column types) and writes the `model_registry` row; the rows
 are read and trained on with Ray (`ray.address` unset: a Ray instance started in this process with
-this machine's cores; `auto` or `ray://host:10001`: an existing cluster). The bundle lands in
+this machine's cores; `auto` or `ray://host:10001`: an existing cluster; `spark`: Ray started on
+the Spark cluster for the job's length, see `ray_cluster`). The bundle lands in
 `<lake>/models/<name>/v<version>/`; the first model of a name becomes its champion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import typer
 from pyspark.sql import SparkSession
@@ -98,19 +101,51 @@ def run_train(
     return run, entry
 
 
-def connect_ray(settings: Settings) -> None:
-    """Start Ray in this process (ray.address unset) or join the cluster at ray.address."""
-    import ray
+RAY_ON_SPARK = "spark"
 
-    if ray.is_initialized():
-        return
+
+@contextlib.contextmanager
+def ray_cluster(settings: Settings, spark: SparkSession | None = None) -> Iterator[None]:
+    """Ray for the length of a job, as `ray.address` says:
+
+    - unset: a Ray instance started in this process with this machine's cores;
+    - `auto` or `ray://host:10001`: join that existing cluster (left running afterwards);
+    - `spark`: start Ray on the Spark cluster of `spark` with `ray.util.spark.setup_ray_cluster`
+      (a head node in the driver, `ray.spark_worker_nodes` worker nodes as long-running Spark
+      tasks), for shops that run only Spark; shut down when the job ends, pass or fail. Leave
+      Spark task slots free for the job's own reads and writes: the worker nodes hold theirs.
+
+    Ray already initialised in this process (tests, notebooks) is used as it is.
+    """
+    on_spark = settings.ray.address == RAY_ON_SPARK
+    if on_spark:
+        from training.ray_on_spark import node_environment
+
+        # Before ray is first imported: it reads its authentication mode once per process.
+        os.environ.update(node_environment())
+    import ray
     from ray.data import DataContext
 
-    if settings.ray.address:
-        ray.init(address=settings.ray.address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
-    DataContext.get_current().enable_progress_bars = False
+    if ray.is_initialized():
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        if on_spark:
+            if spark is None:
+                raise ValueError("ray.address = 'spark' needs the job's Spark session to start Ray on")
+            from training.ray_on_spark import ray_on_spark
+
+            address = stack.enter_context(
+                ray_on_spark(spark, worker_nodes=settings.ray.spark_worker_nodes, head_cpus=settings.ray.spark_head_cpus)
+            )
+            ray.init(address=address, log_to_driver=False)
+        elif settings.ray.address:
+            ray.init(address=settings.ray.address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+        stack.callback(ray.shutdown)
+        DataContext.get_current().enable_progress_bars = False
+        yield
 
 
 def train(
@@ -141,14 +176,14 @@ def train(
     spark = build_spark_session(settings, app_name="lakescore-train")
     spark.sparkContext.setLogLevel("ERROR")
     try:
-        connect_ray(settings)
-        started = time.perf_counter()
-        try:
-            run, entry = run_train(spark, settings)
-        except ValueError as exc:  # SourceError, TrainingDataError, UnreadableSourceError, BundleError...
-            log.debug("training failed", exc_info=True)
-            fail(str(exc))
-        elapsed = time.perf_counter() - started
+        with ray_cluster(settings, spark):
+            started = time.perf_counter()
+            try:
+                run, entry = run_train(spark, settings)
+            except ValueError as exc:  # SourceError, TrainingDataError, UnreadableSourceError, BundleError...
+                log.debug("training failed", exc_info=True)
+                fail(str(exc))
+            elapsed = time.perf_counter() - started
         print_summary(run.bundle, entry, run.table, elapsed)
     finally:
         spark.stop()
