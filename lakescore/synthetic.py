@@ -15,8 +15,9 @@ Anomalies, at `anomaly_rate` of the rows in total, one quarter of the rows of ea
   times the usual amount, often from another country;
 - amount_spike: the account's usual kind of purchase for many times its usual amount;
 - impossible_travel: a payment far away minutes after one at home.
-About a third of each kind are "hard": closer to normal behaviour (e.g. a 2.5x spike, a 1,500 km
-jump two hours later), so that models differ. Normal behaviour has look-alikes too: 3% of
+A quarter of each kind are "hard": closer to normal behaviour (a 3.5-5x spike instead of 6-20x,
+a takeover at a normal hour from home for 1.5-2.7x the usual amount, an 800-2,000 km jump about
+two hours later), so that models differ. Normal behaviour has look-alikes too: 3% of
 account-days are spent legitimately travelling, 3% from a new device.
 """
 
