@@ -43,7 +43,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from pyspark import Broadcast
@@ -58,11 +58,10 @@ from lakescore.config import Settings
 from lakescore.features import feature_set_from_manifest
 from lakescore.registry import RegistryError, load_registered
 from lakescore.spark import build_spark_session
-from udfs.broadcast import broadcast_bundle
-from udfs.core import MetricLayout
-from udfs.flagged import OutputColumns, choose_output_columns, flagged_records
-from udfs.metrics import RunIdentity, metric_records
-from udfs.scoring import check_source_columns, new_run_totals, score_dataframe
+
+if TYPE_CHECKING:  # the scoring code imports torch: only when a run starts (fast `--help`, `lakescore sql`)
+    from udfs.flagged import OutputColumns
+    from udfs.metrics import RunIdentity
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +105,10 @@ def run_score(
     Raises, before anything is written: BundleError (a bundle that fails verification),
     RegistryError, lake.SourceError, ValueError (missing/mistyped columns, bad dates).
     """
+    from udfs.broadcast import broadcast_bundle
+    from udfs.flagged import choose_output_columns
+    from udfs.scoring import check_source_columns
+
     score = settings.score
     bundle = load_bundle(bundle_path) if bundle_path else load_registered(spark, settings, model or score.model)[1]
     resolved = lake.resolve_source(spark, settings, source or score.table)
@@ -162,6 +165,11 @@ def _score_one(
 ) -> RunSummary:
     started = time.perf_counter()
     scored_at = dt.datetime.now(dt.timezone.utc)
+    from udfs.core import MetricLayout
+    from udfs.flagged import flagged_records
+    from udfs.metrics import RunIdentity, metric_records
+    from udfs.scoring import new_run_totals, score_dataframe
+
     run = RunIdentity(
         run_id=f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         run_date=run_date,

@@ -160,7 +160,7 @@ class TrainSettings:
     clip_high_quantile: float = 0.999
     # ...and features are clipped this many quantile ranges beyond them: bounded, but an anomaly
     # far beyond the bulk keeps its distance (0 clips at the quantiles, flattening the tail).
-    clip_margin: float = 1.0
+    clip_margin: float = 0.5
     # Rows each worker shuffles locally between epochs (Ray Data local shuffle buffer; 0 = off).
     shuffle_buffer_rows: int = 20_000
     # Evaluation: precision among the k highest scores of the test window.

@@ -116,7 +116,11 @@ def fit_preprocessing(
     clipped values, so that a heavy tail cannot inflate the scale.
     """
     from ray.data.aggregate import ApproximateQuantile, Count, Mean, Std
+    from ray.data.context import ShuffleStrategy
 
+    # A global aggregation (no key) ends in one partition: plain tasks do it. Ray 2.60's default
+    # hash shuffle first starts aggregator actors, ~5 s per pass however small the split.
+    train_features.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     low, high = clip_quantiles
     first = train_features.aggregate(
         Count(alias_name="rows"),
