@@ -1,9 +1,5 @@
 """The embedded lake: Delta round trips, time travel, the persistent catalog, clear errors."""
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 from pyspark.sql import functions as F
 
@@ -60,30 +56,3 @@ def test_a_catalog_name_resolves_to_its_delta_path_and_version(spark, settings, 
     assert source.path == str(lake.table_path(settings, "transactions"))
     assert source.version == lake.delta_version(spark, source.path)
     assert lake.resolve_source(spark, settings, source.path).format == "delta"
-
-
-@pytest.mark.slow
-def test_a_table_registered_in_one_process_is_found_by_name_from_the_next(tmp_path):
-    """Two processes one after the other on the same lake root (Derby admits one at a time)."""
-    script = textwrap.dedent(
-        """
-        import sys
-        from lakescore.config import load_settings
-        from lakescore.spark import build_spark_session
-        from lakescore import lake
-        settings = load_settings(overrides={"lake.root": sys.argv[1], "spark.master": "local[1]"}, environ={})
-        spark = build_spark_session(settings)
-        if sys.argv[2] == "write":
-            path = lake.table_path(settings, "persisted")
-            spark.range(5).write.format("delta").save(str(path))
-            lake.register_table(spark, settings, "persisted", path, "delta")
-        else:
-            print("SUM=%d" % spark.sql("SELECT SUM(id) AS s FROM lakescore.persisted").collect()[0]["s"])
-        spark.stop()
-        """
-    )
-    root = str(tmp_path / "lake")
-    for step in ("write", "read"):
-        result = subprocess.run([sys.executable, "-c", script, root, step], capture_output=True, text=True, timeout=180)
-        assert result.returncode == 0, result.stderr[-2000:]
-    assert "SUM=10" in result.stdout

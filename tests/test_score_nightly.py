@@ -308,6 +308,8 @@ def _job_flags(settings, lake_root: Path, database: str = "lakescore") -> list[s
 
 @pytest.mark.slow
 def test_a_spark_submit_run_is_queryable_from_new_sessions_spark_sql_and_lakescore_sql(spark, settings, bundles, transactions, expected, tmp_path):
+    """Also the catalog's persistence: tables one process registers under the lake root are found
+    by name from the next processes (spark-sql, lakescore sql), one after the other (Derby)."""
     root = tmp_path / "lake"
     source = lake.resolve_source(spark, settings, transactions).path
     _, directory = bundles[MLP_NAME]
