@@ -35,7 +35,7 @@ import typer
 from pyspark.sql import SparkSession
 
 from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup
-from jobs.train import ray_cluster, run_train
+from jobs.train import ray_cluster, run_train, training_job_session
 from lakescore import lake, registry
 from lakescore.bundle import Bundle
 from lakescore.config import Settings
@@ -177,9 +177,7 @@ def retrain(
     settings = setup(
         config, set_, {"train.table": table, "train.model_name": model_name, "ray.num_workers": workers}, verbose
     )
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    spark = build_session(settings)
+    spark = training_job_session(settings, "lakescore-retrain", verbose)
     try:
         with ray_cluster(settings, spark):
             try:
@@ -191,14 +189,6 @@ def retrain(
                 fail(str(exc))
     finally:
         spark.stop()
-
-
-def build_session(settings: Settings) -> SparkSession:
-    from lakescore.spark import build_spark_session
-
-    spark = build_spark_session(settings, app_name="lakescore-retrain")
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
 
 
 def _print_result(result: RetrainResult) -> None:

@@ -148,6 +148,16 @@ def ray_cluster(settings: Settings, spark: SparkSession | None = None) -> Iterat
         yield
 
 
+def training_job_session(settings: Settings, app_name: str, verbose: bool) -> SparkSession:
+    """The Spark session of a job that trains with Ray (train, retrain): Ray's own loggers at
+    WARNING unless --verbose, Spark's at ERROR."""
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    spark = build_spark_session(settings, app_name=app_name)
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
 def train(
     table: Optional[str] = typer.Option(None, help="Catalog table or path (default: train.table)."),
     kind: Optional[str] = typer.Option(None, help="mlp (supervised) or autoencoder."),
@@ -171,10 +181,7 @@ def train(
         },
         verbose,
     )
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    spark = build_spark_session(settings, app_name="lakescore-train")
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = training_job_session(settings, "lakescore-train", verbose)
     try:
         with ray_cluster(settings, spark):
             started = time.perf_counter()

@@ -109,12 +109,12 @@ def run_job(command: Sequence[str], log: Path, env: dict, cwd: Path, timeout: fl
 
 def processes_in_group(pgid: int) -> list[int]:
     """Live pids whose process group is `pgid` (Linux /proc)."""
-    return [pid for pid, group, _ in _processes() if group == pgid]
+    return [pid for pid, group, _, _ in _processes() if group == pgid]
 
 
 def processes_mentioning(marker: str) -> list[int]:
     """Live pids whose command line contains `marker` (a temp folder only these tests create)."""
-    return [pid for pid, _, cmdline in _processes() if marker in cmdline and pid != os.getpid()]
+    return [pid for pid, _, _, cmdline in _processes() if marker in cmdline and pid != os.getpid()]
 
 
 def kill_processes_mentioning(marker: str) -> None:
@@ -123,7 +123,13 @@ def kill_processes_mentioning(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _processes() -> list[tuple[int, int, str]]:
+def session_processes(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process in session `sid`."""
+    return [(pid, cmdline) for pid, _, session, cmdline in _processes() if session == sid]
+
+
+def _processes() -> list[tuple[int, int, int, str]]:
+    """(pid, process group, session, command line) of every live process (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -134,7 +140,7 @@ def _processes() -> list[tuple[int, int, str]]:
             if fields[0] == "Z":
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            found.append((int(entry.name), int(fields[2]), cmdline))
+            found.append((int(entry.name), int(fields[2]), int(fields[3]), cmdline))
         except (OSError, ValueError):
             continue
     return found

@@ -30,6 +30,7 @@ from lakescore.bundle import BundleError
 from lakescore.drift import psi
 from lakescore.features import TRANSACTIONS_V1
 from lakescore.spark import default_spark_conf, delta_jars
+from localclusters import session_processes
 from scoring_bundles import AUTOENCODER, build_test_bundle
 from udfs.core import build_scoring_model, score_rows
 
@@ -344,22 +345,6 @@ def test_a_spark_submit_run_is_queryable_from_new_sessions_spark_sql_and_lakesco
     assert cli.stdout.strip().splitlines()[-1].strip() == str(n_flagged)
 
 
-def _session_processes(sid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every live process in session `sid` (Linux /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) == sid and fields[0] != "Z":
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 @pytest.mark.slow
 def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spark, settings, bundles, transactions, tmp_path):
     root = tmp_path / "lake"
@@ -385,7 +370,7 @@ def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spar
     )
     try:
         deadline = time.monotonic() + 180
-        while not any("pyspark" in cmd and ("daemon" in cmd or "worker" in cmd) for _, cmd in _session_processes(job.pid)):
+        while not any("pyspark" in cmd and ("daemon" in cmd or "worker" in cmd) for _, cmd in session_processes(job.pid)):
             assert job.poll() is None, f"the job ended before scoring started: {job.stderr.read().decode()[-3000:]}"
             assert time.monotonic() < deadline, "the job's scoring stage did not start within 180 s"
             time.sleep(0.2)
@@ -399,7 +384,7 @@ def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spar
         job.stderr.close()
     assert job.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 30
-    while _session_processes(job.pid) and time.monotonic() < deadline:
+    while session_processes(job.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _session_processes(job.pid) == []
+    assert session_processes(job.pid) == []
     assert state() == before

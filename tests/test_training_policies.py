@@ -134,6 +134,15 @@ def test_the_key_hash_is_uniform_on_the_unit_interval():
     u = hash_uniform(np.arange(100_000), salt=3)
     assert u.min() >= 0.0 and u.max() < 1.0
     assert np.histogram(u, bins=10, range=(0, 1))[0] == pytest.approx([10_000] * 10, rel=0.05)
+    # Pinned values: a split must not move between releases or machines.
+    assert hash_uniform(np.array([0, 1, 2]), salt=3).tolist() == pytest.approx(
+        [0.026433771592597743, 0.9710027535867962, 0.5956380814000053], abs=1e-15
+    )
+    # A key's value does not depend on the batch it comes in; the salt changes every value.
+    assert np.array_equal(hash_uniform(np.arange(500, 600), salt=3), u[500:600])
+    assert not np.isclose(hash_uniform(np.arange(1000), salt=4), u[:1000]).any()
+    # Neighbouring keys are not correlated (a bare modulo or affine map would be).
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.02
 
 
 def test_early_stopping_waits_patience_epochs_after_the_best_validation_aucpr():
