@@ -85,7 +85,8 @@ class SparkSettings:
     # None: take spark-submit's --master, else local[*]. Set it only to force a master.
     master: str | None = None
     app_name: str = "lakescore"
-    # Rows per Arrow batch handed to a pandas UDF: bounds executor Python memory per task.
+    # Rows per Arrow batch handed to the scoring UDF (and per Parquet reader batch): bounds
+    # executor Python memory per task.
     arrow_batch_size: int = 10_000
     # Small on one machine; a cluster job should raise it (or rely on AQE) via --conf.
     shuffle_partitions: int = 8

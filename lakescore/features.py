@@ -1,7 +1,9 @@
 """The one feature function: raw source rows -> numeric model features.
 
-Training (Ray Data `map_batches`) and scoring (the Spark pandas UDF) call the same
-`FeatureSet.transform` on a pandas DataFrame of raw columns, so the two paths cannot drift.
+Training (Ray Data `map_batches`, pandas batches) and scoring (the Spark Arrow UDF, Arrow
+batches) call the same `FeatureSet.transform`, so the two paths cannot drift: a feature set's
+function reads its raw columns through `RawColumns` (numbers, or category codes), which has one
+implementation over pandas and one over Arrow that return the same arrays.
 A bundle names its feature set and records the raw input columns with their types; scoring
 rebuilds the feature set from that record and checks the source table against it first.
 
@@ -12,10 +14,12 @@ preprocessing imputes them (and counts them for `run_metrics`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakescore import schemas as S
 
@@ -42,6 +46,88 @@ def spark_type_kind(simple_string: str) -> str | None:
     return _SPARK_KINDS.get(simple_string)
 
 
+# What `FeatureSet.transform` accepts: a pandas DataFrame, or Arrow record batch, table or
+# struct array, holding (at least) the feature set's input columns.
+RawRows = Union[pd.DataFrame, pa.RecordBatch, pa.Table, pa.StructArray]
+
+
+class RawColumns:
+    """Raw input columns as the arrays a feature function computes with.
+
+    `numbers(name)`: float64, NaN for null and for values that are not numbers (booleans read as
+    0/1). `codes(name, categories)`: int64 index into `categories`, -1 for null or unknown.
+    """
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def numbers(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def codes(self, name: str, categories: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class PandasColumns(RawColumns):
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def numbers(self, name: str) -> np.ndarray:
+        return _as_float(self.frame[name])
+
+    def codes(self, name: str, categories: Sequence[str]) -> np.ndarray:
+        return pd.Categorical(self.frame[name].astype("object"), categories=list(categories)).codes.astype(np.int64)
+
+
+class ArrowColumns(RawColumns):
+    """Columns of an Arrow batch, read without a detour through pandas (the scoring UDF's path:
+    converting a batch to pandas cost about a third of Spark's whole transfer)."""
+
+    def __init__(self, batch: pa.RecordBatch | pa.Table | pa.StructArray):
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def _column(self, name: str) -> pa.Array | pa.ChunkedArray:
+        if isinstance(self.batch, pa.StructArray):
+            # field() ignores the struct's own validity: a null struct reads as its fields' values.
+            return self.batch.field(name)
+        return self.batch.column(name)
+
+    def numbers(self, name: str) -> np.ndarray:
+        column = self._column(name)
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            column, kind = column.cast(kind.value_type), kind.value_type
+        if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_boolean(kind):
+            # Nulls become NaN; a float64 column without nulls is not copied.
+            return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        # Anything else (numbers held as strings, ...) is parsed as pandas would parse it.
+        return _as_float(column.to_pandas())
+
+    def codes(self, name: str, categories: Sequence[str]) -> np.ndarray:
+        column = self._column(name)
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            column = column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                return PandasColumns(pd.DataFrame({name: column.to_pandas()})).codes(name, categories)
+        index = pc.index_in(column, value_set=pa.array(list(categories), type=column.type))
+        return np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def raw_columns(raw: RawRows) -> RawColumns:
+    """The `RawColumns` view of a pandas DataFrame or an Arrow batch, table or struct array."""
+    if isinstance(raw, pd.DataFrame):
+        return PandasColumns(raw)
+    if isinstance(raw, (pa.RecordBatch, pa.Table, pa.StructArray)):
+        return ArrowColumns(raw)
+    raise TypeError(f"raw rows must be a pandas DataFrame or an Arrow batch, table or struct array, not {type(raw).__name__}")
+
+
 @dataclass(frozen=True)
 class FeatureSet:
     """A named, versioned transformation from raw columns to float32 features.
@@ -55,17 +141,23 @@ class FeatureSet:
     name: str
     inputs: Mapping[str, str]
     features: tuple[str, ...]
-    _fn: Callable[[pd.DataFrame], Mapping[str, np.ndarray]]
+    _fn: Callable[[RawColumns], Mapping[str, np.ndarray]]
 
-    def transform(self, raw: pd.DataFrame) -> np.ndarray:
-        """Return a float32 array (rows x features); nulls and bad values become NaN."""
-        columns = self._fn(raw)
+    def transform(self, raw: RawRows) -> np.ndarray:
+        """Return a float32 array (rows x features); nulls and bad values become NaN.
+
+        `raw`: a pandas DataFrame or an Arrow record batch, table or struct array with the
+        input columns; both give the same array. The array is column-major (each feature's
+        values contiguous): the features are computed a column at a time, and the steps after
+        (preprocessing, histograms) run faster on contiguous columns.
+        """
         if len(raw) == 0:
             return np.empty((0, len(self.features)), dtype=np.float32)
-        out = np.empty((len(raw), len(self.features)), dtype=np.float32)
+        columns = self._fn(raw_columns(raw))
+        out = np.empty((len(self.features), len(raw)), dtype=np.float32)
         for i, name in enumerate(self.features):
-            out[:, i] = columns[name]
-        return out
+            out[i] = columns[name]
+        return out.T
 
     def check_columns(self, available: Mapping[str, str], where: str) -> None:
         """Raise ValueError naming every missing or mistyped input column.
@@ -103,35 +195,35 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _transactions(raw: pd.DataFrame) -> dict[str, np.ndarray]:
+def _transactions(raw: RawColumns) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
-        amount = _as_float(raw[S.AMOUNT])
-        avg = _as_float(raw[S.ACCOUNT_AVG_AMOUNT])
+        amount = raw.numbers(S.AMOUNT)
+        avg = raw.numbers(S.ACCOUNT_AVG_AMOUNT)
         # Heavy tails: amounts, distances and gaps are compared on a log scale.
         log_amount = np.log1p(np.clip(amount, 0.0, None))
-        hour = _as_float(raw[S.HOUR_OF_DAY])
-        km_prev = _as_float(raw[S.KM_FROM_PREV])
-        gap = _as_float(raw[S.SECONDS_SINCE_PREV])
+        hour = raw.numbers(S.HOUR_OF_DAY)
+        km_prev = raw.numbers(S.KM_FROM_PREV)
+        gap = raw.numbers(S.SECONDS_SINCE_PREV)
         angle = 2.0 * np.pi * hour / 24.0
         out = {
             "log_amount": log_amount,
             "log_amount_vs_account": log_amount - np.log1p(np.clip(avg, 0.0, None)),
             "hour_sin": np.sin(angle),
             "hour_cos": np.cos(angle),
-            "log_distance_km": np.log1p(np.clip(_as_float(raw[S.DISTANCE_FROM_HOME_KM]), 0.0, None)),
+            "log_distance_km": np.log1p(np.clip(raw.numbers(S.DISTANCE_FROM_HOME_KM), 0.0, None)),
             "log_seconds_since_prev": np.log1p(np.clip(gap, 0.0, None)),
             "log_km_from_prev": np.log1p(np.clip(km_prev, 0.0, None)),
             # Implied travel speed since the previous payment; gaps under a minute count as one.
             "log_speed_kmh": np.log1p(np.clip(km_prev, 0.0, None) / np.maximum(gap / 3600.0, 1.0 / 60.0)),
-            "log_txn_count_1h": np.log1p(np.clip(_as_float(raw[S.TXN_COUNT_1H]), 0.0, None)),
-            "log_txn_count_24h": np.log1p(np.clip(_as_float(raw[S.TXN_COUNT_24H]), 0.0, None)),
-            "new_device": _as_float(raw[S.NEW_DEVICE]),
-            "card_present": _as_float(raw[S.CARD_PRESENT]),
-            "country_changed": _as_float(raw[S.COUNTRY_CHANGED]),
+            "log_txn_count_1h": np.log1p(np.clip(raw.numbers(S.TXN_COUNT_1H), 0.0, None)),
+            "log_txn_count_24h": np.log1p(np.clip(raw.numbers(S.TXN_COUNT_24H), 0.0, None)),
+            "new_device": raw.numbers(S.NEW_DEVICE),
+            "card_present": raw.numbers(S.CARD_PRESENT),
+            "country_changed": raw.numbers(S.COUNTRY_CHANGED),
         }
     # One hashing pass to category codes (-1: null or unknown), then integer compares: comparing
     # the strings once per category cost more than the model in the scoring UDF.
-    codes = pd.Categorical(raw[S.MERCHANT_CATEGORY].astype("object"), categories=S.MERCHANT_CATEGORIES).codes
+    codes = raw.codes(S.MERCHANT_CATEGORY, S.MERCHANT_CATEGORIES)
     known = codes >= 0
     for i, name in enumerate(S.MERCHANT_CATEGORIES):
         # An unknown or null category is NaN in every slot, so it is imputed, not read as "none".
@@ -181,8 +273,8 @@ def numeric_feature_set(columns: Sequence[str]) -> FeatureSet:
     """Identity features over numeric columns (the undated benchmark tables)."""
     columns = tuple(columns)
 
-    def _identity(raw: pd.DataFrame) -> dict[str, np.ndarray]:
-        return {c: _as_float(raw[c]) for c in columns}
+    def _identity(raw: RawColumns) -> dict[str, np.ndarray]:
+        return {c: raw.numbers(c) for c in columns}
 
     return FeatureSet(
         name=NUMERIC_PASSTHROUGH,

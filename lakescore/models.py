@@ -31,7 +31,7 @@ class MLPClassifier(nn.Module):
         layers: list[nn.Module] = []
         width = n_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
@@ -48,13 +48,13 @@ class Autoencoder(nn.Module):
         widths = [n_features, *hidden]
         encoder: list[nn.Module] = []
         for a, b in zip(widths, widths[1:]):
-            encoder += [nn.Linear(a, b), nn.ReLU()]
+            encoder += [nn.Linear(a, b), nn.ReLU(inplace=True)]
         decoder: list[nn.Module] = []
         back = widths[::-1]
         for i, (a, b) in enumerate(zip(back, back[1:])):
             decoder.append(nn.Linear(a, b))
             if i < len(back) - 2:
-                decoder.append(nn.ReLU())
+                decoder.append(nn.ReLU(inplace=True))
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)
 

@@ -11,7 +11,7 @@ Embedded default:
   lake root, so table names survive across sessions and processes. Derby admits ONE process at
   a time: two jobs on the same lake root must run one after the other (on a cluster, point
   `spark.hadoop.javax.jdo.option.ConnectionURL` at a shared metastore; see cluster_configs/);
-- Python worker reuse and an explicit Arrow batch size for the pandas UDFs.
+- Python worker reuse and an explicit Arrow batch size (and Parquet reader batch) for the scoring UDF.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         "spark.python.worker.reuse": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark.arrow_batch_size),
+        # The Parquet reader's batch (default 4,096 rows) is what a Python UDF gets as one Arrow
+        # batch when it is smaller than maxRecordsPerBatch: the same size for both, so the
+        # scoring UDF's per-batch work is spread over the configured number of rows.
+        "spark.sql.parquet.columnarReaderBatchSize": str(spark.arrow_batch_size),
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         # Delta rebuilds a table's snapshot with this many tasks (default 50, which dominates
         # small tables on one machine); it follows shuffle_partitions unless set with --conf.

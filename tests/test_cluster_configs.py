@@ -69,6 +69,8 @@ def test_every_spark_defaults_file_sets_delta_the_jars_arrow_batches_worker_reus
     assert conf["spark.sql.catalogImplementation"] == "hive"
     assert "spark.jars" in conf or conf["spark.jars.packages"] == "io.delta:delta-spark_4.2_2.13:4.4.0"
     assert int(conf["spark.sql.execution.arrow.maxRecordsPerBatch"]) > 0
+    # A UDF's Arrow batch is at most one Parquet reader batch: a smaller reader batch would cap it.
+    assert conf["spark.sql.parquet.columnarReaderBatchSize"] == conf["spark.sql.execution.arrow.maxRecordsPerBatch"]
     assert conf["spark.python.worker.reuse"] == "true"
     assert conf["spark.speculation"] in ("true", "false")
     if "spark.executor.pyspark.memory" in conf:

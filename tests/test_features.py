@@ -86,3 +86,44 @@ def test_undated_tables_use_their_numeric_columns_without_keys_or_labels():
     fs = feature_set_for_table("t", [S.RECORD_ID, "f1", "f2", S.IS_ANOMALY])
     assert fs.features == ("f1", "f2")
     assert feature_set_for_table("t", list(TRANSACTIONS_V1.inputs) + [S.IS_ANOMALY]) is TRANSACTIONS_V1
+
+
+def _awkward_rows() -> pd.DataFrame:
+    """Rows that exercise every conversion: nulls, NaN, +/-inf, unknown and null categories."""
+    return pd.DataFrame(
+        [
+            _raw(),
+            _raw(**{S.AMOUNT: None, S.MERCHANT_CATEGORY: None, S.NEW_DEVICE: None}),
+            _raw(**{S.SECONDS_SINCE_PREV: float("nan"), S.MERCHANT_CATEGORY: "casino", S.HOUR_OF_DAY: None}),
+            _raw(**{S.DISTANCE_FROM_HOME_KM: float("inf"), S.KM_FROM_PREV: -float("inf"), S.TXN_COUNT_24H: None}),
+            _raw(**{S.MERCHANT_CATEGORY: "travel", S.CARD_PRESENT: True, S.AMOUNT: 0.0}),
+        ]
+    ).astype({S.HOUR_OF_DAY: "Int32", S.TXN_COUNT_24H: "Int64", S.NEW_DEVICE: "boolean", S.CARD_PRESENT: "boolean"})
+
+
+def test_arrow_batches_give_exactly_the_features_pandas_batches_give():
+    import pyarrow as pa
+
+    frame = _awkward_rows()
+    expected = TRANSACTIONS_V1.transform(frame)
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    assert batch.schema.field(S.HOUR_OF_DAY).type == pa.int32() and batch.column(S.NEW_DEVICE).null_count == 1
+    struct = pa.StructArray.from_arrays(batch.columns, names=batch.schema.names)  # what the Spark UDF gets
+    for rows in (batch, struct, pa.Table.from_batches([batch])):
+        np.testing.assert_array_equal(TRANSACTIONS_V1.transform(rows), expected)
+    # Spark may hand over categories dictionary-encoded, and numbers as decimals or strings.
+    import decimal
+
+    encoded = batch.set_column(
+        batch.schema.get_field_index(S.MERCHANT_CATEGORY), S.MERCHANT_CATEGORY, batch.column(S.MERCHANT_CATEGORY).dictionary_encode()
+    )
+    amounts = pa.array([None if v is None or np.isnan(v) else decimal.Decimal(str(v)) for v in frame[S.AMOUNT]], pa.decimal128(12, 2))
+    encoded = encoded.set_column(encoded.schema.get_field_index(S.AMOUNT), S.AMOUNT, amounts)
+    np.testing.assert_array_equal(TRANSACTIONS_V1.transform(encoded), expected)
+    as_text = frame.astype({S.DISTANCE_FROM_HOME_KM: str})
+    as_text.loc[2, S.DISTANCE_FROM_HOME_KM] = "far"
+    np.testing.assert_array_equal(
+        TRANSACTIONS_V1.transform(pa.RecordBatch.from_pandas(as_text, preserve_index=False)), TRANSACTIONS_V1.transform(as_text)
+    )
+    with pytest.raises(TypeError, match="pandas DataFrame or an Arrow"):
+        TRANSACTIONS_V1.transform([_raw()])

@@ -15,6 +15,7 @@ def test_the_session_has_delta_and_the_catalog_under_the_lake_root(spark, settin
     assert conf.get("spark.sql.warehouse.dir").removeprefix("file:") == str(settings.lake.warehouse_dir)
     assert str(settings.lake.metastore_dir) in conf.get("spark.hadoop.javax.jdo.option.ConnectionURL")
     assert conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "1000"
+    assert conf.get("spark.sql.parquet.columnarReaderBatchSize") == "1000"
     assert conf.get("spark.python.worker.reuse") == "true"
     assert conf.get("spark.master") == "local[2]"
 

@@ -305,3 +305,30 @@ def test_key_columns_that_the_source_lacks_are_an_error_naming_them():
         choose_output_columns(["amount"], ScoreSettings(key_columns=("order_id",)), "source t")
     with pytest.raises(ValueError, match="none of the known key columns"):
         choose_output_columns(["amount"], ScoreSettings(), "source t")
+
+
+def test_arrow_rows_score_bit_identically_to_pandas_rows_and_the_arrow_result_holds_the_same_reasons(mlp_bundle):
+    import pyarrow as pa
+
+    from udfs.core import SCORED_ARROW_TYPE
+
+    scoring = build_scoring_model(mlp_bundle)
+    raw, _ = raw_transactions(600, seed=9)
+    raw[S.DISTANCE_FROM_HOME_KM] = raw[S.DISTANCE_FROM_HOME_KM].where(np.arange(600) % 7 != 0)  # nulls
+    raw.loc[3, S.MERCHANT_CATEGORY] = None
+    from_pandas = score_rows(scoring, raw, top_k=3)
+    batch = pa.RecordBatch.from_pandas(raw, preserve_index=False)
+    from_arrow = score_rows(scoring, pa.StructArray.from_arrays(batch.columns, names=batch.schema.names), top_k=3)
+    assert from_arrow.scores.tobytes() == from_pandas.scores.tobytes()
+    np.testing.assert_array_equal(from_arrow.totals.counts, from_pandas.totals.counts)
+    assert 0 < from_arrow.flagged.sum() < 600
+
+    result = from_arrow.to_arrow()
+    assert result.type == SCORED_ARROW_TYPE and len(result) == 600
+    rows = result.to_pylist()
+    assert [r[S.SCORE] for r in rows] == from_arrow.scores.tolist()
+    assert [r[S.IS_FLAGGED] for r in rows] == from_arrow.flagged.tolist()
+    assert [r[S.REASONS] for r in rows] == list(from_pandas.reasons)  # None for rows not flagged
+    assert result.field(S.REASONS).null_count == 600 - from_arrow.flagged.sum()
+    empty = score_rows(scoring, batch.slice(0, 0), top_k=3).to_arrow()
+    assert len(empty) == 0 and empty.type == SCORED_ARROW_TYPE

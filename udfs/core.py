@@ -1,7 +1,7 @@
 """The scoring core: raw source rows (pandas) -> scores, flags, reasons and metric counts.
 
-Plain numpy/torch, no Spark: the pandas UDF in `udfs.scoring` calls `score_rows` once per Arrow
-batch, and the tests call it directly. Everything a batch needs is built once per Python worker
+Plain numpy/torch (and pyarrow), no Spark: the Arrow UDF in `udfs.scoring` calls `score_rows`
+once per Arrow batch, and the tests call it directly (pandas or Arrow rows). Everything a batch needs is built once per Python worker
 into a `ScoringModel` (see `udfs.broadcast` for the per-worker cache).
 
 Per batch:
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 
 from lakescore import schemas as S
 from lakescore.bundle import Bundle
 from lakescore.drift import bin_index
-from lakescore.features import FeatureSet, feature_set_from_manifest
+from lakescore.features import FeatureSet, RawRows, feature_set_from_manifest
 from lakescore.models import MLP, explain_batch, model_from_bundle, score_batch
 from lakescore.preprocess import Preprocessing
 
@@ -135,24 +135,24 @@ class MetricLayout:
         return 3 + len(self.features) + histograms + self.grid.bins
 
     @cached_property
-    def _binning(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(columns of the binned features, their interior edges padded with +inf, bin offsets,
-        total bins): what `count_batch` needs to bin every feature in one vectorised pass."""
+    def _binning(self) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray, int]:
+        """(columns of the binned features, each one's interior edges as float32, bin offsets,
+        total bins): what `count_batch` needs to bin every feature of a batch."""
         column = {name: i for i, name in enumerate(self.features)}
         columns = np.array([column[name] for name in self.binned], dtype=np.int64)
-        width = max([len(e) - 2 for e in self.feature_edges], default=0)
-        inner = np.full((len(self.binned), max(width, 1)), np.inf)
-        for i, edges in enumerate(self.feature_edges):
-            inner[i, : len(edges) - 2] = edges[1:-1]
-        # Preprocessed features are float32: for a float32 v, v >= e exactly when v >= the
-        # smallest float32 at or above e, so comparing in float32 against edges rounded up keeps
-        # lakescore.drift.bin_index's bins without converting the batch to float64.
-        inner32 = inner.astype(np.float32)
-        low = inner32 < inner
-        inner32[low] = np.nextafter(inner32[low], np.float32(np.inf))
+        inner = []
+        for edges in self.feature_edges:
+            # Preprocessed features are float32: for a float32 v, v >= e exactly when v >= the
+            # smallest float32 at or above e, so comparing in float32 against edges rounded up
+            # keeps lakescore.drift.bin_index's bins without converting the batch to float64.
+            exact = np.asarray(edges[1:-1], dtype=np.float64)
+            edges32 = exact.astype(np.float32)
+            low = edges32 < exact
+            edges32[low] = np.nextafter(edges32[low], np.float32(np.inf))
+            inner.append(edges32)
         bins = np.array([len(e) - 1 for e in self.feature_edges], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(bins)[:-1]]).astype(np.int64)
-        return columns, inner32, offsets, int(bins.sum())
+        return columns, tuple(inner), offsets, int(bins.sum())
 
     def split(self, vector: np.ndarray) -> "RunCounts":
         """Read a (summed) count vector back into named parts."""
@@ -256,20 +256,89 @@ def build_scoring_model(bundle: Bundle) -> ScoringModel:
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """What `score_rows` returns for one batch of n rows."""
+    """What `score_rows` returns for one batch of n rows, m of them flagged.
+
+    Reasons are kept compact (m x k arrays, for the flagged rows only); `reasons` gives them as
+    Python lists of dicts, `to_arrow` as the `struct<score, is_flagged, reasons>` the UDF returns.
+    """
 
     scores: np.ndarray  # float64 (n,)
     flagged: np.ndarray  # bool (n,)
-    reasons: np.ndarray  # object (n,): None, or a list of {feature, contribution, value} dicts
+    explained: np.ndarray  # int64 (m,): the flagged rows, ascending
+    reason_features: np.ndarray  # int64 (m, k): feature index, largest contribution first
+    reason_contributions: np.ndarray  # float64 (m, k)
+    reason_values: np.ndarray  # float64 (m, k): the raw feature value; NaN where it was invalid
+    feature_names: tuple[str, ...]
     totals: RunTotals
 
+    @property
+    def reasons(self) -> np.ndarray:
+        """object (n,): None, or a list of {feature, contribution, value} dicts (value None if invalid)."""
+        reasons = np.full(len(self.scores), None, dtype=object)
+        for j, row in enumerate(self.explained.tolist()):
+            reasons[row] = [
+                {
+                    S.REASON_FEATURE: self.feature_names[i],
+                    S.REASON_CONTRIBUTION: float(c),
+                    S.REASON_VALUE: _finite_or_none(v),
+                }
+                for i, c, v in zip(
+                    self.reason_features[j].tolist(), self.reason_contributions[j].tolist(), self.reason_values[j].tolist()
+                )
+            ]
+        return reasons
 
-def score_rows(scoring: ScoringModel, raw: pd.DataFrame, *, top_k: int) -> ScoredBatch:
+    def to_arrow(self) -> pa.StructArray:
+        """The batch as Arrow `SCORED_ARROW_TYPE`, built from the arrays (no Python objects per row)."""
+        n = len(self.scores)
+        m, k = self.reason_features.shape
+        names = pa.array(self.feature_names, type=pa.string())
+        reason = pa.StructArray.from_arrays(
+            [
+                names.take(pa.array(self.reason_features.ravel(), type=pa.int64())),
+                pa.array(self.reason_contributions.ravel(), type=pa.float64()),
+                pa.array(self.reason_values.ravel(), type=pa.float64(), from_pandas=True),  # NaN -> null
+            ],
+            fields=list(_REASON_ARROW_TYPE),
+        )
+        per_row = np.zeros(n, dtype=np.int32)
+        per_row[self.explained] = k
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(per_row, out=offsets[1:])
+        reasons = pa.ListArray.from_arrays(
+            pa.array(offsets), reason, type=pa.list_(pa.field("element", _REASON_ARROW_TYPE, nullable=False)),
+            mask=pa.array(~self.flagged) if m < n else None,
+        )
+        return pa.StructArray.from_arrays(
+            [pa.array(self.scores, type=pa.float64()), pa.array(self.flagged, type=pa.bool_()), reasons],
+            fields=list(SCORED_ARROW_TYPE),
+        )
+
+
+# The UDF's result, as Arrow; udfs.scoring.SCORED_TYPE is the same type in Spark's terms.
+_REASON_ARROW_TYPE = pa.struct(
+    [
+        pa.field(S.REASON_FEATURE, pa.string(), nullable=False),
+        pa.field(S.REASON_CONTRIBUTION, pa.float64(), nullable=False),
+        pa.field(S.REASON_VALUE, pa.float64(), nullable=True),
+    ]
+)
+SCORED_ARROW_TYPE = pa.struct(
+    [
+        pa.field(S.SCORE, pa.float64()),
+        pa.field(S.IS_FLAGGED, pa.bool_()),
+        pa.field(S.REASONS, pa.list_(pa.field("element", _REASON_ARROW_TYPE, nullable=False))),
+    ]
+)
+
+
+def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int) -> ScoredBatch:
     """Score one batch of raw source rows.
 
     Args:
         scoring: the worker's model (see `build_scoring_model`).
-        raw: at least the feature set's input columns.
+        raw: at least the feature set's input columns: a pandas DataFrame, or an Arrow record
+            batch or struct array (what the Spark UDF passes; no pandas conversion).
         top_k: reasons per flagged row.
 
     Deterministic: the same rows in the same batch give bit-identical output (CPU, one thread).
@@ -278,25 +347,23 @@ def score_rows(scoring: ScoringModel, raw: pd.DataFrame, *, top_k: int) -> Score
     x, invalid_counts = scoring.preprocessing.apply(raw_features)
     scores = score_batch(scoring.model, scoring.kind, x)
     flagged = scores >= scoring.threshold
-    reasons = np.full(len(scores), None, dtype=object)
     rows = np.flatnonzero(flagged)
-    if rows.size:
-        order, contributions = explain_batch(scoring.model, scoring.kind, x[rows], top_k)
-        names = scoring.feature_set.features
-        for j, row in enumerate(rows.tolist()):
-            reasons[row] = [
-                {
-                    S.REASON_FEATURE: names[i],
-                    S.REASON_CONTRIBUTION: float(c),
-                    S.REASON_VALUE: _finite_or_none(raw_features[row, i]),
-                }
-                for i, c in zip(order[j].tolist(), contributions[j].tolist())
-            ]
+    order, contributions = explain_batch(scoring.model, scoring.kind, x[rows], top_k)
+    values = raw_features[rows[:, None], order].astype(np.float64)
     totals = RunTotals(scoring.layout.size)
     totals.counts = count_batch(scoring.layout, x, raw_features, scores, flagged, invalid_counts)
     if len(scores):
         totals.score_sum, totals.score_min, totals.score_max = float(scores.sum()), float(scores.min()), float(scores.max())
-    return ScoredBatch(scores=scores, flagged=flagged, reasons=reasons, totals=totals)
+    return ScoredBatch(
+        scores=scores,
+        flagged=flagged,
+        explained=rows.astype(np.int64),
+        reason_features=order.astype(np.int64),
+        reason_contributions=contributions,
+        reason_values=values,
+        feature_names=scoring.feature_set.features,
+        totals=totals,
+    )
 
 
 def count_batch(
@@ -308,31 +375,46 @@ def count_batch(
     invalid_counts: np.ndarray,
 ) -> np.ndarray:
     """The batch's count vector (see `MetricLayout`); histograms are over preprocessed `x`."""
-    columns, inner32, offsets, total = layout._binning
-    header = [len(scores), int(flagged.sum()), int((~np.isfinite(raw_features)).any(axis=1).sum())]
-    if total:
-        values = np.asarray(x[:, columns], dtype=np.float32)
-        feature_bins = np.bincount((_bins(values, inner32) + offsets).ravel(), minlength=total)  # int64 sums
-    else:
-        feature_bins = np.zeros(0, dtype=np.int64)
+    # Rows with any invalid value: only the features that counted one are looked at.
+    with_invalid = np.zeros(len(scores), dtype=bool)
+    for j in np.flatnonzero(np.asarray(invalid_counts)):
+        with_invalid |= ~np.isfinite(raw_features[:, j])
+    rows_with_invalid = int(with_invalid.sum())
+    header = [len(scores), int(flagged.sum()), rows_with_invalid]
     score_bins = np.bincount(bin_index(scores, layout.score_edges), minlength=len(layout.score_edges) - 1)
     score_grid = np.bincount(layout.grid.index(scores), minlength=layout.grid.bins)
     return np.concatenate(
-        [np.array(header, dtype=np.int64), np.asarray(invalid_counts, dtype=np.int64), feature_bins, score_bins, score_grid]
+        [
+            np.array(header, dtype=np.int64),
+            np.asarray(invalid_counts, dtype=np.int64),
+            _feature_bins(layout, x),
+            score_bins,
+            score_grid,
+        ]
     ).astype(np.int64)
 
 
-def _bins(values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
-    """Bin of each float32 value (rows x features) by counting the interior edges at or below
-    it: the same bins as lakescore.drift.bin_index (below the first edge -> first bin, from the
-    last edge up -> last bin, NaN -> first bin), for all features at once."""
-    # A few edges (10 bins by default): compare whole columns at a time, counting in bytes.
-    index = np.zeros(values.shape, dtype=np.uint8 if inner_edges.shape[1] < 256 else np.int64)
-    above = np.empty(values.shape, dtype=bool)
-    for j in range(inner_edges.shape[1]):
-        np.greater_equal(values, inner_edges[:, j], out=above)
-        index += above.view(np.uint8) if index.dtype == np.uint8 else above
-    return index
+def _feature_bins(layout: MetricLayout, x: np.ndarray) -> np.ndarray:
+    """Bin counts of every binned feature of `x`, in layout order, with the bins of
+    lakescore.drift.bin_index (below the first edge -> first bin, from the last edge up -> last
+    bin, NaN -> first bin). Each column is sorted once and the edges are looked up in it: a
+    histogram from a few binary searches per feature, about 4x faster than comparing every value
+    with every edge."""
+    columns, inner_edges, offsets, total = layout._binning
+    counts = np.zeros(total, dtype=np.int64)
+    if not total or not len(x):
+        return counts
+    ordered = np.asarray(x, dtype=np.float32).T[columns]  # a copy, one feature per row
+    ordered.sort(axis=1)  # NaN sorts last
+    n = ordered.shape[1]
+    for i, edges in enumerate(inner_edges):
+        values = ordered[i]
+        below = np.searchsorted(values, edges, side="left")  # values < each edge
+        numbers = int(np.searchsorted(values, np.float32(np.inf), side="right"))  # all but NaN
+        part = np.diff(np.concatenate([[0], below, [numbers]]))
+        part[0] += n - numbers
+        counts[offsets[i] : offsets[i] + len(part)] = part
+    return counts
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -1,4 +1,4 @@
-"""The scoring pandas UDF and the DataFrame transformation around it.
+"""The scoring UDF (an Arrow UDF: a pandas UDF without the pandas) and the DataFrame transformation around it.
 
     bundle = load_bundle(path)                              # driver: read and verify once
     broadcast = broadcast_bundle(spark, bundle)             # ship the bytes once
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import pandas as pd
+import pyarrow as pa
 from pyspark import Accumulator, Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.functions import pandas_udf
+from pyspark.sql.functions import arrow_udf
 
 from lakescore import schemas as S
 from lakescore.bundle import Bundle, verify_files
@@ -32,7 +32,7 @@ _SCORED = "_lakescore_scored"
 
 SCORED_TYPE = T.StructType(
     [
-        # Arrow batches from pandas carry nullable fields; the values are never null.
+        # Nullable as Arrow batches carry them; the values are never null.
         T.StructField(S.SCORE, T.DoubleType(), True),
         T.StructField(S.IS_FLAGGED, T.BooleanType(), True),
         T.StructField(S.REASONS, S.REASONS_TYPE, True),
@@ -52,10 +52,16 @@ def scoring_udf(
     top_k: int = 3,
     totals: Accumulator | None = None,
 ):
-    """Return an iterator pandas UDF that scores a struct of raw input columns.
+    """Return an iterator Arrow UDF that scores a struct of raw input columns.
 
     The UDF takes one struct column holding the feature set's input columns and returns
     `struct<score, is_flagged, reasons>` (see `SCORED_TYPE`), reasons for flagged rows only.
+
+    It is a pandas UDF without the pandas: `pyspark.sql.functions.arrow_udf` (Spark >= 4.1) runs
+    in the same Python workers on the same Arrow batches (`maxRecordsPerBatch`), but hands them
+    over as pyarrow arrays. The scoring core reads the columns straight from Arrow and builds the
+    result in Arrow; converting each batch to and from pandas cost about a third of Spark's whole
+    transfer here (benchmarks/scoring.py), more than the model.
 
     Args:
         bundle_broadcast: `udfs.broadcast.broadcast_bundle`'s result.
@@ -81,18 +87,18 @@ def scoring_udf(
     if top_k <= 0:
         raise ValueError(f"top_k={top_k} must be positive")
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def score(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         scoring = load_scoring_model(bundle_broadcast, sha256)
         for raw in batches:
             batch = score_rows(scoring, raw, top_k=top_k)
             if totals is not None:
                 totals.add(batch.totals)
-            yield pd.DataFrame({S.SCORE: batch.scores, S.IS_FLAGGED: batch.flagged, S.REASONS: batch.reasons})
+            yield batch.to_arrow()
 
     # Marked nondeterministic so that the optimizer evaluates it exactly once per row: a filter on
     # `is_flagged` would otherwise be pushed below the projection and run the model twice. (The
     # scores themselves are deterministic: a retried task reproduces them bit for bit.)
-    return pandas_udf(score, SCORED_TYPE).asNondeterministic()
+    return arrow_udf(score, SCORED_TYPE).asNondeterministic()
 
 
 def bundle_of(bundle_broadcast: Broadcast) -> Bundle:
