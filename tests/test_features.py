@@ -127,3 +127,16 @@ def test_arrow_batches_give_exactly_the_features_pandas_batches_give():
     )
     with pytest.raises(TypeError, match="pandas DataFrame or an Arrow"):
         TRANSACTIONS_V1.transform([_raw()])
+
+
+def test_hours_on_the_circle_are_the_same_from_the_table_and_computed():
+    from lakescore.features import _hour_circle
+
+    whole = np.arange(24, dtype=np.float64)
+    angle = 2.0 * np.pi * whole / 24.0
+    sin, cos = _hour_circle(whole[::-1].copy())
+    assert sin.tobytes() == np.sin(angle)[::-1].tobytes() and cos.tobytes() == np.cos(angle)[::-1].tobytes()
+    odd = np.array([6.5, np.nan, 25.0, -1.0, 0.0])  # fractions, null, out of range: computed
+    sin, cos = _hour_circle(odd)
+    np.testing.assert_array_equal(sin, np.sin(2.0 * np.pi * odd / 24.0))
+    assert _hour_circle(np.empty(0))[0].shape == (0,)

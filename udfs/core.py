@@ -410,10 +410,11 @@ def _feature_bins(layout: MetricLayout, x: np.ndarray) -> np.ndarray:
     for i, edges in enumerate(inner_edges):
         values = ordered[i]
         below = np.searchsorted(values, edges, side="left")  # values < each edge
-        numbers = int(np.searchsorted(values, np.float32(np.inf), side="right"))  # all but NaN
-        part = np.diff(np.concatenate([[0], below, [numbers]]))
+        # NaN sorts last: counted in the first bin (preprocessed features have none).
+        numbers = int(np.searchsorted(values, np.float32(np.inf), side="right")) if np.isnan(values[-1]) else n
+        part = counts[offsets[i] : offsets[i] + len(edges) + 1]
+        part[:] = np.diff(below, prepend=0, append=numbers)
         part[0] += n - numbers
-        counts[offsets[i] : offsets[i] + len(part)] = part
     return counts
 
 
