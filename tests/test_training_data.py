@@ -123,6 +123,7 @@ def test_a_delta_table_the_reader_cannot_honour_is_refused_with_a_parquet_hint(s
 
 def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
     import ray
+    from ray.data.expressions import col
 
     rng = np.random.default_rng(1)
     train = rng.normal(10.0, 2.0, 2000)
@@ -133,7 +134,7 @@ def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
     featured = ray.data.from_pandas(frame).map_batches(
         features_batch, fn_kwargs={"feature_set": numeric_feature_set(["v"]), "plan": plan}, batch_format="pandas"
     )
-    train_only = featured.filter(lambda row: row[SPLIT_COLUMN] == TRAIN).materialize()
+    train_only = featured.filter(expr=col(SPLIT_COLUMN) == TRAIN).materialize()
     preprocessing, stats = fit_preprocessing(train_only, ["v"], (0.01, 0.99), clip_margin=0.5)
 
     finite = train[np.isfinite(train)]
@@ -159,6 +160,7 @@ def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
 
 def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered):
     import ray
+    from ray.data.expressions import col
 
     raw = _raw_transactions(400)
     plan = SplitPlan(dated=True, date_to_split={NOV[0]: TRAIN, NOV[1]: TRAIN, NOV[2]: TRAIN, NOV[3]: TEST})
@@ -166,7 +168,7 @@ def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered
         features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, "plan": plan}, batch_format="pandas", batch_size=64
     )
     preprocessing, _ = fit_preprocessing(
-        featured.filter(lambda row: row[SPLIT_COLUMN] == TRAIN).materialize(), TRANSACTIONS_V1.features, (0.01, 0.99)
+        featured.filter(expr=col(SPLIT_COLUMN) == TRAIN).materialize(), TRANSACTIONS_V1.features, (0.01, 0.99)
     )
     # Training path: Ray Data batches, as the workers receive them.
     batches = featured.map_batches(

@@ -48,7 +48,8 @@ def features_batch(
     `label_overrides` ({record key as string: is_anomaly}, analysts' verdicts) replace the
     source's label of the rows whose `key_column` they name, before the split is assigned.
     """
-    labels = raw[S.IS_ANOMALY].fillna(False).astype(bool).to_numpy() if len(raw) else np.zeros(0, bool)
+    # True only for true (null and anything else: False), without pandas' object-dtype fillna downcast.
+    labels = raw[S.IS_ANOMALY].eq(True).fillna(False).to_numpy(dtype=bool) if len(raw) else np.zeros(0, bool)
     if label_overrides and key_column and len(raw):
         keys = raw[key_column].astype(str)
         verdicts = keys.map(label_overrides)
