@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         measures = {
             "a": lambda: run_score(spark, settings, DAY, model=MODEL),
             "b": lambda: _noop_udf(scan, inputs),
-            "b_arrow": lambda: _noop_arrow_udf(scan, inputs),
+            "b_arrow": lambda: _noop_udf(scan, inputs, arrow=True),
             "c": lambda: _predict_batch_udf(scan, inputs, bundle, settings),
         }
         stage: dict[str, list[float]] = {k: [] for k in measures}
@@ -279,26 +279,24 @@ def _bench_bundle(spark, settings: Settings, day) -> Bundle:
     return bundle
 
 
-def _noop_udf(day, inputs: list[str]) -> None:
+def _noop_udf(day, inputs: list[str], arrow: bool = False) -> None:
+    """A UDF that returns zeros, fed the struct of `inputs`: pandas (b), or Arrow (b')."""
     from pyspark.sql import functions as F
-    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.functions import arrow_udf, pandas_udf
 
-    @pandas_udf("double")
-    def nothing(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
-        for batch in batches:
-            yield pd.Series(np.zeros(len(batch)))
+    if arrow:
 
-    day.withColumn("out", nothing(F.struct(*inputs))).write.format("noop").mode("overwrite").save()
+        @arrow_udf("double")
+        def nothing(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+            for batch in batches:
+                yield pa.array(np.zeros(len(batch)))
 
+    else:
 
-def _noop_arrow_udf(day, inputs: list[str]) -> None:
-    from pyspark.sql import functions as F
-    from pyspark.sql.functions import arrow_udf
-
-    @arrow_udf("double")
-    def nothing(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-        for batch in batches:
-            yield pa.array(np.zeros(len(batch)))
+        @pandas_udf("double")
+        def nothing(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
+            for batch in batches:
+                yield pd.Series(np.zeros(len(batch)))
 
     day.withColumn("out", nothing(F.struct(*inputs))).write.format("noop").mode("overwrite").save()
 

@@ -106,17 +106,18 @@ class ArrowColumns(RawColumns):
         if pa.types.is_float64(kind):
             return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)  # nulls -> NaN
         if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_boolean(kind):
-            # Nulls become NaN; a float64 column without nulls is not copied.
+            # Nulls become NaN.
             return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
         # Anything else (numbers held as strings, ...) is parsed as pandas would parse it.
         return _as_float(column.to_pandas())
 
     def codes(self, name: str, categories: Sequence[str]) -> np.ndarray:
         column = self._column(name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            column = column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
-            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-                return PandasColumns(pd.DataFrame({name: column.to_pandas()})).codes(name, categories)
+            # Not text: matched as pandas would match it (nothing but a string equals a category).
+            return PandasColumns(pd.DataFrame({name: column.to_pandas()})).codes(name, categories)
         index = pc.index_in(column, value_set=pa.array(list(categories), type=column.type))
         return np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 

@@ -1,8 +1,8 @@
-"""The scoring core: raw source rows (pandas) -> scores, flags, reasons and metric counts.
+"""The scoring core: raw source rows (Arrow or pandas) -> scores, flags, reasons and metric counts.
 
-Plain numpy/torch (and pyarrow), no Spark: the Arrow UDF in `udfs.scoring` calls `score_rows`
-once per Arrow batch, and the tests call it directly (pandas or Arrow rows). Everything a batch needs is built once per Python worker
-into a `ScoringModel` (see `udfs.broadcast` for the per-worker cache).
+Plain numpy/torch/pyarrow, no Spark session: the Arrow UDF in `udfs.scoring` calls `score_rows`
+once per Arrow batch, and the tests call it directly. Everything a batch needs is built once per
+Python worker into a `ScoringModel` (see `udfs.broadcast` for the per-worker cache).
 
 Per batch:
     raw columns --FeatureSet.transform--> raw features (NaN for null/NaN/inf/unknown values)
@@ -24,6 +24,8 @@ from functools import cached_property
 import numpy as np
 import pyarrow as pa
 import torch
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_type
 from torch import nn
 
 from lakescore import schemas as S
@@ -254,6 +256,19 @@ def build_scoring_model(bundle: Bundle) -> ScoringModel:
     )
 
 
+# What the scoring UDF returns, in Spark's terms and (derived, so the two cannot differ) Arrow's.
+SCORED_TYPE = T.StructType(
+    [
+        # Nullable as Arrow batches carry them; the values are never null.
+        T.StructField(S.SCORE, T.DoubleType(), True),
+        T.StructField(S.IS_FLAGGED, T.BooleanType(), True),
+        T.StructField(S.REASONS, S.REASONS_TYPE, True),
+    ]
+)
+SCORED_ARROW_TYPE = to_arrow_type(SCORED_TYPE)
+_REASONS_ARROW_TYPE = SCORED_ARROW_TYPE.field(S.REASONS).type  # list<struct<feature, contribution, value>>
+
+
 @dataclass(frozen=True)
 class ScoredBatch:
     """What `score_rows` returns for one batch of n rows, m of them flagged.
@@ -299,37 +314,20 @@ class ScoredBatch:
                 pa.array(self.reason_contributions.ravel(), type=pa.float64()),
                 pa.array(self.reason_values.ravel(), type=pa.float64(), from_pandas=True),  # NaN -> null
             ],
-            fields=list(_REASON_ARROW_TYPE),
+            fields=list(_REASONS_ARROW_TYPE.value_type),
         )
         per_row = np.zeros(n, dtype=np.int32)
         per_row[self.explained] = k
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(per_row, out=offsets[1:])
         reasons = pa.ListArray.from_arrays(
-            pa.array(offsets), reason, type=pa.list_(pa.field("element", _REASON_ARROW_TYPE, nullable=False)),
+            pa.array(offsets), reason, type=_REASONS_ARROW_TYPE,
             mask=pa.array(~self.flagged) if m < n else None,
         )
         return pa.StructArray.from_arrays(
             [pa.array(self.scores, type=pa.float64()), pa.array(self.flagged, type=pa.bool_()), reasons],
             fields=list(SCORED_ARROW_TYPE),
         )
-
-
-# The UDF's result, as Arrow; udfs.scoring.SCORED_TYPE is the same type in Spark's terms.
-_REASON_ARROW_TYPE = pa.struct(
-    [
-        pa.field(S.REASON_FEATURE, pa.string(), nullable=False),
-        pa.field(S.REASON_CONTRIBUTION, pa.float64(), nullable=False),
-        pa.field(S.REASON_VALUE, pa.float64(), nullable=True),
-    ]
-)
-SCORED_ARROW_TYPE = pa.struct(
-    [
-        pa.field(S.SCORE, pa.float64()),
-        pa.field(S.IS_FLAGGED, pa.bool_()),
-        pa.field(S.REASONS, pa.list_(pa.field("element", _REASON_ARROW_TYPE, nullable=False))),
-    ]
-)
 
 
 def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int) -> ScoredBatch:

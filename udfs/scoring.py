@@ -18,26 +18,16 @@ import pyarrow as pa
 from pyspark import Accumulator, Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.sql.functions import arrow_udf
 
 from lakescore import schemas as S
 from lakescore.bundle import Bundle, verify_files
 from lakescore.features import FeatureSet, feature_set_from_manifest
 from udfs.broadcast import load_scoring_model
-from udfs.core import MetricLayout, RunTotals, score_rows
+from udfs.core import SCORED_TYPE, MetricLayout, RunTotals, score_rows
 from udfs.metrics import RunTotalsParam
 
 _SCORED = "_lakescore_scored"
-
-SCORED_TYPE = T.StructType(
-    [
-        # Nullable as Arrow batches carry them; the values are never null.
-        T.StructField(S.SCORE, T.DoubleType(), True),
-        T.StructField(S.IS_FLAGGED, T.BooleanType(), True),
-        T.StructField(S.REASONS, S.REASONS_TYPE, True),
-    ]
-)
 
 
 def new_run_totals(spark: SparkSession, bundle: Bundle) -> Accumulator:
