@@ -6,7 +6,8 @@ Rows/s of:
   (a) the nightly job's scoring stage: `run_score`'s one pass (its Arrow UDF: features,
       preprocessing, model, flags, reasons, metric totals into an accumulator; flagged rows written
       to Delta), and the whole run (source count, two Delta commits, catalog);
-  (b) a pandas UDF that does nothing, fed the same input columns: Spark's transfer floor;
+  (b) a pandas UDF that does nothing, fed the same input columns, as separate columns like the
+      job's UDF: Spark's transfer floor;
   (b') an Arrow UDF that does nothing, same input: the floor without pandas (the job's UDF is an
       Arrow UDF: it reads Arrow and skips the pandas conversion that (b) pays);
   (c) pyspark.ml.functions.predict_batch_udf with the same model (features, preprocessing, model);
@@ -34,7 +35,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import numpy as np
 import pandas as pd
@@ -119,22 +120,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         }
         stage: dict[str, list[float]] = {k: [] for k in measures}
         action: dict[str, list[float]] = {k: [] for k in measures}
+        cpu: dict[str, list[float]] = {k: [] for k in measures}
         # Interleaved repetitions, best of each: the machine is shared, so the best is the
         # least disturbed measurement of the same work.
         for _ in range(args.repeat):
             for key, action_fn in measures.items():
-                stage_seconds, action_seconds = timer.measure(key, action_fn)
+                stage_seconds, action_seconds, cpu_seconds = timer.measure(key, action_fn)
+                cpu[key].append(cpu_seconds)
                 stage[key].append(stage_seconds)
                 action[key].append(action_seconds)
         for key in measures:
             results[key] = rows / min(stage[key])
             results[key + "_median"] = rows / float(np.median(stage[key]))
             results[key + "_action"] = rows / min(action[key])
+            results[key + "_cpu"] = float(np.median(cpu[key]))
         results["d"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, True), rows) for _ in range(args.repeat))
         results["d0"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, False), rows) for _ in range(args.repeat))
 
         print()
-        print(f"{'rows/s, best of ' + str(args.repeat):<62}{'stage':>12}{'action':>12}{'stage median':>14}")
+        print(f"{'rows/s, best of ' + str(args.repeat):<62}{'stage':>12}{'action':>12}{'stage median':>14}{'CPU-s median':>14}")
         labels = {
             "a": "(a) nightly job: scoring stage | whole run",
             "b": "(b) pandas UDF that does nothing (transfer floor)",
@@ -142,12 +146,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "c": "(c) pyspark.ml predict_batch_udf, same model",
         }
         for key, label in labels.items():
-            print(f"{label:<62}{results[key]:>12,.0f}{results[key + '_action']:>12,.0f}{results[key + '_median']:>14,.0f}")
+            # (a)'s action is the whole run (count, scoring, two Delta commits, catalog): its CPU
+            # is printed below, not beside the stages'.
+            cpu_text = "" if key == "a" else f"{results[key + '_cpu']:>14.2f}"
+            print(f"{label:<62}{results[key]:>12,.0f}{results[key + '_action']:>12,.0f}{results[key + '_median']:>14,.0f}{cpu_text}")
         print(f"{'(d) one process: pyarrow + the same scoring core':<62}{results['d']:>12,.0f}")
         print(f"{'    one process: pyarrow + features + model only':<62}{results['d0']:>12,.0f}")
         print(f"(a)/(b) = {results['a'] / results['b']:.2f}  (target >= 0.9; stages; medians: {results['a_median'] / results['b_median']:.2f})")
         print(f"(a)/(c) = {results['a'] / results['c']:.2f}  (target > 1; stages; medians: {results['a_median'] / results['c_median']:.2f})")
         print(f"(a)/(b') = {results['a'] / results['b_arrow']:.2f}")
+        print(f"CPU seconds of the machine per action, medians: (b) {results['b_cpu']:.2f}, (b') {results['b_arrow_cpu']:.2f}, "
+              f"(c) {results['c_cpu']:.2f}, (a) {results['a_cpu']:.2f} for its whole run")
         print(f"(a)/(d) = {results['a'] / results['d']:.2f}")
         print(f"all stage seconds: {  {k: [round(v, 2) for v in vs] for k, vs in stage.items()} }")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
@@ -179,16 +188,18 @@ class _StageTimer:
         sc = spark.sparkContext
         self.api = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}" if sc.uiWebUrl else None
 
-    def measure(self, key: str, action) -> tuple[float, float]:
+    def measure(self, key: str, action) -> tuple[float, float, float]:
+        """(stage seconds, action seconds, CPU seconds the whole machine spent during the action)."""
         group = f"bench-{key}-{time.monotonic_ns()}"
         self.spark.sparkContext.setJobGroup(group, group)
+        busy = _busy_cpu_seconds()
         started = time.perf_counter()
         try:
             action()
         finally:
             self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
         seconds = time.perf_counter() - started
-        return self._stage_seconds(group) or seconds, seconds
+        return self._stage_seconds(group) or seconds, seconds, _busy_cpu_seconds() - busy
 
     def _stage_seconds(self, group: str) -> float | None:
         if self.api is None:
@@ -206,6 +217,18 @@ class _StageTimer:
     def _get(self, path: str):
         with urllib.request.urlopen(self.api + path, timeout=30) as response:
             return json.load(response)
+
+
+def _busy_cpu_seconds() -> float:
+    """CPU seconds the machine has spent busy (all cores, all processes; /proc/stat, Linux): the
+    JVM's and the Python workers' work together, which the stage's wall time on a shared machine
+    only shows through the noise. NaN elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
 def _ui_time(text: str) -> float:
@@ -280,25 +303,25 @@ def _bench_bundle(spark, settings: Settings, day) -> Bundle:
 
 
 def _noop_udf(day, inputs: list[str], arrow: bool = False) -> None:
-    """A UDF that returns zeros, fed the struct of `inputs`: pandas (b), or Arrow (b')."""
-    from pyspark.sql import functions as F
+    """A UDF that returns zeros, fed the `inputs` as separate columns, as the job's UDF is:
+    pandas (b), or Arrow (b')."""
     from pyspark.sql.functions import arrow_udf, pandas_udf
 
     if arrow:
 
         @arrow_udf("double")
-        def nothing(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-            for batch in batches:
-                yield pa.array(np.zeros(len(batch)))
+        def nothing(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+            for columns in batches:
+                yield pa.array(np.zeros(len(columns[0])))
 
     else:
 
         @pandas_udf("double")
-        def nothing(batches: Iterator[pd.DataFrame]) -> Iterator[pd.Series]:
-            for batch in batches:
-                yield pd.Series(np.zeros(len(batch)))
+        def nothing(batches: Iterator[Tuple[pd.Series, ...]]) -> Iterator[pd.Series]:
+            for columns in batches:
+                yield pd.Series(np.zeros(len(columns[0])))
 
-    day.withColumn("out", nothing(F.struct(*inputs))).write.format("noop").mode("overwrite").save()
+    day.withColumn("out", nothing(*inputs)).write.format("noop").mode("overwrite").save()
 
 
 def _predict_batch_udf(day, inputs: list[str], bundle: Bundle, settings: Settings) -> None:

@@ -158,8 +158,9 @@ class FeatureSet:
             return np.empty((0, len(self.features)), dtype=np.float32)
         columns = self._fn(raw_columns(raw))
         out = np.empty((len(self.features), len(raw)), dtype=np.float32)
-        for i, name in enumerate(self.features):
-            out[i] = columns[name]
+        with np.errstate(over="ignore"):  # beyond float32's range -> inf: invalid, imputed and counted
+            for i, name in enumerate(self.features):
+                out[i] = columns[name]
         return out.T
 
     def check_columns(self, available: Mapping[str, str], where: str) -> None:

@@ -108,7 +108,9 @@ def test_arrow_batches_give_exactly_the_features_pandas_batches_give():
     expected = TRANSACTIONS_V1.transform(frame)
     batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
     assert batch.schema.field(S.HOUR_OF_DAY).type == pa.int32() and batch.column(S.NEW_DEVICE).null_count == 1
-    struct = pa.StructArray.from_arrays(batch.columns, names=batch.schema.names)  # what the Spark UDF gets
+    # The Spark UDF assembles its input columns into a record batch like `batch`; a struct of
+    # them and a table are read the same way.
+    struct = pa.StructArray.from_arrays(batch.columns, names=batch.schema.names)
     for rows in (batch, struct, pa.Table.from_batches([batch])):
         np.testing.assert_array_equal(TRANSACTIONS_V1.transform(rows), expected)
     # Spark may hand over categories dictionary-encoded, and numbers as decimals or strings.

@@ -199,6 +199,36 @@ def test_a_date_range_runs_each_date_on_its_own_and_an_empty_date_records_zero_r
     assert _metrics(spark, settings, full_day, AE_NAME)[("run", None, "rows_flagged")] == full.rows_flagged
 
 
+def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, tmp_path):
+    """The UDF gets its input columns as separate arrays, and a single one as the bare array:
+    both shapes must score as the core does, with nulls, NaN, inf and empty partitions."""
+    from lakescore.features import numeric_feature_set
+    from udfs.broadcast import broadcast_bundle
+    from udfs.scoring import new_run_totals, score_dataframe
+
+    rng = np.random.default_rng(4)
+    values = np.concatenate([rng.normal(0.0, 1.0, 380), rng.normal(6.0, 1.0, 20)])
+    labels = np.arange(400) >= 380
+    one = numeric_feature_set(["v"])
+    bundle = build_test_bundle(tmp_path / "one", pd.DataFrame({"v": values}), labels, one, name="one_input")
+    rows = pd.DataFrame({S.RECORD_ID: np.arange(9), "v": [0.1, None, float("nan"), float("inf"), 7.5, -0.3, 6.2, None, 1e300]})
+    # 16 partitions for 9 rows: several are empty.
+    df = spark.createDataFrame(rows, "record_id long, v double").repartition(16)
+    totals = new_run_totals(spark, bundle)
+    scored = score_dataframe(df, broadcast_bundle(spark, bundle), top_k=3, totals=totals).collect()
+
+    expected = score_rows(build_scoring_model(bundle), rows, top_k=3)
+    by_id = {r[S.RECORD_ID]: r for r in scored}
+    assert sorted(by_id) == list(range(9))
+    # Equal up to float32 rounding: torch may sum in another order for another batch shape.
+    assert [by_id[i][S.SCORE] for i in range(9)] == pytest.approx(expected.scores.tolist(), rel=1e-5, abs=1e-9)
+    assert [by_id[i][S.IS_FLAGGED] for i in range(9)] == expected.flagged.tolist()
+    assert 0 < expected.flagged.sum() < 9  # the outlying values are flagged, the rest are not
+    assert [len(by_id[i][S.REASONS] or []) for i in range(9)] == [1 if f else 0 for f in expected.flagged]
+    assert totals.value.rows == 9
+    np.testing.assert_array_equal(totals.value.counts, expected.totals.counts)
+
+
 def _write_parquet_source(spark, frame: pd.DataFrame, path: Path) -> str:
     spark.createDataFrame(frame).write.partitionBy(S.EVENT_DATE).parquet(str(path))
     return str(path)

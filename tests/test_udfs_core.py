@@ -318,7 +318,9 @@ def test_arrow_rows_score_bit_identically_to_pandas_rows_and_the_arrow_result_ho
     raw.loc[3, S.MERCHANT_CATEGORY] = None
     from_pandas = score_rows(scoring, raw, top_k=3)
     batch = pa.RecordBatch.from_pandas(raw, preserve_index=False)
-    from_arrow = score_rows(scoring, pa.StructArray.from_arrays(batch.columns, names=batch.schema.names), top_k=3)
+    # As the Spark UDF gets them: one array per input column, assembled into a record batch.
+    columns = [batch.column(c) for c in scoring.feature_set.inputs]
+    from_arrow = score_rows(scoring, pa.RecordBatch.from_arrays(columns, names=list(scoring.feature_set.inputs)), top_k=3)
     assert from_arrow.scores.tobytes() == from_pandas.scores.tobytes()
     np.testing.assert_array_equal(from_arrow.totals.counts, from_pandas.totals.counts)
     assert 0 < from_arrow.flagged.sum() < 600

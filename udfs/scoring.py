@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Tuple, Union
 
 import pyarrow as pa
 from pyspark import Accumulator, Broadcast
@@ -42,10 +42,13 @@ def scoring_udf(
     top_k: int = 3,
     totals: Accumulator | None = None,
 ):
-    """Return an iterator Arrow UDF that scores a struct of raw input columns.
+    """Return an iterator Arrow UDF that scores raw input columns.
 
-    The UDF takes one struct column holding the feature set's input columns and returns
-    `struct<score, is_flagged, reasons>` (see `SCORED_TYPE`), reasons for flagged rows only.
+    The UDF takes the feature set's input columns as separate arguments, in the order of
+    `FeatureSet.inputs` (see `score_dataframe`), and returns `struct<score, is_flagged, reasons>`
+    (see `SCORED_TYPE`), reasons for flagged rows only. Separate columns, not one struct of
+    them: building a struct per row in the JVM and nesting it in Arrow cost about a sixth of
+    the whole stage's CPU time here (benchmarks/scoring.py).
 
     It is a pandas UDF without the pandas: `pyspark.sql.functions.arrow_udf` (Spark >= 4.1) runs
     in the same Python workers on the same Arrow batches (`maxRecordsPerBatch`), but hands them
@@ -77,9 +80,11 @@ def scoring_udf(
     if top_k <= 0:
         raise ValueError(f"top_k={top_k} must be positive")
 
-    def score(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+    def score(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         scoring = load_scoring_model(bundle_broadcast, sha256)
-        for raw in batches:
+        names = list(scoring.feature_set.inputs)
+        for columns in batches:
+            raw = pa.RecordBatch.from_arrays(_as_tuple(columns), names=names)  # no copy
             batch = score_rows(scoring, raw, top_k=top_k)
             if totals is not None:
                 totals.add(batch.totals)
@@ -89,6 +94,11 @@ def scoring_udf(
     # `is_flagged` would otherwise be pushed below the projection and run the model twice. (The
     # scores themselves are deterministic: a retried task reproduces them bit for bit.)
     return arrow_udf(score, SCORED_TYPE).asNondeterministic()
+
+
+def _as_tuple(columns: Union[pa.Array, Tuple[pa.Array, ...]]) -> list[pa.Array]:
+    """An iterator Arrow UDF gets a tuple of arrays per batch, or the array itself for one column."""
+    return list(columns) if isinstance(columns, tuple) else [columns]
 
 
 def bundle_of(bundle_broadcast: Broadcast) -> Bundle:
@@ -124,7 +134,7 @@ def score_dataframe(
     check_source_columns(df, feature_set, where)
     udf = scoring_udf(bundle_broadcast, sha256=bundle.sha256, top_k=top_k, totals=totals)
     return (
-        df.withColumn(_SCORED, udf(F.struct(*[F.col(c) for c in feature_set.inputs])))
+        df.withColumn(_SCORED, udf(*[F.col(c) for c in feature_set.inputs]))
         .select(
             *[F.col(c) for c in df.columns],
             *[F.col(f"{_SCORED}.{name}").alias(name) for name in (S.SCORE, S.IS_FLAGGED, S.REASONS)],
