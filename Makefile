@@ -16,6 +16,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 setup: $(VENV)/.installed $(JARS)/.resolved
 
 $(VENV)/.installed: pyproject.toml
+	@# A first install needs about 7 GiB (torch from PyPI is the CUDA build): say so before pip runs out.
+	@test -x $(BIN)/python || $(PYTHON) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; \
+	sys.exit(None if free >= 8 else f"only {free:.1f} GiB free on this disk; the virtual environment needs about 7 GiB \
+	(torch from PyPI is the CUDA build) and the tests about 1 GiB more. Free some space, then run make again.")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
