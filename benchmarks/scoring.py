@@ -13,7 +13,10 @@ Rows/s of:
   (c) pyspark.ml.functions.predict_batch_udf with the same model (features, preprocessing, model);
   (d) one process reading the same Parquet files with pyarrow and running the same scoring core
       (d0: features, preprocessing and model only), torch on one thread.
-Targets: (a) >= 0.9 x (b), and (a) > (c). Then the peak RSS of the Spark Python workers (and of
+Targets: (a) >= 0.9 x (b), and (a) > (c). Beside the stages' wall times, the CPU seconds the
+machine spent during each stage (JVM and Python workers together, from /proc/stat): on a small
+machine where the JVM and the Python workers share the cores, wall time follows CPU time, and
+the CPU figure is the steadier one. Then the peak RSS of the Spark Python workers (and of
 the JVM, which is the executor in local mode) while the scoring stage runs over the table and over
 ten copies of it unioned: it should stay flat, bounded by the Arrow batch size.
 
@@ -146,17 +149,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "c": "(c) pyspark.ml predict_batch_udf, same model",
         }
         for key, label in labels.items():
-            # (a)'s action is the whole run (count, scoring, two Delta commits, catalog): its CPU
-            # is printed below, not beside the stages'.
-            cpu_text = "" if key == "a" else f"{results[key + '_cpu']:>14.2f}"
-            print(f"{label:<62}{results[key]:>12,.0f}{results[key + '_action']:>12,.0f}{results[key + '_median']:>14,.0f}{cpu_text}")
+            print(f"{label:<62}{results[key]:>12,.0f}{results[key + '_action']:>12,.0f}{results[key + '_median']:>14,.0f}"
+                  f"{results[key + '_cpu']:>14.2f}")
         print(f"{'(d) one process: pyarrow + the same scoring core':<62}{results['d']:>12,.0f}")
         print(f"{'    one process: pyarrow + features + model only':<62}{results['d0']:>12,.0f}")
         print(f"(a)/(b) = {results['a'] / results['b']:.2f}  (target >= 0.9; stages; medians: {results['a_median'] / results['b_median']:.2f})")
         print(f"(a)/(c) = {results['a'] / results['c']:.2f}  (target > 1; stages; medians: {results['a_median'] / results['c_median']:.2f})")
         print(f"(a)/(b') = {results['a'] / results['b_arrow']:.2f}")
-        print(f"CPU seconds of the machine per action, medians: (b) {results['b_cpu']:.2f}, (b') {results['b_arrow_cpu']:.2f}, "
-              f"(c) {results['c_cpu']:.2f}, (a) {results['a_cpu']:.2f} for its whole run")
+        print(f"(a)/(b) in CPU seconds of the stages (medians): {results['b_cpu'] / results['a_cpu']:.2f}; "
+              f"(a)/(c): {results['c_cpu'] / results['a_cpu']:.2f}")
         print(f"(a)/(d) = {results['a'] / results['d']:.2f}")
         print(f"all stage seconds: {  {k: [round(v, 2) for v in vs] for k, vs in stage.items()} }")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
@@ -189,46 +190,76 @@ class _StageTimer:
         self.api = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}" if sc.uiWebUrl else None
 
     def measure(self, key: str, action) -> tuple[float, float, float]:
-        """(stage seconds, action seconds, CPU seconds the whole machine spent during the action)."""
+        """(stage seconds, action seconds, CPU seconds the machine spent during the stage)."""
         group = f"bench-{key}-{time.monotonic_ns()}"
         self.spark.sparkContext.setJobGroup(group, group)
-        busy = _busy_cpu_seconds()
+        sampler = _CpuSampler()
+        sampler.start()
         started = time.perf_counter()
         try:
             action()
         finally:
             self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+            sampler.stop()
         seconds = time.perf_counter() - started
-        return self._stage_seconds(group) or seconds, seconds, _busy_cpu_seconds() - busy
+        window = self._stage_window(group)
+        if window is None:
+            return seconds, seconds, sampler.busy_between(sampler.times[0], sampler.times[-1])
+        return window[1] - window[0], seconds, sampler.busy_between(*window)
 
-    def _stage_seconds(self, group: str) -> float | None:
+    def _stage_window(self, group: str) -> tuple[float, float] | None:
+        """(submission, completion) in epoch seconds of the longest stage of `group` that scanned
+        the rows: the scoring stage (the job's row count also scans them, from footers, briefly)."""
         if self.api is None:
             return None
         stage_ids = [s for job in self._get("/jobs") if job.get("jobGroup") == group for s in job["stageIds"]]
-        durations = []
+        windows = []
         for stage_id in stage_ids:
             for attempt in self._get(f"/stages/{stage_id}"):
-                # Stages that scanned the day's rows (others read Delta logs): the job's row count
-                # (footers only, short) and the scoring stage, the longest.
+                # Other stages read Delta logs.
                 if attempt.get("inputRecords", 0) >= self.rows and attempt.get("completionTime"):
-                    durations.append(_ui_time(attempt["completionTime"]) - _ui_time(attempt["submissionTime"]))
-        return max(durations) if durations else None
+                    windows.append((_ui_time(attempt["submissionTime"]), _ui_time(attempt["completionTime"])))
+        return max(windows, key=lambda w: w[1] - w[0]) if windows else None
 
     def _get(self, path: str):
         with urllib.request.urlopen(self.api + path, timeout=30) as response:
             return json.load(response)
 
 
-def _busy_cpu_seconds() -> float:
-    """CPU seconds the machine has spent busy (all cores, all processes; /proc/stat, Linux): the
-    JVM's and the Python workers' work together, which the stage's wall time on a shared machine
-    only shows through the noise. NaN elsewhere."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return float("nan")
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+class _CpuSampler(threading.Thread):
+    """Samples every 20 ms how many CPU seconds the machine has spent busy (all cores, all
+    processes; /proc/stat, Linux), so that a stage's CPU time can be read off between its
+    submission and completion: the JVM's and the Python workers' work together, which a stage's
+    wall time on a shared 2-core machine only shows through the noise. NaN elsewhere."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.times: list[float] = []
+        self.busy: list[float] = []
+        self._stop_event = threading.Event()
+        self._sample()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.02):
+            self._sample()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self._sample()
+
+    def busy_between(self, start: float, end: float) -> float:
+        return float(np.interp(end, self.times, self.busy) - np.interp(start, self.times, self.busy))
+
+    def _sample(self) -> None:
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+        except OSError:
+            ticks = None
+        self.times.append(time.time())
+        # All but idle and iowait.
+        self.busy.append((sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK") if ticks else float("nan"))
 
 
 def _ui_time(text: str) -> float:
