@@ -14,9 +14,9 @@ Rows/s of:
   (d) one process reading the same Parquet files with pyarrow and running the same scoring core
       (d0: features, preprocessing and model only), torch on one thread.
 Targets: (a) >= 0.9 x (b), and (a) > (c). Beside the stages' wall times, the CPU seconds the
-machine spent during each stage (JVM and Python workers together, from /proc/stat): on a small
-machine where the JVM and the Python workers share the cores, wall time follows CPU time, and
-the CPU figure is the steadier one. Then the peak RSS of the Spark Python workers (and of
+machine spent during each stage (JVM and Python workers together, from /proc/stat), and how
+much of it the Python workers spent: on a small machine where the JVM and the Python workers
+share the cores, wall time follows CPU time, and the CPU figures are the steadier ones. Then the peak RSS of the Spark Python workers (and of
 the JVM, which is the executor in local mode) while the scoring stage runs over the table and over
 ten copies of it unioned: it should stay flat, bounded by the Arrow batch size.
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         }
         stage: dict[str, list[float]] = {k: [] for k in measures}
         action: dict[str, list[float]] = {k: [] for k in measures}
-        cpu: dict[str, list[float]] = {k: [] for k in measures}
+        cpu: dict[str, list[tuple[float, float, float]]] = {k: [] for k in measures}
         # Interleaved repetitions, best of each: the machine is shared, so the best is the
         # least disturbed measurement of the same work.
         for _ in range(args.repeat):
@@ -136,12 +136,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             results[key] = rows / min(stage[key])
             results[key + "_median"] = rows / float(np.median(stage[key]))
             results[key + "_action"] = rows / min(action[key])
-            results[key + "_cpu"] = float(np.median(cpu[key]))
+            machine, jvm, python = np.median(np.array(cpu[key]), axis=0)
+            results[key + "_cpu"], results[key + "_jvm_cpu"], results[key + "_python_cpu"] = float(machine), float(jvm), float(python)
         results["d"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, True), rows) for _ in range(args.repeat))
         results["d0"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, False), rows) for _ in range(args.repeat))
 
         print()
-        print(f"{'rows/s, best of ' + str(args.repeat):<62}{'stage':>12}{'action':>12}{'stage median':>14}{'CPU-s median':>14}")
+        print(f"{'rows/s, best of ' + str(args.repeat) + '; CPU-s: stage medians':<62}{'stage':>12}{'action':>12}{'stage median':>14}{'CPU-s: all':>12}{'JVM':>7}{'Python':>8}")
         labels = {
             "a": "(a) nightly job: scoring stage | whole run",
             "b": "(b) pandas UDF that does nothing (transfer floor)",
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         }
         for key, label in labels.items():
             print(f"{label:<62}{results[key]:>12,.0f}{results[key + '_action']:>12,.0f}{results[key + '_median']:>14,.0f}"
-                  f"{results[key + '_cpu']:>14.2f}")
+                  f"{results[key + '_cpu']:>12.2f}{results[key + '_jvm_cpu']:>7.2f}{results[key + '_python_cpu']:>8.2f}")
         print(f"{'(d) one process: pyarrow + the same scoring core':<62}{results['d']:>12,.0f}")
         print(f"{'    one process: pyarrow + features + model only':<62}{results['d0']:>12,.0f}")
         print(f"(a)/(b) = {results['a'] / results['b']:.2f}  (target >= 0.9; stages; medians: {results['a_median'] / results['b_median']:.2f})")
@@ -187,13 +188,17 @@ class _StageTimer:
         self.spark = spark
         self.rows = rows
         sc = spark.sparkContext
+        self.jvm_pid = sc._jvm.java.lang.ProcessHandle.current().pid()
         self.api = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}" if sc.uiWebUrl else None
 
-    def measure(self, key: str, action) -> tuple[float, float, float]:
-        """(stage seconds, action seconds, CPU seconds the machine spent during the stage)."""
+    def measure(self, key: str, action) -> tuple[float, float, tuple[float, float, float]]:
+        """(stage seconds, action seconds, CPU seconds of the stage: the machine's, the JVM's and
+        the Python workers'). The Python workers are read before and after the action (only its
+        scoring stage runs Python), the rest between the stage's submission and completion."""
         group = f"bench-{key}-{time.monotonic_ns()}"
         self.spark.sparkContext.setJobGroup(group, group)
-        sampler = _CpuSampler()
+        _, workers = _spark_processes(self.jvm_pid)
+        sampler = _CpuSampler(self.jvm_pid)
         sampler.start()
         started = time.perf_counter()
         try:
@@ -202,10 +207,9 @@ class _StageTimer:
             self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
             sampler.stop()
         seconds = time.perf_counter() - started
-        window = self._stage_window(group)
-        if window is None:
-            return seconds, seconds, sampler.busy_between(sampler.times[0], sampler.times[-1])
-        return window[1] - window[0], seconds, sampler.busy_between(*window)
+        python_cpu = _python_cpu(workers, _spark_processes(self.jvm_pid)[1])
+        window = self._stage_window(group) or (sampler.times[0], sampler.times[-1])
+        return (window[1] - window[0] if window else seconds), seconds, (*sampler.between(*window), python_cpu)
 
     def _stage_window(self, group: str) -> tuple[float, float] | None:
         """(submission, completion) in epoch seconds of the longest stage of `group` that scanned
@@ -227,15 +231,18 @@ class _StageTimer:
 
 
 class _CpuSampler(threading.Thread):
-    """Samples every 20 ms how many CPU seconds the machine has spent busy (all cores, all
-    processes; /proc/stat, Linux), so that a stage's CPU time can be read off between its
-    submission and completion: the JVM's and the Python workers' work together, which a stage's
-    wall time on a shared 2-core machine only shows through the noise. NaN elsewhere."""
+    """Samples every 20 ms how many CPU seconds the machine (all cores, all processes; /proc/stat)
+    and the JVM (/proc/PID/stat) have spent, so that a stage's CPU time can be read off between
+    its submission and completion: the work a stage's wall time on a shared 2-core machine only
+    shows through the noise. Linux only (NaN elsewhere)."""
 
-    def __init__(self):
+    def __init__(self, jvm_pid: int):
         super().__init__(daemon=True)
+        self.jvm_pid = jvm_pid
+        self.tick = os.sysconf("SC_CLK_TCK")
         self.times: list[float] = []
-        self.busy: list[float] = []
+        self.machine: list[float] = []
+        self.jvm: list[float] = []
         self._stop_event = threading.Event()
         self._sample()
 
@@ -248,18 +255,25 @@ class _CpuSampler(threading.Thread):
         self.join()
         self._sample()
 
-    def busy_between(self, start: float, end: float) -> float:
-        return float(np.interp(end, self.times, self.busy) - np.interp(start, self.times, self.busy))
+    def between(self, start: float, end: float) -> tuple[float, float]:
+        """(machine, JVM) CPU seconds between two epoch times."""
+        return tuple(float(np.interp(end, self.times, v) - np.interp(start, self.times, v)) for v in (self.machine, self.jvm))
 
     def _sample(self) -> None:
         try:
             with open("/proc/stat") as f:
                 ticks = [int(v) for v in f.readline().split()[1:]]
-        except OSError:
-            ticks = None
+            # user, nice, system, irq, softirq: not idle, iowait, or time the hypervisor gave to
+            # other machines (steal); guest time is already inside user.
+            machine = (sum(ticks[0:3]) + ticks[5] + ticks[6]) / self.tick
+            with open(f"/proc/{self.jvm_pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            jvm = (int(fields[11]) + int(fields[12])) / self.tick
+        except (OSError, IndexError, ValueError):
+            machine = jvm = float("nan")
         self.times.append(time.time())
-        # All but idle and iowait.
-        self.busy.append((sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK") if ticks else float("nan"))
+        self.machine.append(machine)
+        self.jvm.append(jvm)
 
 
 def _ui_time(text: str) -> float:
@@ -440,6 +454,50 @@ def _memory_run(spark, settings: Settings, day, copies: int) -> tuple[dict[str, 
     return sampler.peaks, seconds
 
 
+def _spark_processes(jvm_pid: int) -> tuple[tuple[float, float], dict[int, tuple[float, float]]]:
+    """(RSS MiB, CPU seconds so far) of the JVM, and of each of its Python workers by pid, from
+    /proc (Linux only)."""
+    parents, usage = {}, {}
+    tick, page_mib = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE") / 2**20
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry.name}/statm") as f:
+                pages = int(f.read().split()[1])
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ..., utime (11), stime (12)
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        usage[pid] = (pages * page_mib, (int(fields[11]) + int(fields[12])) / tick)
+
+    def descends(pid: int) -> bool:
+        while pid in parents and pid > 1:
+            pid = parents[pid]
+            if pid == jvm_pid:
+                return True
+        return False
+
+    workers = {pid: usage[pid] for pid in usage if pid != jvm_pid and descends(pid) and _is_python_worker(pid)}
+    return usage.get(jvm_pid, (0.0, 0.0)), workers
+
+
+def _is_python_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"pyspark" in f.read()
+    except OSError:
+        return False
+
+
+def _python_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]) -> float:
+    """CPU seconds the Python workers spent between two `_spark_processes` readings."""
+    return sum(cpu - before.get(pid, (0.0, 0.0))[1] for pid, (_, cpu) in after.items())
+
+
 class _RssSampler(threading.Thread):
     """Samples /proc every 0.1 s: peak RSS of the JVM, of its largest Python worker, and of all its
     Python workers together (MiB). Linux only."""
@@ -460,39 +518,11 @@ class _RssSampler(threading.Thread):
         self.join()
 
     def _sample(self) -> None:
-        parents, rss = {}, {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    stat = f.read()
-                with open(f"/proc/{entry.name}/statm") as f:
-                    pages = int(f.read().split()[1])
-            except OSError:
-                continue
-            pid = int(entry.name)
-            parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
-            rss[pid] = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-        workers = [pid for pid in parents if pid != self.jvm_pid and self._descends(pid, parents) and self._is_python_worker(pid)]
-        self.peaks["jvm"] = max(self.peaks["jvm"], rss.get(self.jvm_pid, 0.0))
-        self.peaks["worker"] = max([self.peaks["worker"]] + [rss[p] for p in workers])
-        self.peaks["workers"] = max(self.peaks["workers"], sum(rss[p] for p in workers))
-
-    @staticmethod
-    def _is_python_worker(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return b"pyspark" in f.read()
-        except OSError:
-            return False
-
-    def _descends(self, pid: int, parents: dict[int, int]) -> bool:
-        while pid in parents and pid > 1:
-            pid = parents[pid]
-            if pid == self.jvm_pid:
-                return True
-        return False
+        (jvm_rss, _), workers = _spark_processes(self.jvm_pid)
+        rss = [r for r, _ in workers.values()]
+        self.peaks["jvm"] = max(self.peaks["jvm"], jvm_rss)
+        self.peaks["worker"] = max([self.peaks["worker"]] + rss)
+        self.peaks["workers"] = max(self.peaks["workers"], sum(rss))
 
 
 if __name__ == "__main__":
