@@ -188,7 +188,7 @@ class _StageTimer:
         self.spark = spark
         self.rows = rows
         sc = spark.sparkContext
-        self.jvm_pid = sc._jvm.java.lang.ProcessHandle.current().pid()
+        self.jvm_pid = _jvm_pid(spark)
         self.api = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}" if sc.uiWebUrl else None
 
     def measure(self, key: str, action) -> tuple[float, float, tuple[float, float, float]]:
@@ -209,7 +209,7 @@ class _StageTimer:
         seconds = time.perf_counter() - started
         python_cpu = _python_cpu(workers, _spark_processes(self.jvm_pid)[1])
         window = self._stage_window(group) or (sampler.times[0], sampler.times[-1])
-        return (window[1] - window[0] if window else seconds), seconds, (*sampler.between(*window), python_cpu)
+        return window[1] - window[0], seconds, (*sampler.between(*window), python_cpu)
 
     def _stage_window(self, group: str) -> tuple[float, float] | None:
         """(submission, completion) in epoch seconds of the longest stage of `group` that scanned
@@ -230,29 +230,43 @@ class _StageTimer:
             return json.load(response)
 
 
-class _CpuSampler(threading.Thread):
-    """Samples every 20 ms how many CPU seconds the machine (all cores, all processes; /proc/stat)
-    and the JVM (/proc/PID/stat) have spent, so that a stage's CPU time can be read off between
-    its submission and completion: the work a stage's wall time on a shared 2-core machine only
-    shows through the noise. Linux only (NaN elsewhere)."""
+class _Sampler(threading.Thread):
+    """A thread that calls `_sample` now, every `interval` seconds, and once more on `stop`."""
 
-    def __init__(self, jvm_pid: int):
+    interval = 0.1
+
+    def __init__(self):
         super().__init__(daemon=True)
-        self.jvm_pid = jvm_pid
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.times: list[float] = []
-        self.machine: list[float] = []
-        self.jvm: list[float] = []
         self._stop_event = threading.Event()
-        self._sample()
 
     def run(self) -> None:
-        while not self._stop_event.wait(0.02):
+        while not self._stop_event.wait(self.interval):
             self._sample()
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+
+class _CpuSampler(_Sampler):
+    """Samples every 20 ms how many CPU seconds the machine (all cores, all processes; /proc/stat)
+    and the JVM (/proc/PID/stat) have spent, so that a stage's CPU time can be read off between
+    its submission and completion: the work a stage's wall time on a shared 2-core machine only
+    shows through the noise. Linux only (NaN elsewhere)."""
+
+    interval = 0.02
+
+    def __init__(self, jvm_pid: int):
+        super().__init__()
+        self.jvm_pid = jvm_pid
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.times: list[float] = []
+        self.machine: list[float] = []
+        self.jvm: list[float] = []
         self._sample()
 
     def between(self, start: float, end: float) -> tuple[float, float]:
@@ -440,8 +454,7 @@ def _memory_run(spark, settings: Settings, day, copies: int) -> tuple[dict[str, 
     scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals)
     output = choose_output_columns(day.columns, settings.score, "bench")
     flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc))
-    jvm = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
-    sampler = _RssSampler(jvm)
+    sampler = _RssSampler(_jvm_pid(spark))
     sampler.start()
     started = time.perf_counter()
     try:
@@ -452,6 +465,11 @@ def _memory_run(spark, settings: Settings, day, copies: int) -> tuple[dict[str, 
     if totals.value.rows != copies * day.count():
         raise RuntimeError(f"the memory run scored {totals.value.rows:,} rows, not {copies} x the day's")
     return sampler.peaks, seconds
+
+
+def _jvm_pid(spark) -> int:
+    """The driver JVM's pid: in local mode, also the executor's."""
+    return spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
 
 
 def _spark_processes(jvm_pid: int) -> tuple[tuple[float, float], dict[int, tuple[float, float]]]:
@@ -498,24 +516,15 @@ def _python_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[f
     return sum(cpu - before.get(pid, (0.0, 0.0))[1] for pid, (_, cpu) in after.items())
 
 
-class _RssSampler(threading.Thread):
+class _RssSampler(_Sampler):
     """Samples /proc every 0.1 s: peak RSS of the JVM, of its largest Python worker, and of all its
     Python workers together (MiB). Linux only."""
 
     def __init__(self, jvm_pid: int):
-        super().__init__(daemon=True)
+        super().__init__()
         self.jvm_pid = jvm_pid
         self.peaks = {"jvm": 0.0, "worker": 0.0, "workers": 0.0}
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self._sample()
-            self._stop_event.wait(0.1)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
+        self._sample()
 
     def _sample(self) -> None:
         (jvm_rss, _), workers = _spark_processes(self.jvm_pid)

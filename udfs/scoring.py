@@ -84,7 +84,7 @@ def scoring_udf(
         scoring = load_scoring_model(bundle_broadcast, sha256)
         names = list(scoring.feature_set.inputs)
         for columns in batches:
-            raw = pa.RecordBatch.from_arrays(_as_tuple(columns), names=names)  # no copy
+            raw = pa.RecordBatch.from_arrays(_column_list(columns), names=names)  # no copy
             batch = score_rows(scoring, raw, top_k=top_k)
             if totals is not None:
                 totals.add(batch.totals)
@@ -96,7 +96,7 @@ def scoring_udf(
     return arrow_udf(score, SCORED_TYPE).asNondeterministic()
 
 
-def _as_tuple(columns: Union[pa.Array, Tuple[pa.Array, ...]]) -> list[pa.Array]:
+def _column_list(columns: Union[pa.Array, Tuple[pa.Array, ...]]) -> list[pa.Array]:
     """An iterator Arrow UDF gets a tuple of arrays per batch, or the array itself for one column."""
     return list(columns) if isinstance(columns, tuple) else [columns]
 
