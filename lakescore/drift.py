@@ -23,14 +23,21 @@ DEFAULT_BINS = 10
 
 
 def reference_histogram(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, list[float]]:
-    """Quantile-edged histogram of finite `values` (at most `bins` bins; fewer if values repeat)."""
+    """Histogram of finite `values` for drift: quantile edges (at most `bins` bins; fewer where
+    values repeat), or, for a feature of at most `bins` distinct values (a flag, a one-hot
+    category), one bin per value, so that a change in how often each value occurs shows in PSI.
+    (Quantile edges alone would give a 0/1 flag the edges [0, 1]: one bin, and a PSI of 0 whatever
+    its rate.)"""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if values.size == 0:
         return {"edges": [0.0, 1.0], "fractions": [1.0]}
-    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)))
-    if edges.size < 2:
-        edges = np.array([edges[0], edges[0] + 1.0])
+    distinct = np.unique(values)
+    if distinct.size <= bins:
+        # Bin i holds distinct[i]: edges at the values, and one past the largest.
+        edges = np.append(distinct, distinct[-1] + 1.0)
+    else:
+        edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, bins + 1)))
     counts = np.bincount(bin_index(values, edges), minlength=edges.size - 1)
     return {"edges": edges.tolist(), "fractions": (counts / counts.sum()).tolist()}
 
