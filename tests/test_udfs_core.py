@@ -168,14 +168,26 @@ def test_all_features_are_binned_at_once_exactly_as_drift_bin_index_bins_each(ml
     layout = MetricLayout.from_bundle(mlp_bundle)
     rng = np.random.default_rng(10)
     x = rng.normal(0.0, 2.0, size=(500, N_FEATURES)).astype(np.float32)
-    edges = layout.feature_edges[0]
-    x[:6, 0] = [np.nan, edges[0] - 1.0, edges[0], edges[1], edges[-1], edges[-1] + 5.0]  # edges and beyond
+    sorted_, compared = [], []
+    for i, name in enumerate(layout.binned):
+        (sorted_ if len(layout.feature_edges[i]) > 4 else compared).append(layout.features.index(name))
+    assert sorted_ and compared  # both ways of binning are checked: continuous features and flags
+    for column in (sorted_[0], compared[0]):
+        edges = layout.feature_edges[layout.binned.index(layout.features[column])]
+        # NaN, below the first edge, exactly on edges (the smallest float32 at or above each), beyond the last.
+        on = [_float32_at_or_above(e) for e in edges]
+        x[:6, column] = [np.nan, edges[0] - 1.0, on[0], on[1], on[-1], edges[-1] + 5.0]
     scores = rng.random(500)
     counts = layout.split(count_batch(layout, x, x, scores, scores > 0.5, np.zeros(N_FEATURES)))
     for i, name in enumerate(layout.features):
         expected = np.bincount(bin_index(x[:, i], layout.feature_edges[i]), minlength=len(layout.feature_edges[i]) - 1)
         np.testing.assert_array_equal(counts.feature_bins[name], expected)
     np.testing.assert_array_equal(counts.score_bins, np.bincount(bin_index(scores, layout.score_edges), minlength=len(layout.score_edges) - 1))
+
+
+def _float32_at_or_above(value: float) -> np.float32:
+    v = np.float32(value)
+    return v if v >= value else np.nextafter(v, np.float32(np.inf))
 
 
 def test_an_empty_batch_scores_nothing_and_counts_zero(mlp_bundle):

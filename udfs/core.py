@@ -30,7 +30,6 @@ from torch import nn
 
 from lakescore import schemas as S
 from lakescore.bundle import Bundle
-from lakescore.drift import bin_index
 from lakescore.features import FeatureSet, RawRows, feature_set_from_manifest
 from lakescore.models import MLP, explain_batch, model_from_bundle, score_batch
 from lakescore.preprocess import Preprocessing
@@ -97,6 +96,21 @@ class ScoreGrid:
         return self.value(int(np.searchsorted(np.cumsum(counts), rank)))
 
 
+# A feature with more interior edges than this is binned by sorting its column once and looking the
+# edges up in it; one with fewer by comparing the column with each edge (binary features: one edge).
+_COMPARED_EDGES = 2
+
+
+@dataclass(frozen=True)
+class _Binning:
+    """Per binned feature: (its column in x, its interior edges as float32, its first bin in the
+    feature-bin counts, its row among the sorted columns or -1 if it is compared instead)."""
+
+    features: tuple[tuple[int, np.ndarray, int, int], ...]
+    sorted_columns: np.ndarray  # the columns of x that are sorted, in row order
+    total: int  # bins of all binned features
+
+
 @dataclass(frozen=True)
 class MetricLayout:
     """How the per-batch counts are laid out in one int64 vector, and the edges they count with.
@@ -137,13 +151,11 @@ class MetricLayout:
         return 3 + len(self.features) + histograms + self.grid.bins
 
     @cached_property
-    def _binning(self) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray, int]:
-        """(columns of the binned features, each one's interior edges as float32, bin offsets,
-        total bins): what `count_batch` needs to bin every feature of a batch."""
+    def _binning(self) -> "_Binning":
+        """How `count_batch` bins every feature of a batch (see `_Binning`)."""
         column = {name: i for i, name in enumerate(self.features)}
-        columns = np.array([column[name] for name in self.binned], dtype=np.int64)
-        inner = []
-        for edges in self.feature_edges:
+        features, at, sorted_rows = [], 0, 0
+        for name, edges in zip(self.binned, self.feature_edges):
             # Preprocessed features are float32: for a float32 v, v >= e exactly when v >= the
             # smallest float32 at or above e, so comparing in float32 against edges rounded up
             # keeps lakescore.drift.bin_index's bins without converting the batch to float64.
@@ -151,10 +163,17 @@ class MetricLayout:
             edges32 = exact.astype(np.float32)
             low = edges32 < exact
             edges32[low] = np.nextafter(edges32[low], np.float32(np.inf))
-            inner.append(edges32)
-        bins = np.array([len(e) - 1 for e in self.feature_edges], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(bins)[:-1]]).astype(np.int64)
-        return columns, tuple(inner), offsets, int(bins.sum())
+            row = -1
+            if len(edges32) > _COMPARED_EDGES:
+                row, sorted_rows = sorted_rows, sorted_rows + 1
+            features.append((column[name], edges32, at, row))
+            at += len(edges) - 1
+        sorted_columns = np.array([c for c, _, _, row in features if row >= 0], dtype=np.int64)
+        return _Binning(tuple(features), sorted_columns, at)
+
+    @cached_property
+    def _score_inner_edges(self) -> np.ndarray:
+        return np.asarray(self.score_edges[1:-1], dtype=np.float64)
 
     def split(self, vector: np.ndarray) -> "RunCounts":
         """Read a (summed) count vector back into named parts."""
@@ -379,7 +398,9 @@ def count_batch(
         with_invalid |= ~np.isfinite(raw_features[:, j])
     rows_with_invalid = int(with_invalid.sum())
     header = [len(scores), int(flagged.sum()), rows_with_invalid]
-    score_bins = np.bincount(bin_index(scores, layout.score_edges), minlength=len(layout.score_edges) - 1)
+    score_bins = np.zeros(len(layout.score_edges) - 1, dtype=np.int64)
+    if len(scores):
+        _bins_of_sorted(np.sort(scores), layout._score_inner_edges, score_bins)
     score_grid = np.bincount(layout.grid.index(scores), minlength=layout.grid.bins)
     return np.concatenate(
         [
@@ -395,25 +416,50 @@ def count_batch(
 def _feature_bins(layout: MetricLayout, x: np.ndarray) -> np.ndarray:
     """Bin counts of every binned feature of `x`, in layout order, with the bins of
     lakescore.drift.bin_index (below the first edge -> first bin, from the last edge up -> last
-    bin, NaN -> first bin). Each column is sorted once and the edges are looked up in it: a
-    histogram from a few binary searches per feature, about 4x faster than comparing every value
-    with every edge."""
-    columns, inner_edges, offsets, total = layout._binning
-    counts = np.zeros(total, dtype=np.int64)
-    if not total or not len(x):
+    bin, NaN -> first bin). A column with several edges is sorted once and the edges are looked up
+    in it (a few binary searches instead of comparing every value with every edge); one with a
+    single edge (a binary feature) is compared with it."""
+    binning = layout._binning
+    counts = np.zeros(binning.total, dtype=np.int64)
+    n = len(x)
+    if not binning.total or not n:
         return counts
-    ordered = np.asarray(x, dtype=np.float32).T[columns]  # a copy, one feature per row
+    x = np.asarray(x, dtype=np.float32)
+    ordered = x.T[binning.sorted_columns]  # a copy, one feature per row
     ordered.sort(axis=1)  # NaN sorts last
-    n = ordered.shape[1]
-    for i, edges in enumerate(inner_edges):
-        values = ordered[i]
-        below = np.searchsorted(values, edges, side="left")  # values < each edge
-        # NaN sorts last: counted in the first bin (preprocessed features have none).
-        numbers = int(np.searchsorted(values, np.float32(np.inf), side="right")) if np.isnan(values[-1]) else n
-        part = counts[offsets[i] : offsets[i] + len(edges) + 1]
-        part[:] = np.diff(below, prepend=0, append=numbers)
-        part[0] += n - numbers
+    for column, edges, at, row in binning.features:
+        if row >= 0:
+            _bins_of_sorted(ordered[row], edges, counts[at : at + len(edges) + 1])
+        else:
+            _bins_by_comparing(x[:, column], edges, counts[at : at + len(edges) + 1])
     return counts
+
+
+def _bins_of_sorted(values: np.ndarray, inner_edges: np.ndarray, out: np.ndarray) -> None:
+    """Write into `out` the bin counts of sorted `values` (NaN last) for these interior edges."""
+    if not len(inner_edges):
+        out[0] = len(values)
+        return
+    below = values.searchsorted(inner_edges, side="left")  # values < each edge; NaN is not
+    valid = len(values) if not np.isnan(values[-1]) else int(values.searchsorted(values.dtype.type(np.inf), side="right"))
+    _fill_bins(below, valid - below[-1], len(values), out)
+
+
+def _bins_by_comparing(values: np.ndarray, inner_edges: np.ndarray, out: np.ndarray) -> None:
+    """`_bins_of_sorted` for unsorted `values` with few edges: one comparison per value and edge."""
+    if not len(inner_edges):
+        out[0] = len(values)
+        return
+    below = np.array([np.count_nonzero(values < e) for e in inner_edges], dtype=np.int64)
+    _fill_bins(below, np.count_nonzero(values >= inner_edges[-1]), len(values), out)
+
+
+def _fill_bins(below: np.ndarray, last: int, n: int, out: np.ndarray) -> None:
+    """Bins from the counts below each interior edge and at or above the last; what is left
+    (values below the first edge, and NaN) is the first bin."""
+    out[1:-1] = below[1:] - below[:-1]
+    out[-1] = last
+    out[0] = n - (below[-1] - below[0]) - last
 
 
 def _finite_or_none(value: float) -> float | None:
