@@ -122,6 +122,23 @@ def test_scores_are_deterministic_and_explanations_rank_features(tmp_path, kind)
         np.testing.assert_allclose(all_contrib.sum(axis=1), first, rtol=1e-5)
 
 
+def test_the_mlp_explanation_is_autograd_gradient_times_input_bit_for_bit():
+    torch.manual_seed(3)
+    model = build_model({"kind": MLP, "n_features": 6, "hidden": [16, 8], "dropout": 0.3}).eval()
+    x = torch.randn(40, 6)
+    with torch.enable_grad():
+        leaf = x.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(model(leaf).sum(), leaf)
+    with torch.inference_mode():
+        assert torch.equal(model.logit_gradient(x), gradient)
+    order, contributions = explain_batch(model, MLP, x.numpy(), top_k=6)
+    expected = (gradient * x).double().numpy()
+    np.testing.assert_array_equal(contributions, np.take_along_axis(expected, order, axis=1))
+    assert np.all(np.diff(contributions, axis=1) <= 0)  # largest first
+    with pytest.raises(RuntimeError, match="eval"):
+        model.train().logit_gradient(x)
+
+
 def test_scoring_no_rows_returns_empty_arrays(tmp_path):
     model = model_from_bundle(_write(tmp_path))
     assert score_batch(model, MLP, np.empty((0, 3), np.float32)).shape == (0,)
