@@ -105,6 +105,8 @@ class ArrowColumns(RawColumns):
             column, kind = column.cast(kind.value_type), kind.value_type
         if pa.types.is_float64(kind):
             return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)  # nulls -> NaN
+        if (pa.types.is_integer(kind) or pa.types.is_boolean(kind)) and column.null_count == 0:
+            return column.to_numpy(zero_copy_only=False).astype(np.float64)  # a third of a cast's time
         if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_boolean(kind):
             # Nulls become NaN.
             return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -215,39 +217,42 @@ def _hour_circle(hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sin(angle), np.cos(angle)
 
 
+def _log1p_of_positive(values: np.ndarray) -> np.ndarray:
+    """log(1 + max(v, 0)); NaN stays NaN."""
+    return np.log1p(np.maximum(values, 0.0))
+
+
 def _transactions(raw: RawColumns) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore", divide="ignore"):
-        amount = raw.numbers(S.AMOUNT)
-        avg = raw.numbers(S.ACCOUNT_AVG_AMOUNT)
         # Heavy tails: amounts, distances and gaps are compared on a log scale.
-        log_amount = np.log1p(np.clip(amount, 0.0, None))
-        hour = raw.numbers(S.HOUR_OF_DAY)
-        km_prev = raw.numbers(S.KM_FROM_PREV)
+        log_amount = _log1p_of_positive(raw.numbers(S.AMOUNT))
+        km_prev = np.maximum(raw.numbers(S.KM_FROM_PREV), 0.0)
         gap = raw.numbers(S.SECONDS_SINCE_PREV)
-        hour_sin, hour_cos = _hour_circle(hour)
+        hour_sin, hour_cos = _hour_circle(raw.numbers(S.HOUR_OF_DAY))
         out = {
             "log_amount": log_amount,
-            "log_amount_vs_account": log_amount - np.log1p(np.clip(avg, 0.0, None)),
+            "log_amount_vs_account": log_amount - _log1p_of_positive(raw.numbers(S.ACCOUNT_AVG_AMOUNT)),
             "hour_sin": hour_sin,
             "hour_cos": hour_cos,
-            "log_distance_km": np.log1p(np.clip(raw.numbers(S.DISTANCE_FROM_HOME_KM), 0.0, None)),
-            "log_seconds_since_prev": np.log1p(np.clip(gap, 0.0, None)),
-            "log_km_from_prev": np.log1p(np.clip(km_prev, 0.0, None)),
+            "log_distance_km": _log1p_of_positive(raw.numbers(S.DISTANCE_FROM_HOME_KM)),
+            "log_seconds_since_prev": _log1p_of_positive(gap),
+            "log_km_from_prev": np.log1p(km_prev),
             # Implied travel speed since the previous payment; gaps under a minute count as one.
-            "log_speed_kmh": np.log1p(np.clip(km_prev, 0.0, None) / np.maximum(gap / 3600.0, 1.0 / 60.0)),
-            "log_txn_count_1h": np.log1p(np.clip(raw.numbers(S.TXN_COUNT_1H), 0.0, None)),
-            "log_txn_count_24h": np.log1p(np.clip(raw.numbers(S.TXN_COUNT_24H), 0.0, None)),
+            "log_speed_kmh": np.log1p(km_prev / np.maximum(gap / 3600.0, 1.0 / 60.0)),
+            "log_txn_count_1h": _log1p_of_positive(raw.numbers(S.TXN_COUNT_1H)),
+            "log_txn_count_24h": _log1p_of_positive(raw.numbers(S.TXN_COUNT_24H)),
             "new_device": raw.numbers(S.NEW_DEVICE),
             "card_present": raw.numbers(S.CARD_PRESENT),
             "country_changed": raw.numbers(S.COUNTRY_CHANGED),
         }
-    # One hashing pass to category codes (-1: null or unknown), then integer compares: comparing
-    # the strings once per category cost more than the model in the scoring UDF.
+    # One hashing pass to category codes (-1: null or unknown), then one integer compare per
+    # category: comparing the strings once per category cost more than the model in the UDF.
     codes = raw.codes(S.MERCHANT_CATEGORY, S.MERCHANT_CATEGORIES)
-    known = codes >= 0
+    one_hot = (codes == np.arange(len(S.MERCHANT_CATEGORIES))[:, None]).astype(np.float32)
+    # An unknown or null category is NaN in every slot, so it is imputed, not read as "none".
+    one_hot[:, codes < 0] = np.nan
     for i, name in enumerate(S.MERCHANT_CATEGORIES):
-        # An unknown or null category is NaN in every slot, so it is imputed, not read as "none".
-        out[f"category_{name}"] = np.where(known, (codes == i).astype(np.float64), np.nan)
+        out[f"category_{name}"] = one_hot[i]
     return out
 
 
