@@ -504,11 +504,16 @@ def _spark_processes(jvm_pid: int) -> tuple[tuple[float, float], dict[int, tuple
 
 
 def _is_python_worker(pid: int) -> bool:
+    """A Python process running pyspark's daemon or worker. The program is checked as well as the
+    arguments: a process the JVM forks to run a command (Hadoop's local file system runs `chmod`
+    and `stat` while Delta writes) carries the JVM's command line, pyspark's jars included, and
+    its memory, until it execs."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"pyspark" in f.read()
+            argv = f.read().split(b"\0")
     except OSError:
         return False
+    return b"python" in os.path.basename(argv[0]) and any(b"pyspark" in arg for arg in argv[1:])
 
 
 def _python_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]]) -> float:
