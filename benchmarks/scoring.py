@@ -16,9 +16,10 @@ Rows/s of:
 Targets: (a) >= 0.9 x (b), and (a) > (c). Beside the stages' wall times, the CPU seconds the
 machine spent during each stage (JVM and Python workers together, from /proc/stat), and how
 much of it the Python workers spent: on a small machine where the JVM and the Python workers
-share the cores, wall time follows CPU time, and the CPU figures are the steadier ones. Then the peak RSS of the Spark Python workers (and of
-the JVM, which is the executor in local mode) while the scoring stage runs over the table and over
-ten copies of it unioned: it should stay flat, bounded by the Arrow batch size.
+share the cores, wall time follows CPU time, and the CPU figures are the steadier ones. Then
+the peak RSS of the Spark Python workers (and of the JVM, which is the executor in local mode)
+while the scoring stage runs over the table and over ten copies of it unioned: it should stay
+flat, bounded by the Arrow batch size.
 
 The model is an MLP 21-64-32-1 trained for a few full-batch epochs on a sample of the table
 (enough for realistic scores and a 0.5% alert rate; its accuracy is not the point here).

@@ -436,30 +436,22 @@ def _feature_bins(layout: MetricLayout, x: np.ndarray) -> np.ndarray:
 
 
 def _bins_of_sorted(values: np.ndarray, inner_edges: np.ndarray, out: np.ndarray) -> None:
-    """Write into `out` the bin counts of sorted `values` (NaN last) for these interior edges."""
-    if not len(inner_edges):
-        out[0] = len(values)
-        return
-    below = values.searchsorted(inner_edges, side="left")  # values < each edge; NaN is not
+    """Write into `out` the bin counts of sorted, non-empty `values` (NaN last) for these interior edges."""
     valid = len(values) if not np.isnan(values[-1]) else int(values.searchsorted(values.dtype.type(np.inf), side="right"))
-    _fill_bins(below, valid - below[-1], len(values), out)
+    _fill_bins(valid - values.searchsorted(inner_edges, side="left"), len(values), out)  # NaN is never below
 
 
 def _bins_by_comparing(values: np.ndarray, inner_edges: np.ndarray, out: np.ndarray) -> None:
     """`_bins_of_sorted` for unsorted `values` with few edges: one comparison per value and edge."""
-    if not len(inner_edges):
-        out[0] = len(values)
-        return
-    below = np.array([np.count_nonzero(values < e) for e in inner_edges], dtype=np.int64)
-    _fill_bins(below, np.count_nonzero(values >= inner_edges[-1]), len(values), out)
+    _fill_bins(np.array([np.count_nonzero(values >= e) for e in inner_edges], dtype=np.int64), len(values), out)
 
 
-def _fill_bins(below: np.ndarray, last: int, n: int, out: np.ndarray) -> None:
-    """Bins from the counts below each interior edge and at or above the last; what is left
-    (values below the first edge, and NaN) is the first bin."""
-    out[1:-1] = below[1:] - below[:-1]
-    out[-1] = last
-    out[0] = n - (below[-1] - below[0]) - last
+def _fill_bins(at_least: np.ndarray, n: int, out: np.ndarray) -> None:
+    """Bins of n values from how many are at or above each interior edge (NaN never is): what is
+    below the first edge, NaN included, is the first bin."""
+    out[0] = n
+    out[1:] = at_least
+    out[:-1] -= at_least
 
 
 def _finite_or_none(value: float) -> float | None:
