@@ -452,7 +452,7 @@ def _memory_run(spark, settings: Settings, day, copies: int) -> tuple[dict[str, 
     rows = functools.reduce(lambda a, b: a.unionAll(b), [day] * copies)
     run = RunIdentity(f"memory-{copies}", DAY, bundle.name, bundle.version, bundle.sha256, "bench", None, bundle.threshold)
     totals = new_run_totals(spark, bundle)
-    scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals)
+    scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals, flagged_only=True)
     output = choose_output_columns(day.columns, settings.score, "bench")
     flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc))
     sampler = _RssSampler(_jvm_pid(spark))

@@ -186,7 +186,12 @@ def _score_one(
     rows_read = rows.count()
     totals = new_run_totals(spark, bundle)
     scored = score_dataframe(
-        rows, broadcast, top_k=settings.score.top_reasons, totals=totals, where=f"source {resolved.name}"
+        rows,
+        broadcast,
+        top_k=settings.score.top_reasons,
+        totals=totals,
+        where=f"source {resolved.name}",
+        flagged_only=True,  # the job writes only flagged rows; the totals still count every row
     )
     # The one action over the source rows: the flagged rows are written while the UDF adds up the
     # metrics of every row into `totals` (no cache, no second pass, no second model run).

@@ -228,6 +228,16 @@ def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, 
     assert totals.value.rows == 9
     np.testing.assert_array_equal(totals.value.counts, expected.totals.counts)
 
+    # What the job uses: only the flagged rows come back, the same ones, while the totals still
+    # count every row.
+    flagged_totals = new_run_totals(spark, bundle)
+    flagged = score_dataframe(df, broadcast_bundle(spark, bundle), top_k=3, totals=flagged_totals, flagged_only=True)
+    assert flagged.columns == scored[0].__fields__
+    only = {r[S.RECORD_ID]: r for r in flagged.collect()}
+    assert sorted(only) == [i for i in range(9) if expected.flagged[i]]
+    assert all(only[i] == by_id[i] for i in only)
+    np.testing.assert_array_equal(flagged_totals.value.counts, expected.totals.counts)
+
 
 def _write_parquet_source(spark, frame: pd.DataFrame, path: Path) -> str:
     spark.createDataFrame(frame).write.partitionBy(S.EVENT_DATE).parquet(str(path))

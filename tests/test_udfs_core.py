@@ -346,3 +346,32 @@ def test_arrow_rows_score_bit_identically_to_pandas_rows_and_the_arrow_result_ho
     assert result.field(S.REASONS).null_count == 600 - from_arrow.flagged.sum()
     empty = score_rows(scoring, batch.slice(0, 0), top_k=3).to_arrow()
     assert len(empty) == 0 and empty.type == SCORED_ARROW_TYPE
+
+
+def test_the_flagged_only_result_is_null_where_not_flagged_and_the_full_result_where_flagged(mlp_bundle):
+    import pyarrow as pa
+
+    from udfs.core import FLAGGED_ARROW_TYPE
+
+    scoring = build_scoring_model(mlp_bundle)
+    raw, _ = raw_transactions(600, seed=9)
+    raw.loc[5, S.AMOUNT] = float("nan")
+    batch = score_rows(scoring, raw, top_k=3)
+    flagged = batch.flagged.tolist()
+    assert 0 < sum(flagged) < 600
+
+    result = batch.to_arrow_flagged()
+    assert result.type == FLAGGED_ARROW_TYPE and len(result) == 600
+    assert result.null_count == 600 - sum(flagged)
+    full = batch.to_arrow().to_pylist()
+    expected = [{S.SCORE: r[S.SCORE], S.REASONS: r[S.REASONS]} if f else None for r, f in zip(full, flagged)]
+    assert result.to_pylist() == expected
+    assert all(len(r[S.REASONS]) == 3 for r in result.to_pylist() if r is not None)
+
+    # Every row flagged (no mask at all), and no row.
+    every = score_rows(scoring, raw[batch.flagged].reset_index(drop=True), top_k=3).to_arrow_flagged()
+    assert every.null_count == 0 and len(every) == sum(flagged)
+    none = score_rows(scoring, raw[~batch.flagged].reset_index(drop=True), top_k=3).to_arrow_flagged()
+    assert none.null_count == len(none) == 600 - sum(flagged)
+    empty = score_rows(scoring, pa.RecordBatch.from_pandas(raw.head(0), preserve_index=False), top_k=3).to_arrow_flagged()
+    assert len(empty) == 0 and empty.type == FLAGGED_ARROW_TYPE

@@ -286,6 +286,10 @@ SCORED_TYPE = T.StructType(
 )
 SCORED_ARROW_TYPE = to_arrow_type(SCORED_TYPE)
 _REASONS_ARROW_TYPE = SCORED_ARROW_TYPE.field(S.REASONS).type  # list<struct<feature, contribution, value>>
+# What the UDF returns when only flagged rows are wanted: `struct<score, reasons>` for a flagged
+# row, null for every other row (the flag is "not null").
+FLAGGED_TYPE = T.StructType([SCORED_TYPE[S.SCORE], SCORED_TYPE[S.REASONS]])
+FLAGGED_ARROW_TYPE = to_arrow_type(FLAGGED_TYPE)
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,9 @@ class ScoredBatch:
     """What `score_rows` returns for one batch of n rows, m of them flagged.
 
     Reasons are kept compact (m x k arrays, for the flagged rows only); `reasons` gives them as
-    Python lists of dicts, `to_arrow` as the `struct<score, is_flagged, reasons>` the UDF returns.
+    Python lists of dicts, `to_arrow` as the `struct<score, is_flagged, reasons>` the UDF returns
+    for every row, `to_arrow_flagged` as the `struct<score, reasons>` it returns for flagged rows
+    only (null for the others).
     """
 
     scores: np.ndarray  # float64 (n,)
@@ -324,6 +330,23 @@ class ScoredBatch:
 
     def to_arrow(self) -> pa.StructArray:
         """The batch as Arrow `SCORED_ARROW_TYPE`, built from the arrays (no Python objects per row)."""
+        return pa.StructArray.from_arrays(
+            [pa.array(self.scores, type=pa.float64()), pa.array(self.flagged, type=pa.bool_()), self._reasons_arrow()],
+            fields=list(SCORED_ARROW_TYPE),
+        )
+
+    def to_arrow_flagged(self) -> pa.StructArray:
+        """The batch as Arrow `FLAGGED_ARROW_TYPE`: `struct<score, reasons>` where a row is
+        flagged, null where it is not."""
+        m = len(self.explained)
+        return pa.StructArray.from_arrays(
+            [pa.array(self.scores, type=pa.float64()), self._reasons_arrow()],
+            fields=list(FLAGGED_ARROW_TYPE),
+            mask=pa.array(~self.flagged) if m < len(self.scores) else None,
+        )
+
+    def _reasons_arrow(self) -> pa.ListArray:
+        """`list<struct<feature, contribution, value>>` per row: k reasons where flagged, null elsewhere."""
         n = len(self.scores)
         m, k = self.reason_features.shape
         names = pa.array(self.feature_names, type=pa.string())
@@ -339,13 +362,9 @@ class ScoredBatch:
         per_row[self.explained] = k
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(per_row, out=offsets[1:])
-        reasons = pa.ListArray.from_arrays(
+        return pa.ListArray.from_arrays(
             pa.array(offsets), reason, type=_REASONS_ARROW_TYPE,
             mask=pa.array(~self.flagged) if m < n else None,
-        )
-        return pa.StructArray.from_arrays(
-            [pa.array(self.scores, type=pa.float64()), pa.array(self.flagged, type=pa.bool_()), reasons],
-            fields=list(SCORED_ARROW_TYPE),
         )
 
 
