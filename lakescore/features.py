@@ -13,7 +13,7 @@ preprocessing imputes them (and counts them for `run_metrics`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -86,8 +86,11 @@ class ArrowColumns(RawColumns):
     """Columns of an Arrow batch, read without a detour through pandas (the scoring UDF's path:
     converting a batch to pandas cost about a third of Spark's whole transfer)."""
 
-    def __init__(self, batch: pa.RecordBatch | pa.Table | pa.StructArray):
+    def __init__(
+        self, batch: pa.RecordBatch | pa.Table | pa.StructArray, coded: Mapping[str, tuple[str, ...]] | None = None
+    ):
         self.batch = batch
+        self.coded = coded or {}
 
     def __len__(self) -> int:
         return len(self.batch)
@@ -115,6 +118,13 @@ class ArrowColumns(RawColumns):
 
     def codes(self, name: str, categories: Sequence[str]) -> np.ndarray:
         column = self._column(name)
+        if name in self.coded:
+            if tuple(categories) != self.coded[name]:
+                raise ValueError(
+                    f"{name} arrived coded against {list(self.coded[name])}, but the feature function codes it against "
+                    f"{list(categories)}: make FeatureSet.categories list what the function uses"
+                )
+            return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
@@ -124,12 +134,15 @@ class ArrowColumns(RawColumns):
         return np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def raw_columns(raw: RawRows) -> RawColumns:
-    """The `RawColumns` view of a pandas DataFrame or an Arrow batch, table or struct array."""
+def raw_columns(raw: RawRows, coded: Mapping[str, tuple[str, ...]] | None = None) -> RawColumns:
+    """The `RawColumns` view of a pandas DataFrame or an Arrow batch, table or struct array
+    (`coded`: Arrow columns that hold category codes instead of text, see `FeatureSet.transform`)."""
     if isinstance(raw, pd.DataFrame):
+        if coded:
+            raise ValueError("coded categories come in Arrow batches (the Spark UDF), not in pandas frames")
         return PandasColumns(raw)
     if isinstance(raw, (pa.RecordBatch, pa.Table, pa.StructArray)):
-        return ArrowColumns(raw)
+        return ArrowColumns(raw, coded)
     raise TypeError(f"raw rows must be a pandas DataFrame or an Arrow batch, table or struct array, not {type(raw).__name__}")
 
 
@@ -141,24 +154,36 @@ class FeatureSet:
         name: recorded in the bundle; `feature_set_from_manifest` rebuilds it by this name.
         inputs: raw column -> kind (NUMERIC, BOOLEAN or STRING), in a fixed order.
         features: output feature names, in model input order.
+        categories: STRING input -> the categories the function codes it against
+            (`RawColumns.codes`). Spark can then send such a column to the UDF as its int codes
+            (`udfs.scoring.category_codes`) instead of its text: the JVM writes strings into
+            Arrow far more slowly than ints (benchmarks/scoring.py).
     """
 
     name: str
     inputs: Mapping[str, str]
     features: tuple[str, ...]
     _fn: Callable[[RawColumns], Mapping[str, np.ndarray]]
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def transform(self, raw: RawRows) -> np.ndarray:
+    def __post_init__(self) -> None:
+        not_text = [c for c in self.categories if self.inputs.get(c) != STRING]
+        if not_text:
+            raise ValueError(f"feature set {self.name}: categories are listed for {not_text}, which are not STRING inputs")
+
+    def transform(self, raw: RawRows, *, coded: bool = False) -> np.ndarray:
         """Return a float32 array (rows x features); nulls and bad values become NaN.
 
         `raw`: a pandas DataFrame or an Arrow record batch, table or struct array with the
         input columns; both give the same array. The array is column-major (each feature's
         values contiguous): the features are computed a column at a time, and the steps after
         (preprocessing, histograms) run faster on contiguous columns.
+        `coded`: the `categories` inputs of an Arrow `raw` hold their codes (index into the
+        categories, -1 for null or unknown), not their text; the array is the same.
         """
         if len(raw) == 0:
             return np.empty((0, len(self.features)), dtype=np.float32)
-        columns = self._fn(raw_columns(raw))
+        columns = self._fn(raw_columns(raw, self.categories if coded else None))
         out = np.empty((len(self.features), len(raw)), dtype=np.float32)
         with np.errstate(over="ignore"):  # beyond float32's range -> inf: invalid, imputed and counted
             for i, name in enumerate(self.features):
@@ -289,6 +314,7 @@ TRANSACTIONS_V1 = FeatureSet(
     )
     + tuple(f"category_{c}" for c in S.MERCHANT_CATEGORIES),
     _fn=_transactions,
+    categories={S.MERCHANT_CATEGORY: S.MERCHANT_CATEGORIES},
 )
 
 NUMERIC_PASSTHROUGH = "numeric_v1"

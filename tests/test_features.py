@@ -131,6 +131,31 @@ def test_arrow_batches_give_exactly_the_features_pandas_batches_give():
         TRANSACTIONS_V1.transform([_raw()])
 
 
+def test_category_codes_in_place_of_the_text_give_exactly_the_same_features():
+    import pyarrow as pa
+
+    from lakescore.features import FeatureSet, STRING, raw_columns
+
+    frame = _awkward_rows()
+    frame.loc[0, S.MERCHANT_CATEGORY] = "GROCERY"  # matched exactly, so unknown
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    text = raw_columns(batch).codes(S.MERCHANT_CATEGORY, S.MERCHANT_CATEGORIES)
+    assert (text == -1).sum() >= 3 and (text >= 0).sum() >= 1  # null, unknown and upper case; known
+    # As the Spark UDF gets them (udfs.scoring.category_codes): int32 codes, -1 for null or unknown.
+    coded = batch.set_column(batch.schema.get_field_index(S.MERCHANT_CATEGORY), S.MERCHANT_CATEGORY, pa.array(text, pa.int32()))
+    assert TRANSACTIONS_V1.categories == {S.MERCHANT_CATEGORY: S.MERCHANT_CATEGORIES}
+    np.testing.assert_array_equal(TRANSACTIONS_V1.transform(coded, coded=True), TRANSACTIONS_V1.transform(frame))
+    # Codes made against other categories than the function's are refused, not misread.
+    wrong = FeatureSet(TRANSACTIONS_V1.name, TRANSACTIONS_V1.inputs, TRANSACTIONS_V1.features, TRANSACTIONS_V1._fn,
+                       categories={S.MERCHANT_CATEGORY: S.MERCHANT_CATEGORIES[::-1]})
+    with pytest.raises(ValueError, match="coded against"):
+        wrong.transform(coded, coded=True)
+    with pytest.raises(ValueError, match="not in pandas"):
+        TRANSACTIONS_V1.transform(frame, coded=True)
+    with pytest.raises(ValueError, match="not STRING inputs"):
+        FeatureSet("x", {"v": STRING, "n": "numeric"}, ("n",), lambda raw: {}, categories={"n": ("a",)})
+
+
 def test_hours_on_the_circle_are_the_same_from_the_table_and_computed():
     from lakescore.features import _hour_circle
 

@@ -239,6 +239,20 @@ def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, 
     np.testing.assert_array_equal(flagged_totals.value.counts, expected.totals.counts)
 
 
+def test_category_codes_computed_in_spark_are_the_codes_of_the_text(spark):
+    import pyarrow as pa
+
+    from lakescore.features import raw_columns
+    from udfs.scoring import category_codes
+
+    values = [None, "grocery", "GROCERY", "spaceships", "", " fuel", "digital_goods", "fuel", "grocery"]
+    df = spark.createDataFrame([(i, v) for i, v in enumerate(values)], f"i int, {S.MERCHANT_CATEGORY} string")
+    rows = df.select("i", category_codes(S.MERCHANT_CATEGORY, S.MERCHANT_CATEGORIES).alias("code")).orderBy("i").collect()
+    assert df.select(category_codes(S.MERCHANT_CATEGORY, S.MERCHANT_CATEGORIES)).schema[0].dataType.simpleString() == "int"
+    expected = raw_columns(pa.RecordBatch.from_pydict({S.MERCHANT_CATEGORY: values})).codes(S.MERCHANT_CATEGORY, S.MERCHANT_CATEGORIES)
+    assert [r["code"] for r in rows] == expected.tolist() == [-1, 0, -1, -1, -1, -1, 7, 2, 0]
+
+
 def _write_parquet_source(spark, frame: pd.DataFrame, path: Path) -> str:
     spark.createDataFrame(frame).write.partitionBy(S.EVENT_DATE).parquet(str(path))
     return str(path)

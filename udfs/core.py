@@ -368,7 +368,7 @@ class ScoredBatch:
         )
 
 
-def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int) -> ScoredBatch:
+def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int, coded: bool = False) -> ScoredBatch:
     """Score one batch of raw source rows.
 
     Args:
@@ -376,10 +376,11 @@ def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int) -> ScoredBatc
         raw: at least the feature set's input columns: a pandas DataFrame, or an Arrow record
             batch or struct array (what the Spark UDF passes; no pandas conversion).
         top_k: reasons per flagged row.
+        coded: an Arrow `raw`'s category inputs hold their codes (see `FeatureSet.transform`).
 
     Deterministic: the same rows in the same batch give bit-identical output (CPU, one thread).
     """
-    raw_features = scoring.feature_set.transform(raw)
+    raw_features = scoring.feature_set.transform(raw, coded=coded)
     x, invalid_counts = scoring.preprocessing.apply(raw_features)
     scores = score_batch(scoring.model, scoring.kind, x)
     flagged = scores >= scoring.threshold

@@ -16,7 +16,7 @@ from typing import Iterator, Tuple, Union
 
 import pyarrow as pa
 from pyspark import Accumulator, Broadcast
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import arrow_udf
 
@@ -42,11 +42,13 @@ def scoring_udf(
     top_k: int = 3,
     totals: Accumulator | None = None,
     flagged_only: bool = False,
+    coded: bool = False,
 ):
     """Return an iterator Arrow UDF that scores raw input columns.
 
     The UDF takes the feature set's input columns as separate arguments, in the order of
-    `FeatureSet.inputs` (see `score_dataframe`), and returns `struct<score, is_flagged, reasons>`
+    `FeatureSet.inputs` (see `score_dataframe`), with `coded` the `FeatureSet.categories`
+    inputs as their codes (`category_codes`), and returns `struct<score, is_flagged, reasons>`
     (see `SCORED_TYPE`), reasons for flagged rows only. Separate columns, not one struct of
     them: building a struct per row in the JVM and nesting it in Arrow cost about a sixth of
     the whole stage's CPU time here (benchmarks/scoring.py).
@@ -69,6 +71,7 @@ def scoring_udf(
         totals: optional accumulator from `new_run_totals`; the UDF adds every batch's
             `RunTotals` (rows scored, invalid values, histograms, score sum/min/max) to it.
         flagged_only: return flagged rows' results only (null for the others).
+        coded: the feature set's category inputs arrive as `category_codes`, not as text.
 
     Operational caveats (as for pyspark.ml.functions.predict_batch_udf):
     - the model is built once per Python worker and cached by sha256; this needs
@@ -92,7 +95,7 @@ def scoring_udf(
         names = list(scoring.feature_set.inputs)
         for columns in batches:
             raw = pa.RecordBatch.from_arrays(_column_list(columns), names=names)  # no copy
-            batch = score_rows(scoring, raw, top_k=top_k)
+            batch = score_rows(scoring, raw, top_k=top_k, coded=coded)
             if totals is not None:
                 totals.add(batch.totals)
             yield batch.to_arrow_flagged() if flagged_only else batch.to_arrow()
@@ -106,6 +109,15 @@ def scoring_udf(
 def _column_list(columns: Union[pa.Array, Tuple[pa.Array, ...]]) -> list[pa.Array]:
     """An iterator Arrow UDF gets a tuple of arrays per batch, or the array itself for one column."""
     return list(columns) if isinstance(columns, tuple) else [columns]
+
+
+def category_codes(column: str, categories: tuple[str, ...]) -> Column:
+    """`column`'s index in `categories` as an int, -1 for null or a value not listed: the codes
+    `RawColumns.codes` gives for the text (exact, case-sensitive match), computed in the JVM.
+    Sending a category to the UDF as this int instead of its text cost the JVM about 0.7 fewer
+    CPU-seconds per 2M rows here (benchmarks/scoring.py): writing strings into Arrow is slow."""
+    position = F.array_position(F.array(*[F.lit(c) for c in categories]), F.col(column))
+    return F.coalesce((position - 1).cast("int"), F.lit(-1))
 
 
 def bundle_of(bundle_broadcast: Broadcast) -> Bundle:
@@ -130,10 +142,11 @@ def score_dataframe(
     """Add `score`, `is_flagged` and `reasons` to `df`; with `flagged_only`, keep only the
     flagged rows (what the nightly job writes: far cheaper in the JVM, see `scoring_udf`).
 
-    Only the feature set's input columns travel to Python; every other column of `df` stays in
-    the JVM. With `totals` (see `new_run_totals`), the run's metric totals are gathered as the
-    rows flow through whatever single action consumes the result, so the model runs exactly
-    once per row, flagged or not: read `totals.value` after that action.
+    Only the feature set's input columns travel to Python, categories as their int codes
+    (`category_codes`); every other column of `df` stays in the JVM. With `totals` (see
+    `new_run_totals`), the run's metric totals are gathered as the rows flow through whatever
+    single action consumes the result, so the model runs exactly once per row, flagged or not:
+    read `totals.value` after that action.
 
     Raises ValueError, naming the columns and the expected types, if `df` lacks or mistypes an
     input column; nothing runs in that case.
@@ -141,8 +154,14 @@ def score_dataframe(
     bundle = bundle_of(bundle_broadcast)
     feature_set = feature_set_from_manifest(bundle.manifest["feature_set"])
     check_source_columns(df, feature_set, where)
-    udf = scoring_udf(bundle_broadcast, sha256=bundle.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only)
-    scored = df.withColumn(_SCORED, udf(*[F.col(c) for c in feature_set.inputs]))
+    udf = scoring_udf(
+        bundle_broadcast, sha256=bundle.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only, coded=True
+    )
+    inputs = [
+        category_codes(c, feature_set.categories[c]) if c in feature_set.categories else F.col(c)
+        for c in feature_set.inputs
+    ]
+    scored = df.withColumn(_SCORED, udf(*inputs))
     if flagged_only:
         scored = scored.filter(F.col(_SCORED).isNotNull())
         is_flagged = F.lit(True)
