@@ -113,6 +113,12 @@ def test_scores_are_deterministic_and_explanations_rank_features(tmp_path, kind)
     first, second = score_batch(model, kind, x), score_batch(model, kind, x)
     assert first.shape == (50,) and np.array_equal(first, second)
     assert np.array_equal(score_batch(model, kind, x[:7]), first[:7])
+    # Column-major rows (the features' layout) are read in place, a strided view is copied first:
+    # the same scores either way, up to the summation order of another matrix layout.
+    fortran = np.asfortranarray(x)
+    assert np.array_equal(score_batch(model, kind, fortran), score_batch(model, kind, fortran))
+    np.testing.assert_allclose(score_batch(model, kind, fortran), first, rtol=1e-6)
+    assert np.array_equal(score_batch(model, kind, x[::2]), score_batch(model, kind, np.ascontiguousarray(x[::2])))
     order, contrib = explain_batch(model, kind, x, top_k=2)
     assert order.shape == (50, 2) and contrib.shape == (50, 2)
     assert np.all(contrib[:, 0] >= contrib[:, 1])
