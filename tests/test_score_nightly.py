@@ -253,6 +253,38 @@ def test_category_codes_computed_in_spark_are_the_codes_of_the_text(spark):
     assert [r["code"] for r in rows] == expected.tolist() == [-1, 0, -1, -1, -1, -1, 7, 2, 0]
 
 
+def test_the_flagged_rows_code_is_the_same_from_run_to_run(spark):
+    """A run's date, time and threshold reach the flagged rows as data (a broadcast row), not as
+    literals that Spark would spell out in the generated code of the scoring stage."""
+    from udfs.flagged import OutputColumns, flagged_records
+    from udfs.metrics import RunIdentity
+
+    reasons = [{S.REASON_FEATURE: "v", S.REASON_CONTRIBUTION: 1.0, S.REASON_VALUE: 2.0}]
+    scored = spark.createDataFrame(
+        [(1, 0.9, True, reasons), (2, 0.1, False, None)],
+        f"{S.RECORD_ID} long, {S.SCORE} double, {S.IS_FLAGGED} boolean, {S.REASONS} {S.REASONS_TYPE.simpleString()}",
+    )
+    output = OutputColumns(keys=(S.RECORD_ID,), allowed=(), hashed=(), salt="")
+
+    def run(day: int, threshold: float):
+        identity = RunIdentity(f"run-{day}", dt.date(2026, 11, day), "m", day, "ab" * 32, "src", None, threshold)
+        return flagged_records(scored, output, identity, dt.datetime(2026, 11, day, 3, tzinfo=dt.timezone.utc))
+
+    assert [tuple(r) for r in run(2, 0.75).collect()] == [
+        (1, 0.9, 0.75, [tuple(reasons[0].values())], "m", 2, "ab" * 32, "src", "run-2", dt.date(2026, 11, 2), dt.datetime(2026, 11, 2, 3))
+    ]
+
+    def code(day: int, threshold: float) -> str:
+        spark.conf.set("spark.sql.adaptive.enabled", "false")  # the final plan, before it runs
+        try:
+            plan = run(day, threshold)._jdf.queryExecution()
+            return re.sub(r"#\d+|plan_id=\d+", "", plan.debug().codegenToSeq().toString())
+        finally:
+            spark.conf.unset("spark.sql.adaptive.enabled")
+
+    assert "BroadcastNestedLoopJoin" in code(1, 0.5) and code(1, 0.5) == code(3, 0.9)
+
+
 def _write_parquet_source(spark, frame: pd.DataFrame, path: Path) -> str:
     spark.createDataFrame(frame).write.partitionBy(S.EVENT_DATE).parquet(str(path))
     return str(path)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lakescore import schemas as S
 from lakescore.config import ScoreSettings
@@ -98,19 +99,46 @@ def flagged_records(
     """
     hashed = set(output.hashed)
     copied = [hash_column(c, output.salt).alias(c) if c in hashed else F.col(c) for c in output.copied]
+    # The run's values come from a broadcast one-row table, not from literals in the projection
+    # of the flagged rows: Spark's generated code spells a date, timestamp or number literal out
+    # in its source, so a new scored_at made the scoring stage's code new on every run, to be
+    # compiled and warmed up again while the stage ran (about 0.3-0.45 JVM CPU-s per 2M rows in
+    # benchmarks/scoring.py's repeated runs, and once per date of a --from/--to range). Joined,
+    # they are data, and the stage's code is the same from run to run. (A one-row range with
+    # literal columns would not do: the optimizer propagates them through the join.)
+    provenance = scored.sparkSession.createDataFrame(
+        [(run.threshold, run.model_name, run.model_version, run.model_sha256, run.source, run.run_id, run.run_date, scored_at)],
+        _PROVENANCE_SCHEMA,
+    )
     return (
         scored.filter(F.col(S.IS_FLAGGED))
+        .select(*copied, F.col(S.SCORE), F.col(S.REASONS))
+        .crossJoin(F.broadcast(provenance))
         .select(
-            *copied,
-            F.col(S.SCORE),
-            F.lit(run.threshold).cast("double").alias(S.THRESHOLD),
-            F.col(S.REASONS),
-            F.lit(run.model_name).alias(S.MODEL_NAME),
-            F.lit(run.model_version).cast("int").alias(S.MODEL_VERSION),
-            F.lit(run.model_sha256).alias(S.MODEL_SHA256),
-            F.lit(run.source).alias(S.SOURCE_TABLE),
-            F.lit(run.run_id).alias(S.RUN_ID),
-            F.lit(run.run_date).cast("date").alias(S.RUN_DATE),
-            F.lit(scored_at).cast("timestamp").alias(S.SCORED_AT),
+            *output.copied,
+            S.SCORE,
+            S.THRESHOLD,
+            S.REASONS,
+            S.MODEL_NAME,
+            S.MODEL_VERSION,
+            S.MODEL_SHA256,
+            S.SOURCE_TABLE,
+            S.RUN_ID,
+            S.RUN_DATE,
+            S.SCORED_AT,
         )
     )
+
+
+_PROVENANCE_SCHEMA = T.StructType(
+    [
+        T.StructField(S.THRESHOLD, T.DoubleType(), False),
+        T.StructField(S.MODEL_NAME, T.StringType(), False),
+        T.StructField(S.MODEL_VERSION, T.IntegerType(), False),
+        T.StructField(S.MODEL_SHA256, T.StringType(), False),
+        T.StructField(S.SOURCE_TABLE, T.StringType(), False),
+        T.StructField(S.RUN_ID, T.StringType(), False),
+        T.StructField(S.RUN_DATE, T.DateType(), False),
+        T.StructField(S.SCORED_AT, T.TimestampType(), False),
+    ]
+)
