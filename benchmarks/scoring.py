@@ -50,7 +50,6 @@ import pandas as pd
 import pyarrow as pa
 import torch
 from pyspark.sql import Column
-from pyspark.sql import functions as F
 
 from jobs.generate_transactions import run_generate
 from jobs.score_nightly import run_score
@@ -64,7 +63,7 @@ from lakescore.models import build_model, score_batch
 from lakescore.preprocess import Preprocessing
 from lakescore.spark import build_spark_session
 from udfs.flagged import choose_output_columns
-from udfs.scoring import category_codes
+from udfs.scoring import udf_inputs
 
 DAY = dt.date(2026, 11, 27)
 MODEL = "bench"
@@ -123,13 +122,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         # (b) and (c) read the columns the job reads: its keys, allow-listed and input columns.
         output = choose_output_columns(day.columns, settings.score, table)
         scan = day.select(*dict.fromkeys([*output.copied, *inputs]))
-        categories = TRANSACTIONS_V1.categories
-        coded_inputs = [category_codes(c, categories[c]).alias(c) if c in categories else F.col(c) for c in inputs]
         measures = {
             "a": lambda: run_score(spark, settings, DAY, model=MODEL),
             "b": lambda: _noop_udf(scan, inputs),
             "b_arrow": lambda: _noop_udf(scan, inputs, arrow=True),
-            "b_coded": lambda: _noop_udf(scan, coded_inputs),
+            "b_coded": lambda: _noop_udf(scan, udf_inputs(TRANSACTIONS_V1)),
             "c": lambda: _predict_batch_udf(scan, inputs, bundle, settings),
         }
         stage: dict[str, list[float]] = {k: [] for k in measures}

@@ -330,25 +330,29 @@ class ScoredBatch:
 
     def to_arrow(self) -> pa.StructArray:
         """The batch as Arrow `SCORED_ARROW_TYPE`, built from the arrays (no Python objects per row)."""
+        scores, flags = pa.array(self.scores, type=pa.float64()), pa.array(self.flagged, type=pa.bool_())
         return pa.StructArray.from_arrays(
-            [pa.array(self.scores, type=pa.float64()), pa.array(self.flagged, type=pa.bool_()), self._reasons_arrow()],
-            fields=list(SCORED_ARROW_TYPE),
+            [scores, flags, self._reasons_arrow(self._not_flagged())], fields=list(SCORED_ARROW_TYPE)
         )
 
     def to_arrow_flagged(self) -> pa.StructArray:
         """The batch as Arrow `FLAGGED_ARROW_TYPE`: `struct<score, reasons>` where a row is
         flagged, null where it is not."""
-        m = len(self.explained)
+        not_flagged = self._not_flagged()
         return pa.StructArray.from_arrays(
-            [pa.array(self.scores, type=pa.float64()), self._reasons_arrow()],
+            [pa.array(self.scores, type=pa.float64()), self._reasons_arrow(not_flagged)],
             fields=list(FLAGGED_ARROW_TYPE),
-            mask=pa.array(~self.flagged) if m < len(self.scores) else None,
+            mask=not_flagged,
         )
 
-    def _reasons_arrow(self) -> pa.ListArray:
+    def _not_flagged(self) -> pa.BooleanArray | None:
+        """The null mask of the rows not flagged (None when every row is)."""
+        return pa.array(~self.flagged) if len(self.explained) < len(self.scores) else None
+
+    def _reasons_arrow(self, not_flagged: pa.BooleanArray | None) -> pa.ListArray:
         """`list<struct<feature, contribution, value>>` per row: k reasons where flagged, null elsewhere."""
         n = len(self.scores)
-        m, k = self.reason_features.shape
+        k = self.reason_features.shape[1]
         names = pa.array(self.feature_names, type=pa.string())
         reason = pa.StructArray.from_arrays(
             [
@@ -362,10 +366,7 @@ class ScoredBatch:
         per_row[self.explained] = k
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(per_row, out=offsets[1:])
-        return pa.ListArray.from_arrays(
-            pa.array(offsets), reason, type=_REASONS_ARROW_TYPE,
-            mask=pa.array(~self.flagged) if m < n else None,
-        )
+        return pa.ListArray.from_arrays(pa.array(offsets), reason, type=_REASONS_ARROW_TYPE, mask=not_flagged)
 
 
 def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int, coded: bool = False) -> ScoredBatch:

@@ -120,6 +120,15 @@ def category_codes(column: str, categories: tuple[str, ...]) -> Column:
     return F.coalesce((position - 1).cast("int"), F.lit(-1))
 
 
+def udf_inputs(feature_set: FeatureSet) -> list[Column]:
+    """The scoring UDF's arguments: the feature set's input columns in order, its categories as
+    `category_codes` (a `scoring_udf(..., coded=True)` reads them so)."""
+    return [
+        category_codes(c, feature_set.categories[c]) if c in feature_set.categories else F.col(c)
+        for c in feature_set.inputs
+    ]
+
+
 def bundle_of(bundle_broadcast: Broadcast) -> Bundle:
     """The broadcast bundle, verified (on the driver the broadcast still holds the value)."""
     return verify_files(bundle_broadcast.value, "broadcast bundle")
@@ -157,11 +166,7 @@ def score_dataframe(
     udf = scoring_udf(
         bundle_broadcast, sha256=bundle.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only, coded=True
     )
-    inputs = [
-        category_codes(c, feature_set.categories[c]) if c in feature_set.categories else F.col(c)
-        for c in feature_set.inputs
-    ]
-    scored = df.withColumn(_SCORED, udf(*inputs))
+    scored = df.withColumn(_SCORED, udf(*udf_inputs(feature_set)))
     if flagged_only:
         scored = scored.filter(F.col(_SCORED).isNotNull())
         is_flagged = F.lit(True)
