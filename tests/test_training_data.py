@@ -22,7 +22,7 @@ from training.data import (
     read_rows,
     source_dates,
 )
-from training.preprocessing import X, features_batch, fit_preprocessing, preprocess_batch
+from training.preprocessing import EXACT_FIT_ROWS, X, features_batch, fit_preprocessing, preprocess_batch
 
 NOV = [dt.date(2026, 11, d) for d in range(1, 5)]
 
@@ -121,7 +121,8 @@ def test_a_delta_table_the_reader_cannot_honour_is_refused_with_a_parquet_hint(s
         check_delta_readable(str(path), None)
 
 
-def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
+@pytest.mark.parametrize("exact_rows", [EXACT_FIT_ROWS, 0], ids=["exact", "sketched"])
+def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local, exact_rows):
     import ray
     from ray.data.expressions import col
 
@@ -135,15 +136,19 @@ def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local):
         features_batch, fn_kwargs={"feature_set": numeric_feature_set(["v"]), "plan": plan}, batch_format="pandas"
     )
     train_only = featured.filter(expr=col(SPLIT_COLUMN) == TRAIN).materialize()
-    preprocessing, stats = fit_preprocessing(train_only, ["v"], (0.01, 0.99), clip_margin=0.5)
+    preprocessing, stats = fit_preprocessing(train_only, ["v"], (0.01, 0.99), clip_margin=0.5, exact_rows=exact_rows)
 
-    finite = train[np.isfinite(train)]
-    low, high = np.quantile(finite, [0.01, 0.99])
+    finite = train[np.isfinite(train)].astype(np.float32).astype(np.float64)  # features are float32
+    low, median, high = np.quantile(finite, [0.01, 0.5, 0.99])
     clipped = np.clip(finite, stats["v"]["q_low"], stats["v"]["q_high"])
+    if exact_rows:
+        # A small split is fitted exactly, so a rerun reproduces it.
+        assert (stats["v"]["q_low"], stats["v"]["median"], stats["v"]["q_high"]) == (low, median, high)
+        assert fit_preprocessing(train_only, ["v"], (0.01, 0.99), clip_margin=0.5) == (preprocessing, stats)
     # KLL quantiles are approximate: within a fraction of a percent in rank.
     assert stats["v"]["q_low"] == pytest.approx(low, abs=0.3)
     assert stats["v"]["q_high"] == pytest.approx(high, abs=0.3)
-    assert stats["v"]["median"] == pytest.approx(np.median(finite), abs=0.1)
+    assert stats["v"]["median"] == pytest.approx(median, abs=0.1)
     assert preprocessing.center[0] == pytest.approx(clipped.mean(), rel=1e-5)
     assert preprocessing.scale[0] == pytest.approx(clipped.std(), rel=1e-4)
     assert 1.5 < preprocessing.scale[0] < 2.5  # the +/-1e6 rows did not inflate it
@@ -188,3 +193,28 @@ def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered
     assert invalid.sum() > 0  # the NaN, null, inf and unknown categories were imputed
     # The 1e9 amount was clipped to the training split's high bound, not passed through.
     assert direct[5, 0] == pytest.approx((preprocessing.clip_high[0] - preprocessing.center[0]) / preprocessing.scale[0])
+
+
+def test_preparing_the_same_source_twice_gives_the_same_training_inputs(tmp_path, settings, ray_local):
+    """Reproducible training: the same table version and seed give the same preprocessing and the
+    same rows in the same order (Ray Data keeps the source's order; small splits are fitted exactly)."""
+    from training.pipeline import prepare_datasets
+
+    path = tmp_path / "events"
+    for part in range(6):  # several files: Ray Data reads them in parallel tasks
+        frame = _raw_transactions(300, seed=part)
+        _write_delta(path, frame, mode="overwrite" if part == 0 else "append")
+    source = TableSource("events", str(path), "delta", version=5)
+    columns = [*TRANSACTIONS_V1.inputs, S.IS_ANOMALY, S.ANOMALY_TYPE, S.EVENT_DATE]
+    run_settings = settings.with_overrides({"train.kind": "mlp"})
+
+    def prepared():
+        data = prepare_datasets(run_settings, source, columns, TRANSACTIONS_V1)
+        rows = [b[X] for b in data.train_xy.iter_batches(batch_format="numpy", batch_size=None)]
+        return data.preprocessing, np.concatenate(rows)
+
+    (first, rows), (second, again) = prepared(), prepared()
+    assert rows.shape[0] > 500 and np.isfinite(rows).all()
+    for name in ("impute", "clip_low", "clip_high", "center", "scale"):
+        assert np.array_equal(getattr(first, name), getattr(second, name)), name
+    assert np.array_equal(rows, again)

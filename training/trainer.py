@@ -119,6 +119,16 @@ class EarlyStopping:
 # --- the loop every worker runs --------------------------------------------------------------
 
 
+def _ordered_ingest() -> Any:
+    """The ingest options of a dataset shard: the driver's Ray Data execution options, as Ray
+    Train's defaults carry them over, with the blocks kept in order."""
+    from ray.data.context import DataContext
+
+    options = copy.deepcopy(DataContext.get_current().execution_options)
+    options.preserve_order = True
+    return options
+
+
 def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     """Train one worker's share; resume from the last checkpoint if Ray Train passes one."""
     import ray.train
@@ -328,8 +338,9 @@ def fit_model(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": train, "validation": validation},
-        # Only the training split is sharded; each worker scores the whole validation split.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # Only the training split is sharded; each worker scores the whole validation split. Both
+        # are read in their materialized order, so a run is reproducible (see prepare_datasets).
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
     )
     result = trainer.fit()
     if result.checkpoint is None:
