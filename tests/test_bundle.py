@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lakescore import bundle as B
-from lakescore.models import AUTOENCODER, MLP, build_model, explain_batch, model_from_bundle, score_batch
+from lakescore.models import _CPU_FORWARD_ROWS, AUTOENCODER, MLP, build_model, explain_batch, model_from_bundle, score_batch
 from lakescore.preprocess import Preprocessing
 
 
@@ -119,6 +119,15 @@ def test_scores_are_deterministic_and_explanations_rank_features(tmp_path, kind)
     assert np.array_equal(score_batch(model, kind, fortran), score_batch(model, kind, fortran))
     np.testing.assert_allclose(score_batch(model, kind, fortran), first, rtol=1e-6)
     assert np.array_equal(score_batch(model, kind, x[::2]), score_batch(model, kind, np.ascontiguousarray(x[::2])))
+    # More rows than one CPU slice (lakescore.models._CPU_FORWARD_ROWS), with a short last one:
+    # every row scored, as one pass over the whole batch scores it.
+    many = np.random.default_rng(1).normal(size=(2 * _CPU_FORWARD_ROWS + 37, 3)).astype(np.float32)
+    with torch.inference_mode():
+        whole = model(torch.from_numpy(many))
+        whole = torch.sigmoid(whole) if kind == MLP else ((whole - torch.from_numpy(many)) ** 2).mean(dim=1)
+    sliced = score_batch(model, kind, many)
+    np.testing.assert_allclose(sliced, whole.double().numpy(), rtol=1e-6, atol=1e-12)
+    assert np.array_equal(sliced, score_batch(model, kind, many))
     order, contrib = explain_batch(model, kind, x, top_k=2)
     assert order.shape == (50, 2) and contrib.shape == (50, 2)
     assert np.all(contrib[:, 0] >= contrib[:, 1])
