@@ -273,7 +273,11 @@ def prepare_datasets(
     _check_counts(counts, t.kind, plan)
 
     preprocessing, statistics = fit_preprocessing(
-        _select(featured, TRAIN), features, (t.clip_low_quantile, t.clip_high_quantile), t.clip_margin
+        _select(featured, TRAIN),
+        features,
+        (t.clip_low_quantile, t.clip_high_quantile),
+        t.clip_margin,
+        rows=counts[TRAIN]["rows"],
     )
 
     # What the workers iterate every epoch: materialized, so no Ray Data task competes with them.

@@ -105,6 +105,7 @@ def fit_preprocessing(
     clip_quantiles: tuple[float, float],
     clip_margin: float = 0.0,
     exact_rows: int = EXACT_FIT_ROWS,
+    rows: int | None = None,
 ) -> tuple[Preprocessing, dict[str, dict[str, float]]]:
     """Fit imputation, clipping and scaling on the training split.
 
@@ -116,6 +117,7 @@ def fit_preprocessing(
         clip_margin: the clip bounds lie this many quantile ranges beyond the quantiles
             (see lakescore.preprocess).
         exact_rows: a split of at most this many rows is fitted exactly (see below).
+        rows: the split's rows, if the caller knows them (else they are counted: a pass).
 
     Returns:
         (Preprocessing, the statistics per feature, for the manifest).
@@ -131,7 +133,8 @@ def fit_preprocessing(
     from ray.data.aggregate import ApproximateQuantile, Count, Mean, Std
     from ray.data.context import ShuffleStrategy
 
-    rows = train_features.count()
+    if rows is None:
+        rows = train_features.count()
     if not rows:
         raise ValueError("the training split has no rows; check the training window and the split settings")
     if rows <= exact_rows:
