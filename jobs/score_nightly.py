@@ -3,9 +3,12 @@ flagged rows and the run's metrics to the lake as Delta tables.
 
 Embedded default (this machine; `make setup` made .venv and .jars):
 
-    PYSPARK_PYTHON=$PWD/.venv/bin/python .venv/bin/spark-submit \\
+    PYSPARK_PYTHON=$PWD/.venv/bin/python .venv/bin/spark-submit --driver-memory 4g \\
       --jars "$(ls .jars/*.jar | paste -sd,)" \\
       jobs/score_nightly.py --run-date 2026-11-27
+
+(in local mode the driver is the executor: spark-submit's default 1g heap keeps the GC busy;
+`lakescore score` starts its own JVM with 4g).
 
 or `lakescore score --run-date 2026-11-27`. A cluster whose machines do not have lakescore
 installed gets the code as a zip (`lakescore package` -> dist/lakescore-0.1.0.zip), the Delta jars

@@ -25,7 +25,7 @@ $LS train --table transactions --kind mlp
 DAY=2026-11-27
 echo "== 4. score ${DAY} with the champion: the nightly job, as spark-submit runs it"
 PYSPARK_PYTHON="$PWD/.venv/bin/python" PYSPARK_DRIVER_PYTHON="$PWD/.venv/bin/python" \
-  .venv/bin/spark-submit --jars "$(ls "$PWD"/.jars/*.jar | paste -sd,)" \
+  .venv/bin/spark-submit --driver-memory 4g --jars "$(ls "$PWD"/.jars/*.jar | paste -sd,)" \
   jobs/score_nightly.py --run-date "$DAY"
 
 echo "== 5. the night's results by SQL: flagged count, the top flagged rows with reasons, the run's metrics"

@@ -18,6 +18,9 @@ def test_the_session_has_delta_and_the_catalog_under_the_lake_root(spark, settin
     assert conf.get("spark.sql.parquet.columnarReaderBatchSize") == "1000"
     assert conf.get("spark.python.worker.reuse") == "true"
     assert conf.get("spark.master") == "local[2]"
+    # Local mode: the JVM this process launched has the 4g heap, not Spark's 1g.
+    assert conf.get("spark.driver.memory") == "4g"
+    assert spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory() > 3.5 * 2**30
 
 
 def test_extra_settings_override_the_defaults(settings):
