@@ -6,9 +6,10 @@ function) and `Preprocessing.apply` (the bundle's preprocessing), so a row gets 
 input on both paths (tests/test_training_data.py checks it value for value).
 
 The statistics (median for imputation, low/high quantiles for clipping, mean and standard
-deviation for scaling) come from Ray Data aggregations over the training split: each block is
-summarised where it lives and only the summaries meet, so the table is never collected to one
-process. Quantiles are approximate (a KLL sketch, datasketches), which is plenty for clipping.
+deviation for scaling) of a training split of up to a million rows are computed exactly in the
+driver, so a rerun reproduces them. A larger split's come from Ray Data aggregations: each block
+is summarised where it lives and only the summaries meet, so the table is never collected to one
+process; its quantiles are approximate (a KLL sketch, datasketches), which is plenty for clipping.
 """
 
 from __future__ import annotations
