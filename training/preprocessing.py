@@ -173,11 +173,7 @@ def fit_preprocessing(
         }
         for i, f in enumerate(features)
     }
-    column = lambda key: np.array([stats[f][key] for f in features], dtype=np.float64)  # noqa: E731
-    preprocessing = Preprocessing.from_statistics(
-        features, column("median"), column("q_low"), column("q_high"), column("mean"), column("std"), clip_margin
-    )
-    return preprocessing, stats
+    return _from_statistics(features, stats, clip_margin), stats
 
 
 def _fit_exactly(
@@ -204,11 +200,15 @@ def _fit_exactly(
                 "mean": float(np.nanmean(clipped)),
                 "std": float(np.nanstd(clipped)),
             }
+    return _from_statistics(features, stats, clip_margin), stats
+
+
+def _from_statistics(features: Sequence[str], stats: Mapping[str, Mapping[str, float]], clip_margin: float) -> Preprocessing:
+    """The preprocessing from per-feature statistics (q_low, median, q_high, mean, std)."""
     column = lambda key: np.array([stats[f][key] for f in features], dtype=np.float64)  # noqa: E731
-    preprocessing = Preprocessing.from_statistics(
+    return Preprocessing.from_statistics(
         features, column("median"), column("q_low"), column("q_high"), column("mean"), column("std"), clip_margin
     )
-    return preprocessing, stats
 
 
 def _number(value) -> float:

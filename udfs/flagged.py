@@ -114,19 +114,8 @@ def flagged_records(
         scored.filter(F.col(S.IS_FLAGGED))
         .select(*copied, F.col(S.SCORE), F.col(S.REASONS))
         .crossJoin(F.broadcast(provenance))
-        .select(
-            *output.copied,
-            S.SCORE,
-            S.THRESHOLD,
-            S.REASONS,
-            S.MODEL_NAME,
-            S.MODEL_VERSION,
-            S.MODEL_SHA256,
-            S.SOURCE_TABLE,
-            S.RUN_ID,
-            S.RUN_DATE,
-            S.SCORED_AT,
-        )
+        # flagged's column order: the threshold beside the score, the other run values last.
+        .select(*output.copied, S.SCORE, S.THRESHOLD, S.REASONS, *[f for f in _PROVENANCE_SCHEMA.names if f != S.THRESHOLD])
     )
 
 
