@@ -109,7 +109,7 @@ def run_score(
     RegistryError, lake.SourceError, ValueError (missing/mistyped columns, bad dates).
     """
     from udfs.broadcast import broadcast_bundle
-    from udfs.flagged import choose_output_columns
+    from udfs.flagged import choose_output_columns, scan_columns
     from udfs.scoring import check_source_columns
 
     score = settings.score
@@ -124,14 +124,14 @@ def run_score(
     output = choose_output_columns(df.columns, score, where)
     days, dated = _run_dates(df, settings, run_date, last_date, where)
 
-    # Only what flagged and the model need leaves the scan.
-    needed = list(dict.fromkeys([*output.copied, *feature_set.inputs] + ([score.date_column] if dated else [])))
-    df = df.select(*needed)
+    # Only what flagged and the model need leaves the scan (a date column, only if flagged cannot
+    # take it from the run).
+    needed, run_date_column = scan_columns(output, list(feature_set.inputs), df.schema, score.date_column if dated else None)
     broadcast = broadcast_bundle(spark, bundle)
     summaries = []
     for day in days:
-        rows = df.filter(F.col(score.date_column) == F.lit(day)) if dated else df
-        summaries.append(_score_one(spark, settings, rows, day, bundle, broadcast, resolved, output))
+        rows = (df.filter(F.col(score.date_column) == F.lit(day)) if dated else df).select(*needed)
+        summaries.append(_score_one(spark, settings, rows, day, bundle, broadcast, resolved, output, run_date_column))
     return summaries
 
 
@@ -165,6 +165,7 @@ def _score_one(
     broadcast: Broadcast,
     resolved: lake.Source,
     output: OutputColumns,
+    run_date_column: str | None,
 ) -> RunSummary:
     started = time.perf_counter()
     scored_at = dt.datetime.now(dt.timezone.utc)
@@ -199,7 +200,7 @@ def _score_one(
     # The one action over the source rows: the flagged rows are written while the UDF adds up the
     # metrics of every row into `totals` (no cache, no second pass, no second model run).
     flagged_path = lake.table_path(settings, S.FLAGGED)
-    _replace_run(flagged_records(scored, output, run, scored_at), flagged_path, run)
+    _replace_run(flagged_records(scored, output, run, scored_at, run_date_column), flagged_path, run)
     scoring_seconds = time.perf_counter() - started
     run_totals = totals.value
     if run_totals.rows != rows_read:

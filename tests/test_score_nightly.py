@@ -8,6 +8,7 @@ collide with models other tests register.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import re
 import shutil
@@ -283,6 +284,44 @@ def test_the_flagged_rows_code_is_the_same_from_run_to_run(spark):
             spark.conf.unset("spark.sql.adaptive.enabled")
 
     assert "BroadcastNestedLoopJoin" in code(1, 0.5) and code(1, 0.5) == code(3, 0.9)
+
+
+def test_a_dated_runs_date_column_is_not_read_but_filled_with_the_run_date(spark):
+    """The date column of a dated run holds the run date in every row: when it is a date, the
+    scan leaves it out and flagged takes it from the run (hashed like any other sensitive
+    column); as text, or as a model input, it is read."""
+    from pyspark.sql import types as T
+
+    from udfs.flagged import OutputColumns, flagged_records, scan_columns
+    from udfs.metrics import RunIdentity
+
+    output = OutputColumns(keys=(S.RECORD_ID, S.EVENT_DATE), allowed=(S.COUNTRY,), hashed=(), salt="")
+    schema = T.StructType(
+        [T.StructField(S.RECORD_ID, T.LongType()), T.StructField(S.EVENT_DATE, T.DateType()),
+         T.StructField(S.COUNTRY, T.StringType()), T.StructField(S.AMOUNT, T.DoubleType())]
+    )
+    as_text = T.StructType([T.StructField(f.name, T.StringType() if f.name == S.EVENT_DATE else f.dataType) for f in schema])
+    assert scan_columns(output, [S.AMOUNT], schema, S.EVENT_DATE) == ([S.RECORD_ID, S.COUNTRY, S.AMOUNT], S.EVENT_DATE)
+    assert scan_columns(output, [S.AMOUNT], schema, None) == ([S.RECORD_ID, S.EVENT_DATE, S.COUNTRY, S.AMOUNT], None)
+    assert scan_columns(output, [S.AMOUNT], as_text, S.EVENT_DATE) == ([S.RECORD_ID, S.EVENT_DATE, S.COUNTRY, S.AMOUNT], None)
+    assert scan_columns(output, [S.EVENT_DATE, S.AMOUNT], schema, S.EVENT_DATE)[1] is None
+
+    scored = spark.createDataFrame(
+        [(1, "CH", 0.9, True, None), (2, None, 0.1, False, None), (3, "FR", 0.7, True, None)],
+        f"{S.RECORD_ID} long, {S.COUNTRY} string, {S.SCORE} double, {S.IS_FLAGGED} boolean, {S.REASONS} {S.REASONS_TYPE.simpleString()}",
+    )
+    run_date = dt.date(2026, 11, 2)
+    identity = RunIdentity("run-2", run_date, "m", 2, "ab" * 32, "src", None, 0.5)
+    scored_at = dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc)
+    rows = flagged_records(scored, output, identity, scored_at, S.EVENT_DATE).orderBy(S.RECORD_ID).collect()
+    assert [(r[S.RECORD_ID], r[S.EVENT_DATE], r[S.COUNTRY], r[S.RUN_DATE]) for r in rows] == [
+        (1, run_date, "CH", run_date), (3, run_date, "FR", run_date)
+    ]
+    assert rows[0].__fields__[:3] == [S.RECORD_ID, S.EVENT_DATE, S.COUNTRY]
+    hashed = OutputColumns(keys=output.keys, allowed=output.allowed, hashed=(S.EVENT_DATE,), salt="pepper")
+    rows = flagged_records(scored, hashed, identity, scored_at, S.EVENT_DATE).orderBy(S.RECORD_ID).collect()
+    digest = hashlib.sha256(b"pepper2026-11-02").hexdigest()
+    assert [(r[S.RECORD_ID], r[S.EVENT_DATE]) for r in rows] == [(1, digest), (3, digest)]
 
 
 def _write_parquet_source(spark, frame: pd.DataFrame, path: Path) -> str:

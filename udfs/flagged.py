@@ -84,21 +84,51 @@ def choose_output_columns(columns: Sequence[str], score: ScoreSettings, where: s
     return OutputColumns(keys=keys, allowed=allowed, hashed=hashed, salt=score.hash_salt)
 
 
-def hash_column(name: str, salt: str) -> Column:
+def scan_columns(
+    output: OutputColumns, inputs: Sequence[str], schema: T.StructType, date_column: str | None
+) -> tuple[list[str], str | None]:
+    """(the source columns a run reads, in order; the copied column `flagged_records` fills with
+    the run date instead of reading it, or None).
+
+    `inputs`: the model's input columns. `date_column`: the column a dated run selects its date
+    on, None for an undated run. Every row of a dated run holds the run date there, so when it
+    is a date and not a model input it is not read at all. Carried through the scoring stage,
+    a date partition column cost the JVM 0.6-1.1 of some 4-5 CPU-seconds per 2M rows here
+    (benchmarks/scoring.py), more than four key and text columns together. A date held as text
+    or a timestamp is read: the run date would not reproduce its values.
+    """
+    run_date_column = None
+    if date_column is not None and date_column not in inputs and date_column in output.copied:
+        if isinstance(schema[date_column].dataType, T.DateType):
+            run_date_column = date_column
+    columns = [c for c in dict.fromkeys([*output.copied, *inputs]) if c != run_date_column]
+    return columns, run_date_column
+
+
+def hash_column(name: str | Column, salt: str) -> Column:
     """sha256 hex of salt || value-as-string; NULL stays NULL."""
-    return F.sha2(F.concat(F.lit(salt), F.col(name).cast("string")), 256)
+    column = F.col(name) if isinstance(name, str) else name
+    return F.sha2(F.concat(F.lit(salt), column.cast("string")), 256)
 
 
 def flagged_records(
-    scored: DataFrame, output: OutputColumns, run: RunIdentity, scored_at: dt.datetime
+    scored: DataFrame,
+    output: OutputColumns,
+    run: RunIdentity,
+    scored_at: dt.datetime,
+    run_date_column: str | None = None,
 ) -> DataFrame:
     """The flagged rows of `scored` (see udfs.scoring.score_dataframe) as `flagged` records.
 
     Columns: keys, allowed columns (sensitive ones hashed), score, threshold, reasons,
     model_name, model_version, model_sha256, source_table, run_id, run_date, scored_at.
+
+    `run_date_column`: a copied column that holds the run date in every row of `scored` (the
+    source's date column, when a run scores one date of it). It is filled from the run's values
+    instead of being read: `scored` need not carry it (see jobs.score_nightly.run_score).
     """
     hashed = set(output.hashed)
-    copied = [hash_column(c, output.salt).alias(c) if c in hashed else F.col(c) for c in output.copied]
+    scanned = [c for c in output.copied if c != run_date_column]
     # The run's values come from a broadcast one-row table, not from literals in the projection
     # of the flagged rows: Spark's generated code spells a date, timestamp or number literal out
     # in its source, so a new scored_at made the scoring stage's code new on every run, to be
@@ -110,12 +140,23 @@ def flagged_records(
         [(run.threshold, run.model_name, run.model_version, run.model_sha256, run.source, run.run_id, run.run_date, scored_at)],
         _PROVENANCE_SCHEMA,
     )
+
+    def copied(name: str) -> Column:
+        value = F.col(S.RUN_DATE) if name == run_date_column else F.col(name)
+        return (hash_column(value, output.salt) if name in hashed else value).alias(name)
+
     return (
         scored.filter(F.col(S.IS_FLAGGED))
-        .select(*copied, F.col(S.SCORE), F.col(S.REASONS))
+        .select(*scanned, F.col(S.SCORE), F.col(S.REASONS))
         .crossJoin(F.broadcast(provenance))
         # flagged's column order: the threshold beside the score, the other run values last.
-        .select(*output.copied, S.SCORE, S.THRESHOLD, S.REASONS, *[f for f in _PROVENANCE_SCHEMA.names if f != S.THRESHOLD])
+        .select(
+            *[copied(c) for c in output.copied],
+            S.SCORE,
+            S.THRESHOLD,
+            S.REASONS,
+            *[f for f in _PROVENANCE_SCHEMA.names if f != S.THRESHOLD],
+        )
     )
 
 
