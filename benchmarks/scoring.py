@@ -7,7 +7,11 @@ Rows/s of:
       preprocessing, model, flags, reasons, metric totals into an accumulator; flagged rows written
       to Delta), and the whole run (source count, two Delta commits, catalog);
   (b) a pandas UDF that does nothing, fed the model's input columns as the source holds them, as
-      separate columns like the job's UDF: Spark's transfer floor;
+      separate columns like the job's UDF, over the day's keys, allow-listed and input columns:
+      Spark's transfer floor;
+  (b0) the same over the columns the job reads: not the date column, which the job fills from
+      the run date (udfs.flagged.scan_columns). (a) against (b0) leaves out what the job saves
+      by not carrying it through the scoring stage;
   (b') an Arrow UDF that does nothing, same input: the floor without pandas (the job's UDF is an
       Arrow UDF: it reads Arrow and skips the pandas conversion that (b) pays);
   (b'') the pandas UDF that does nothing, fed what the job's UDF is fed: the same columns, but
@@ -17,6 +21,8 @@ Rows/s of:
   (c) pyspark.ml.functions.predict_batch_udf with the same model (features, preprocessing, model);
   (d) one process reading the same Parquet files with pyarrow and running the same scoring core
       (d0: features, preprocessing and model only), torch on one thread.
+Each of (a) to (c) runs in Spark applications of its own, as the nightly job does (one warm-up
+run, then --runs measured runs each; --repeat applications per workload, taking turns).
 Targets: (a) >= 0.9 x (b), and (a) > (c). Beside the stages' wall times, the CPU seconds the
 machine spent during each stage (JVM and Python workers together, from /proc/stat), and how
 much of it the Python workers spent: on a small machine where the JVM and the Python workers
@@ -38,6 +44,8 @@ import inspect
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -55,20 +63,31 @@ from jobs.generate_transactions import run_generate
 from jobs.score_nightly import run_score
 from lakescore import lake, registry
 from lakescore import schemas as S
-from lakescore.bundle import Bundle, write_bundle
+from lakescore.bundle import Bundle, load_bundle, write_bundle
 from lakescore.config import Settings, load_settings
 from lakescore.drift import reference_histogram
 from lakescore.features import TRANSACTIONS_V1
 from lakescore.models import build_model, score_batch
 from lakescore.preprocess import Preprocessing
 from lakescore.spark import build_spark_session
-from udfs.flagged import choose_output_columns
+from udfs.flagged import choose_output_columns, scan_columns
 from udfs.scoring import udf_inputs
 
 DAY = dt.date(2026, 11, 27)
 MODEL = "bench"
 ALERT_RATE = 0.005
 SAMPLE_ROWS = 100_000
+
+
+WORKLOADS = ("a", "b", "b_job", "b_arrow", "b_coded", "c")
+LABELS = {
+    "a": "(a) nightly job: scoring stage | whole run",
+    "b": "(b) pandas UDF that does nothing (transfer floor)",
+    "b_job": "(b0) the same over the job's columns (no date column)",
+    "b_arrow": "(b') Arrow UDF that does nothing (floor without pandas)",
+    "b_coded": "(b'') pandas UDF that does nothing, category as int code",
+    "c": "(c) pyspark.ml predict_batch_udf, same model",
+}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -79,114 +98,168 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="row counts for the memory check (multiples of --rows: the table unioned with itself); '' skips it",
     )
     parser.add_argument("--lake", type=Path, default=None, help="reuse this lake root (kept), else a temporary one")
-    parser.add_argument("--repeat", type=int, default=5, help="interleaved repetitions of (a), (b), (b'), (c); best counts")
+    parser.add_argument(
+        "--repeat", type=int, default=3,
+        help="Spark applications per workload, started in turn (a, b, ..., a, b, ...); best and median count",
+    )
+    parser.add_argument("--runs", type=int, default=2, help="measured runs in each application, after one warm-up run")
+    parser.add_argument("--workload", choices=(*WORKLOADS, "setup", "memory"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     root = args.lake or Path(tempfile.mkdtemp(prefix="lakescore-bench-scoring-"))
-    settings = load_settings(
-        overrides={
-            "lake.root": str(root),
-            "generate.days": 1,
-            "generate.rows_per_day": args.rows,
-            "generate.accounts": max(1000, args.rows // 20),
-            "generate.start_date": DAY.isoformat(),
-            # Several files, so both cores get scan tasks.
-            "generate.files_per_day": 4,
-            "spark.shuffle_partitions": max(4, args.rows // 500_000),
-        },
-        environ={},
-    )
-    spark = build_spark_session(settings, app_name="lakescore-bench-scoring")
-    spark.sparkContext.setLogLevel("ERROR")
+    settings = _settings(root, args.rows)
+    if args.workload:
+        # One Spark application's part, run by the parent below in a new process.
+        print("RESULT " + json.dumps(_in_own_session(settings, args.workload, args.runs, args.memory_rows)), flush=True)
+        return {}
+    # This process starts no JVM: the embedded metastore (Derby) admits one JVM at a time, and
+    # pyspark keeps its JVM, hence the metastore, until the process ends.
     results: dict[str, float] = {}
     try:
-        table = settings.table(settings.generate.table)
-        if not spark.catalog.tableExists(table):
-            started = time.perf_counter()
-            run_generate(spark, settings)
-            print(f"generated {table}: {args.rows:,} rows in {time.perf_counter() - started:.0f}s", flush=True)
-        _spread_day(spark, settings, table)
-        source = lake.resolve_source(spark, settings, table)
-        day = lake.read_source(spark, source).where(f"{S.EVENT_DATE} = DATE'{DAY}'")
-        rows = day.count()
-        bundle = _bench_bundle(spark, settings, day)
+        rows = _run_in_new_process(root, args.rows, "setup")
+        bundle = load_bundle(registry.bundle_dir(settings, MODEL, 1))
+        files = _parquet_files(str(lake.table_path(settings, settings.generate.table)))
         inputs = list(TRANSACTIONS_V1.inputs)
-        print(f"table {table}: {rows:,} rows on {DAY}, {spark.sparkContext.defaultParallelism} cores, "
-              f"arrow batch {settings.spark.arrow_batch_size:,}; model {bundle.label} ({bundle.kind}, "
-              f"{len(TRANSACTIONS_V1.features)} features, {len(inputs)} input columns)", flush=True)
 
-        # Warm-up: Python workers start, import torch and build the model once.
-        run_score(spark, settings, DAY, model=MODEL)
-        files = _parquet_files(source.path)
-        timer = _StageTimer(spark, rows)
-        # (b) and (c) read the columns the job reads: its keys, allow-listed and input columns.
-        output = choose_output_columns(day.columns, settings.score, table)
-        scan = day.select(*dict.fromkeys([*output.copied, *inputs]))
-        measures = {
-            "a": lambda: run_score(spark, settings, DAY, model=MODEL),
-            "b": lambda: _noop_udf(scan, inputs),
-            "b_arrow": lambda: _noop_udf(scan, inputs, arrow=True),
-            "b_coded": lambda: _noop_udf(scan, udf_inputs(TRANSACTIONS_V1)),
-            "c": lambda: _predict_batch_udf(scan, inputs, bundle, settings),
-        }
-        stage: dict[str, list[float]] = {k: [] for k in measures}
-        action: dict[str, list[float]] = {k: [] for k in measures}
-        cpu: dict[str, list[tuple[float, float, float]]] = {k: [] for k in measures}
-        # Interleaved repetitions, best of each: the machine is shared, so the best is the
-        # least disturbed measurement of the same work.
+        # Each workload runs in Spark applications of its own, as the nightly job does: run one
+        # after another in one JVM, the workloads changed each other's cost (the JIT compiles the
+        # shared row and Arrow code for what it has seen run). The applications take turns, so
+        # the machine's changing load is spread over all of them.
+        stage: dict[str, list[float]] = {k: [] for k in WORKLOADS}
+        action: dict[str, list[float]] = {k: [] for k in WORKLOADS}
+        cpu: dict[str, list[list[float]]] = {k: [] for k in WORKLOADS}
         for _ in range(args.repeat):
-            for key, action_fn in measures.items():
-                stage_seconds, action_seconds, cpu_seconds = timer.measure(key, action_fn)
-                cpu[key].append(cpu_seconds)
-                stage[key].append(stage_seconds)
-                action[key].append(action_seconds)
-        for key in measures:
+            for key in WORKLOADS:
+                for stage_seconds, action_seconds, cpu_seconds in _run_in_new_process(root, args.rows, key, args.runs):
+                    stage[key].append(stage_seconds)
+                    action[key].append(action_seconds)
+                    cpu[key].append(cpu_seconds)
+        for key in WORKLOADS:
             results[key] = rows / min(stage[key])
             results[key + "_median"] = rows / float(np.median(stage[key]))
             results[key + "_action"] = rows / min(action[key])
             machine, jvm, python = np.median(np.array(cpu[key]), axis=0)
             results[key + "_cpu"], results[key + "_jvm_cpu"], results[key + "_python_cpu"] = float(machine), float(jvm), float(python)
-        results["d"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, True), rows) for _ in range(args.repeat))
-        results["d0"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, False), rows) for _ in range(args.repeat))
+        results["d"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, True), rows) for _ in range(5))
+        results["d0"] = max(_timed(lambda: _single_process(files, inputs, bundle, settings.spark.arrow_batch_size, False), rows) for _ in range(5))
 
+        samples = args.repeat * args.runs
         print()
-        print(f"{'rows/s, best of ' + str(args.repeat) + '; CPU-s: stage medians':<62}{'stage':>12}{'action':>12}{'stage median':>14}{'CPU-s: all':>12}{'JVM':>7}{'Python':>8}")
-        labels = {
-            "a": "(a) nightly job: scoring stage | whole run",
-            "b": "(b) pandas UDF that does nothing (transfer floor)",
-            "b_arrow": "(b') Arrow UDF that does nothing (floor without pandas)",
-            "b_coded": "(b'') pandas UDF that does nothing, category as int code",
-            "c": "(c) pyspark.ml predict_batch_udf, same model",
-        }
-        for key, label in labels.items():
+        print(f"{'rows/s, best of ' + str(samples) + '; CPU-s: stage medians':<62}{'stage':>12}{'action':>12}{'stage median':>14}{'CPU-s: all':>12}{'JVM':>7}{'Python':>8}")
+        for key, label in LABELS.items():
             print(f"{label:<62}{results[key]:>12,.0f}{results[key + '_action']:>12,.0f}{results[key + '_median']:>14,.0f}"
                   f"{results[key + '_cpu']:>12.2f}{results[key + '_jvm_cpu']:>7.2f}{results[key + '_python_cpu']:>8.2f}")
         print(f"{'(d) one process: pyarrow + the same scoring core':<62}{results['d']:>12,.0f}")
         print(f"{'    one process: pyarrow + features + model only':<62}{results['d0']:>12,.0f}")
         print(f"(a)/(b) = {results['a'] / results['b']:.2f}  (target >= 0.9; stages; medians: {results['a_median'] / results['b_median']:.2f})")
+        print(f"(a)/(b0) = {results['a'] / results['b_job']:.2f}  (stages; medians: {results['a_median'] / results['b_job_median']:.2f})")
         print(f"(a)/(c) = {results['a'] / results['c']:.2f}  (target > 1; stages; medians: {results['a_median'] / results['c_median']:.2f})")
         print(f"(a)/(b') = {results['a'] / results['b_arrow']:.2f}; (a)/(b'') = {results['a'] / results['b_coded']:.2f} "
               f"(medians: {results['a_median'] / results['b_coded_median']:.2f})")
         print(f"(a)/(b) in CPU seconds of the stages (medians): {results['b_cpu'] / results['a_cpu']:.2f}; "
-              f"(a)/(c): {results['c_cpu'] / results['a_cpu']:.2f}")
+              f"(a)/(b0): {results['b_job_cpu'] / results['a_cpu']:.2f}; (a)/(c): {results['c_cpu'] / results['a_cpu']:.2f}")
         print(f"(a)/(d) = {results['a'] / results['d']:.2f}")
         print(f"all stage seconds: {  {k: [round(v, 2) for v in vs] for k, vs in stage.items()} }")
         print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
 
-        sizes = [int(n) for n in args.memory_rows.split(",") if n.strip()]
-        if sizes:
+        if args.memory_rows.strip():
             print(f"\n{'rows':>12}{'seconds':>10}{'rows/s':>12}{'worker peak MiB':>17}{'workers peak MiB':>18}{'JVM peak MiB':>14}")
-            for n in sizes:
-                copies = max(1, round(n / rows))
-                peaks, seconds = _memory_run(spark, settings, day, copies)
-                results[f"memory_{copies * rows}"] = peaks["worker"]
-                print(f"{copies * rows:>12,}{seconds:>10.0f}{copies * rows / seconds:>12,.0f}"
+            for n, seconds, peaks in _run_in_new_process(root, args.rows, "memory", memory_rows=args.memory_rows):
+                results[f"memory_{n}"] = peaks["worker"]
+                print(f"{n:>12,}{seconds:>10.0f}{n / seconds:>12,.0f}"
                       f"{peaks['worker']:>17.0f}{peaks['workers']:>18.0f}{peaks['jvm']:>14.0f}", flush=True)
     finally:
-        spark.stop()
         if args.lake is None:
             shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def _settings(root: Path, rows: int) -> Settings:
+    return load_settings(
+        overrides={
+            "lake.root": str(root),
+            "generate.days": 1,
+            "generate.rows_per_day": rows,
+            "generate.accounts": max(1000, rows // 20),
+            "generate.start_date": DAY.isoformat(),
+            # Several files, so both cores get scan tasks.
+            "generate.files_per_day": 4,
+            "spark.shuffle_partitions": max(4, rows // 500_000),
+        },
+        environ={},
+    )
+
+
+def _day(spark, settings: Settings):
+    """(the resolved source table, its rows of DAY)."""
+    source = lake.resolve_source(spark, settings, settings.table(settings.generate.table))
+    return source, lake.read_source(spark, source).where(f"{S.EVENT_DATE} = DATE'{DAY}'")
+
+
+def _run_in_new_process(root: Path, rows: int, part: str, runs: int = 0, memory_rows: str = ""):
+    """`_in_own_session`'s result, from a new Python process (hence a new Spark application);
+    its output goes to this one's."""
+    command = [sys.executable, "-m", "benchmarks.scoring", "--lake", str(root), "--rows", str(rows), "--workload", part,
+               "--runs", str(runs), "--memory-rows", memory_rows]
+    done = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    print("\n".join(line for line in done.stdout.splitlines() if not line.startswith("RESULT ")), end="", flush=True)
+    if done.returncode != 0 or not results:
+        raise RuntimeError(f"the benchmark's {part} failed (exit {done.returncode}): {done.stderr[-3000:]}")
+    return json.loads(results[-1].removeprefix("RESULT "))
+
+
+def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str):
+    """One Spark application's part of the benchmark:
+    - "setup": generate the table and register the model if the lake lacks them; the day's rows;
+    - a workload: [(stage seconds, action seconds, [CPU-s: machine, JVM, Python workers])] of
+      `runs` runs after one run to warm up (Python workers start, import torch and build the
+      model; the JIT compiles the stage's code);
+    - "memory": [(rows, seconds, peak RSS MiB)] of the job's scoring stage at `memory_rows`."""
+    spark = build_spark_session(settings, app_name=f"lakescore-bench-scoring-{part}")
+    spark.sparkContext.setLogLevel("ERROR")
+    try:
+        table = settings.table(settings.generate.table)
+        if part == "setup":
+            if not spark.catalog.tableExists(table):
+                started = time.perf_counter()
+                run_generate(spark, settings)
+                print(f"generated {table}: {settings.generate.rows_per_day:,} rows in {time.perf_counter() - started:.0f}s", flush=True)
+            _spread_day(spark, settings, table)
+            _, day = _day(spark, settings)
+            rows = day.count()
+            bundle = _bench_bundle(spark, settings, day)
+            print(f"table {table}: {rows:,} rows on {DAY}, {spark.sparkContext.defaultParallelism} cores, "
+                  f"arrow batch {settings.spark.arrow_batch_size:,}; model {bundle.label} ({bundle.kind}, "
+                  f"{len(TRANSACTIONS_V1.features)} features, {len(TRANSACTIONS_V1.inputs)} input columns)", flush=True)
+            return rows
+        _, day = _day(spark, settings)
+        rows = day.count()
+        if part == "memory":
+            measured = []
+            for n in [int(n) for n in memory_rows.split(",") if n.strip()]:
+                copies = max(1, round(n / rows))
+                peaks, seconds = _memory_run(spark, settings, day, copies)
+                measured.append((copies * rows, seconds, peaks))
+            return measured
+        inputs = list(TRANSACTIONS_V1.inputs)
+        # (b) and (c) read the day's keys, allow-listed and input columns; (b0) what the job reads.
+        output = choose_output_columns(day.columns, settings.score, table)
+        scan = day.select(*dict.fromkeys([*output.copied, *inputs]))
+        measures = {
+            "a": lambda: run_score(spark, settings, DAY, model=MODEL),
+            "b": lambda: _noop_udf(scan, inputs),
+            "b_job": lambda: _noop_udf(day.select(*scan_columns(output, inputs, day.schema, S.EVENT_DATE)[0]), inputs),
+            "b_arrow": lambda: _noop_udf(scan, inputs, arrow=True),
+            "b_coded": lambda: _noop_udf(scan, udf_inputs(TRANSACTIONS_V1)),
+            "c": lambda: _predict_batch_udf(scan, inputs, registry.load_registered(spark, settings, MODEL)[1], settings),
+        }
+        measures[part]()
+        timer = _StageTimer(spark, rows)
+        measured = [timer.measure(part, measures[part]) for _ in range(runs)]
+        return [(stage, action, list(cpu)) for stage, action, cpu in measured]
+    finally:
+        spark.stop()
 
 
 class _StageTimer:
@@ -458,12 +531,14 @@ def _memory_run(spark, settings: Settings, day, copies: int) -> tuple[dict[str, 
     from udfs.scoring import new_run_totals, score_dataframe
 
     bundle = registry.load_registered(spark, settings, MODEL)[1]
-    rows = functools.reduce(lambda a, b: a.unionAll(b), [day] * copies)
+    output = choose_output_columns(day.columns, settings.score, "bench")
+    # The columns the job reads (run_score).
+    needed, run_date_column = scan_columns(output, list(TRANSACTIONS_V1.inputs), day.schema, S.EVENT_DATE)
+    rows = functools.reduce(lambda a, b: a.unionAll(b), [day.select(*needed)] * copies)
     run = RunIdentity(f"memory-{copies}", DAY, bundle.name, bundle.version, bundle.sha256, "bench", None, bundle.threshold)
     totals = new_run_totals(spark, bundle)
     scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals, flagged_only=True)
-    output = choose_output_columns(day.columns, settings.score, "bench")
-    flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc))
+    flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc), run_date_column)
     sampler = _RssSampler(_jvm_pid(spark))
     sampler.start()
     started = time.perf_counter()

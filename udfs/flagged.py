@@ -93,9 +93,9 @@ def scan_columns(
     `inputs`: the model's input columns. `date_column`: the column a dated run selects its date
     on, None for an undated run. Every row of a dated run holds the run date there, so when it
     is a date and not a model input it is not read at all. Carried through the scoring stage,
-    a date partition column cost the JVM 0.6-1.1 of some 4-5 CPU-seconds per 2M rows here
-    (benchmarks/scoring.py), more than four key and text columns together. A date held as text
-    or a timestamp is read: the run date would not reproduce its values.
+    a date partition column cost the JVM 0.6-1.4 of some 4.5-6 CPU-seconds per 2M rows here
+    (benchmarks/scoring.py's (b) against (b0)), more than four key and text columns together.
+    A date held as text or a timestamp is read: the run date would not reproduce its values.
     """
     run_date_column = None
     if date_column is not None and date_column not in inputs and date_column in output.copied:
