@@ -105,9 +105,8 @@ def scan_columns(
     return columns, run_date_column
 
 
-def hash_column(name: str | Column, salt: str) -> Column:
+def hash_column(column: Column, salt: str) -> Column:
     """sha256 hex of salt || value-as-string; NULL stays NULL."""
-    column = F.col(name) if isinstance(name, str) else name
     return F.sha2(F.concat(F.lit(salt), column.cast("string")), 256)
 
 
