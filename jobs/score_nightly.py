@@ -243,17 +243,19 @@ def _replace_run(df: DataFrame, path: Path, run: RunIdentity) -> None:
 
     The predicate names only the partition column, so Delta drops the date's old files without
     rewriting any (a predicate on another column would rewrite the partition's files first).
-    A date holds one run: re-running it, with any model, replaces it.
+    A date holds one run: re-running it, with any model, replaces it. Every row has the run's
+    date, so the write skips Spark's sort by partition (lake.unsorted_partition_writes).
     """
     condition = f"{S.RUN_DATE} = DATE'{run.run_date.isoformat()}'"
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", condition)
-        .option("mergeSchema", "true")  # a source with other key/allowed columns adds columns
-        .partitionBy(S.RUN_DATE)
-        .save(str(path))
-    )
+    with lake.unsorted_partition_writes(df.sparkSession):
+        (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", condition)
+            .option("mergeSchema", "true")  # a source with other key/allowed columns adds columns
+            .partitionBy(S.RUN_DATE)
+            .save(str(path))
+        )
 
 
 def score(

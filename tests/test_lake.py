@@ -47,6 +47,37 @@ def test_a_delta_round_trip_keeps_every_version_for_time_travel(spark, tmp_path)
     assert sorted(r.id for r in spark.read.format("delta").load(path).collect()) == [2, 3]
 
 
+def test_unsorted_partition_writes_skip_the_sort_and_still_write_mixed_partitions_right(spark, tmp_path):
+    key = lake.CONCURRENT_WRITERS
+    before = spark.conf.get(key)
+    assert before == "0"  # Spark's default: partitioned writes sort
+    # One task meets two dates, interleaved, a null among them: the writer falls back to sorting.
+    rows = [(i, "2026-11-02" if i % 2 else "2026-11-01", None if i == 3 else float(i)) for i in range(10)]
+    df = spark.createDataFrame(rows, "id INT, d STRING, x DOUBLE").withColumn("d", F.col("d").cast("date")).coalesce(1)
+    path = str(tmp_path / "t")
+    with lake.unsorted_partition_writes(spark):
+        assert spark.conf.get(key) == "1"
+        df.write.format("delta").partitionBy("d").save(path)
+    assert spark.conf.get(key) == before
+    back = spark.read.format("delta").load(path)
+    by_date = {str(r.d): sorted(r.ids) for r in back.groupBy("d").agg(F.collect_list("id").alias("ids")).collect()}
+    assert by_date == {"2026-11-01": [0, 2, 4, 6, 8], "2026-11-02": [1, 3, 5, 7, 9]}
+    assert [r.x for r in back.where("id = 3").collect()] == [None]
+    # A launcher's own setting is kept, inside and after.
+    spark.conf.set(key, "3")
+    try:
+        with lake.unsorted_partition_writes(spark):
+            assert spark.conf.get(key) == "3"
+        assert spark.conf.get(key) == "3"
+    finally:
+        spark.conf.set(key, before)
+    # An error inside restores the setting too.
+    with pytest.raises(RuntimeError, match="boom"):
+        with lake.unsorted_partition_writes(spark):
+            raise RuntimeError("boom")
+    assert spark.conf.get(key) == before
+
+
 def test_an_unknown_table_is_reported_with_the_tables_that_exist(spark, settings, transactions):
     with pytest.raises(lake.SourceError, match=r"lakescore.transactionz does not exist \(tables in lakescore: .*transactions"):
         lake.resolve_source(spark, settings, "transactionz")
