@@ -162,8 +162,8 @@ CONCURRENT_WRITERS = "spark.sql.maxConcurrentOutputFileWriters"
 
 @contextmanager
 def unsorted_partition_writes(spark: SparkSession) -> Iterator[None]:
-    """Within it, a partitioned file write (Delta or Parquet) keeps one file writer open per
-    partition value a task meets instead of sorting the task's rows by partition first.
+    """Within it, a partitioned file write (Delta or Parquet) sends each task's rows through one
+    open file writer instead of sorting them by the partition columns first.
 
     For writes whose rows share one partition value, as a scoring run's (every row has the run
     date): there is nothing to sort, and the sort cost a 64 MiB page of execution memory per task
