@@ -249,7 +249,7 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
     """One Spark application's part of the benchmark:
     - "setup": generate the table and register the model if the lake lacks them; the day's rows;
     - a workload: {"cold": the first run's stage seconds, "runs": [(stage seconds, action seconds,
-      [CPU-s: machine, JVM, Python workers; JIT seconds])] of `runs` runs} after `warmup` runs
+      [CPU-s: machine, JVM, Python workers, JIT compiler threads])] of `runs` runs} after `warmup` runs
       (at least one): the first starts the Python workers, which import torch and build the
       model; the JIT keeps compiling for several more (see the module's docstring);
     - "memory": [(rows, seconds, peaks in MiB)] of the job's scoring stage at `memory_rows`."""
@@ -683,9 +683,9 @@ def _python_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[f
 class _RssSampler(_Sampler):
     """Samples every 0.1 s: peak RSS of the JVM, of its largest Python worker, and of all its
     Python workers together (/proc, Linux only), and the JVM's heap in use right after its latest
-    garbage collection (MiB). The JVM's RSS counts the heap G1 has committed, garbage included:
-    G1 grows its young generation as a long stage goes on. The heap after a collection is what
-    the JVM actually holds."""
+    garbage collection (MiB). The JVM's RSS counts the heap G1 has committed, garbage included,
+    and G1 commits more as a stage goes on; the heap after a young collection still counts old
+    garbage G1 has not needed to collect yet (`_memory_run` ends with a full collection)."""
 
     def __init__(self, jvm_pid: int, spark):
         super().__init__()
