@@ -77,6 +77,12 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         # batch when it is smaller than maxRecordsPerBatch: the same size for both, so the
         # scoring UDF's per-batch work is spread over the configured number of rows.
         "spark.sql.parquet.columnarReaderBatchSize": str(spark.arrow_batch_size),
+        # Spark 4.2 lets a pandas/Arrow UDF take its input straight from the operator below when
+        # that yields column batches (on by default). Only Arrow-backed batches pass through
+        # as they are; Parquet's and Delta's are read back row by row without generated code,
+        # which cost a no-op pandas UDF over a scan 2.88 JVM CPU-s per 2M rows against 2.29
+        # with the row conversion Spark generates code for (benchmarks/scoring.py's table).
+        "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled": "false",
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         # Delta rebuilds a table's snapshot with this many tasks (default 50, which dominates
         # small tables on one machine); it follows shuffle_partitions unless set with --conf.
