@@ -405,6 +405,12 @@ class _CpuSampler(_Sampler):
             float(np.interp(end, self.times, v) - np.interp(start, self.times, v)) for v in (self.machine, self.jvm, self.jit)
         )
 
+    def _cpu_seconds(self, stat_path: str) -> float:
+        """User + system CPU seconds of a process or thread, from its /proc stat file."""
+        with open(stat_path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name: state, ppid, ...
+        return (int(fields[11]) + int(fields[12])) / self.tick
+
     def _jit_cpu(self) -> float:
         """CPU seconds of the JVM's compiler threads ("C1 CompilerThre", "C2 CompilerThre"), those
         HotSpot has stopped included (it adds and stops them as its compile queue grows and drains)."""
@@ -417,9 +423,7 @@ class _CpuSampler(_Sampler):
                     continue
             if self._is_compiler[tid]:
                 try:
-                    with open(f"/proc/{self.jvm_pid}/task/{tid}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                    self._compiler_cpu[tid] = (int(fields[11]) + int(fields[12])) / self.tick
+                    self._compiler_cpu[tid] = self._cpu_seconds(f"/proc/{self.jvm_pid}/task/{tid}/stat")
                 except OSError:
                     pass
         return sum(self._compiler_cpu.values())
@@ -431,9 +435,7 @@ class _CpuSampler(_Sampler):
             # user, nice, system, irq, softirq: not idle, iowait, or time the hypervisor gave to
             # other machines (steal); guest time is already inside user.
             machine = (sum(ticks[0:3]) + ticks[5] + ticks[6]) / self.tick
-            with open(f"/proc/{self.jvm_pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            jvm = (int(fields[11]) + int(fields[12])) / self.tick
+            jvm = self._cpu_seconds(f"/proc/{self.jvm_pid}/stat")
             jit = self._jit_cpu()
         except (OSError, IndexError, ValueError):
             machine = jvm = jit = float("nan")
