@@ -55,6 +55,35 @@ def test_a_pandas_udf_over_a_parquet_scan_gets_rows_from_generated_code_not_the_
     assert [(r.id, r.s) for r in columnar_result] == [(r.id, r.s) for r in result]
 
 
+def test_batches_to_a_pandas_udf_are_bounded_by_rows_not_measured_in_bytes(spark):
+    """lakescore turns off Spark's byte limit on Arrow batches to Python (measuring every batch
+    after each row costs the JVM about 8%): batches hold maxRecordsPerBatch rows (1,000 in the
+    tests), whatever their width. A byte limit, when one is set, still cuts them."""
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+
+    from lakescore.spark import ARROW_NO_BYTE_LIMIT
+
+    @pandas_udf("long")
+    def batch_size(x: pd.Series) -> pd.Series:
+        return pd.Series([len(x)] * len(x))
+
+    df = spark.range(2500, numPartitions=1).select(F.col("id").cast("double").alias("x"))
+
+    def sizes():
+        return sorted(r.n for r in df.select(batch_size("x").alias("n")).distinct().collect())
+
+    key = "spark.sql.execution.arrow.maxBytesPerBatch"
+    assert int(spark.conf.get(key).removesuffix("b")) == ARROW_NO_BYTE_LIMIT
+    assert sizes() == [500, 1000]  # 1,000 + 1,000 + 500 rows
+    spark.conf.set(key, "4k")  # 4 KiB: about 500 doubles with their Arrow buffers
+    try:
+        limited = sizes()
+    finally:
+        spark.conf.set(key, str(ARROW_NO_BYTE_LIMIT))
+    assert max(limited) < 1000
+
+
 def test_extra_settings_override_the_defaults(settings):
     custom = settings.with_overrides({"spark.conf": "spark.sql.shuffle.partitions=64,spark.foo=bar"})
     conf = default_spark_conf(custom)
