@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -124,6 +125,27 @@ def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(s
         contributions = [reason[S.REASON_CONTRIBUTION] for reason in r[S.REASONS]]
         assert len(features) == 3 and set(features) <= set(TRANSACTIONS_V1.features)
         assert contributions == sorted(contributions, reverse=True)
+    # Event times copied from the source keep their value; lakescore writes every timestamp, the
+    # generated source's included, as Parquet INT64 microseconds, not the deprecated INT96.
+    source = spark.table(settings.table(S.TRANSACTIONS)).select(S.TRANSACTION_ID, S.EVENT_TS)
+    event_ts = {r[S.TRANSACTION_ID]: r[S.EVENT_TS] for r in source.where(F.col(S.TRANSACTION_ID).isin(list(expected["flagged"]))).collect()}
+    assert {r[S.TRANSACTION_ID]: r[S.EVENT_TS] for r in rows} == event_ts
+    for table, columns in ((S.FLAGGED, (S.EVENT_TS, S.SCORED_AT)), (S.TRANSACTIONS, (S.EVENT_TS,))):
+        assert _parquet_timestamp_storage(lake.table_path(settings, table), columns) == {("INT64", "microseconds")}
+
+
+def _parquet_timestamp_storage(table_path: Path, columns: tuple[str, ...]) -> set[tuple[str, str | None]]:
+    """(physical type, time unit) of `columns` over every Parquet file of a table."""
+    import pyarrow.parquet as pq
+
+    found = set()
+    for path in Path(table_path).rglob("*.parquet"):
+        schema = pq.ParquetFile(path).schema
+        for name in columns:
+            column = schema.column(schema.names.index(name))
+            unit = column.logical_type.to_json() if column.logical_type.type == "TIMESTAMP" else None
+            found.add((column.physical_type, json.loads(unit)["timeUnit"] if unit else None))
+    return found
 
 
 def test_the_model_runs_once_per_input_row_and_the_metrics_come_from_that_same_pass(spark, settings, transactions, bundles, first_run, expected, day_rows):
