@@ -97,8 +97,8 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         # are Parquet INT64 microseconds, not Spark's default INT96, which Parquet deprecates:
         # Spark reads an INT96 value back through a ByteBuffer per row, about 10% of the
         # scoring stage's JVM samples when the source's event time was INT96 (a Flight Recorder
-        # profile of benchmarks/scoring.py's job); reading the event time alone took 0.18-0.20 s
-        # per 2M rows as INT96 and 0.10-0.11 s as INT64.
+        # profile of benchmarks/scoring.py's job); scanning the event time alone into Spark's
+        # noop sink took 0.18-0.20 s per 2M rows as INT96 and 0.10-0.11 s as INT64.
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         # Delta rebuilds a table's snapshot with this many tasks (default 50, which dominates

@@ -135,11 +135,14 @@ def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(s
 
 
 def _parquet_timestamp_storage(table_path: Path, columns: tuple[str, ...]) -> set[tuple[str, str | None]]:
-    """(physical type, time unit) of `columns` over every Parquet file of a table."""
+    """(physical type, time unit) of `columns` over every data file of a table (not the
+    checkpoints in its _delta_log)."""
     import pyarrow.parquet as pq
 
     found = set()
     for path in Path(table_path).rglob("*.parquet"):
+        if "_delta_log" in path.parts:
+            continue
         schema = pq.ParquetFile(path).schema
         for name in columns:
             column = schema.column(schema.names.index(name))
