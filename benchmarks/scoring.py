@@ -405,12 +405,6 @@ class _CpuSampler(_Sampler):
             float(np.interp(end, self.times, v) - np.interp(start, self.times, v)) for v in (self.machine, self.jvm, self.jit)
         )
 
-    def _cpu_seconds(self, stat_path: str) -> float:
-        """User + system CPU seconds of a process or thread, from its /proc stat file."""
-        with open(stat_path) as f:
-            fields = f.read().rsplit(")", 1)[1].split()  # after the command name: state, ppid, ...
-        return (int(fields[11]) + int(fields[12])) / self.tick
-
     def _jit_cpu(self) -> float:
         """CPU seconds of the JVM's compiler threads ("C1 CompilerThre", "C2 CompilerThre"), those
         HotSpot has stopped included (it adds and stops them as its compile queue grows and drains)."""
@@ -423,7 +417,7 @@ class _CpuSampler(_Sampler):
                     continue
             if self._is_compiler[tid]:
                 try:
-                    self._compiler_cpu[tid] = self._cpu_seconds(f"/proc/{self.jvm_pid}/task/{tid}/stat")
+                    self._compiler_cpu[tid] = _cpu_seconds(_stat_fields(f"/proc/{self.jvm_pid}/task/{tid}/stat"), self.tick)
                 except OSError:
                     pass
         return sum(self._compiler_cpu.values())
@@ -435,7 +429,7 @@ class _CpuSampler(_Sampler):
             # user, nice, system, irq, softirq: not idle, iowait, or time the hypervisor gave to
             # other machines (steal); guest time is already inside user.
             machine = (sum(ticks[0:3]) + ticks[5] + ticks[6]) / self.tick
-            jvm = self._cpu_seconds(f"/proc/{self.jvm_pid}/stat")
+            jvm = _cpu_seconds(_stat_fields(f"/proc/{self.jvm_pid}/stat"), self.tick)
             jit = self._jit_cpu()
         except (OSError, IndexError, ValueError):
             machine = jvm = jit = float("nan")
@@ -633,6 +627,18 @@ def _jvm_pid(spark) -> int:
     return spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
 
 
+def _stat_fields(stat_path: str) -> list[str]:
+    """The fields of a process's or thread's /proc stat file after its command name: state (0),
+    ppid (1), ..., utime (11), stime (12)."""
+    with open(stat_path) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(fields: list[str], tick: int) -> float:
+    """User + system CPU seconds from `_stat_fields`."""
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
 def _spark_processes(jvm_pid: int) -> tuple[tuple[float, float], dict[int, tuple[float, float]]]:
     """(RSS MiB, CPU seconds so far) of the JVM, and of each of its Python workers by pid, from
     /proc (Linux only)."""
@@ -642,16 +648,14 @@ def _spark_processes(jvm_pid: int) -> tuple[tuple[float, float], dict[int, tuple
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                stat = f.read()
+            fields = _stat_fields(f"/proc/{entry.name}/stat")
             with open(f"/proc/{entry.name}/statm") as f:
                 pages = int(f.read().split()[1])
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ..., utime (11), stime (12)
         pid = int(entry.name)
         parents[pid] = int(fields[1])
-        usage[pid] = (pages * page_mib, (int(fields[11]) + int(fields[12])) / tick)
+        usage[pid] = (pages * page_mib, _cpu_seconds(fields, tick))
 
     def descends(pid: int) -> bool:
         while pid in parents and pid > 1:

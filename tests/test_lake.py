@@ -4,7 +4,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from lakescore import lake
-from lakescore.spark import default_spark_conf
+from lakescore.spark import ARROW_NO_BYTE_LIMIT, default_spark_conf
 
 
 def test_the_session_has_delta_and_the_catalog_under_the_lake_root(spark, settings):
@@ -61,8 +61,6 @@ def test_batches_to_a_pandas_udf_are_bounded_by_rows_not_measured_in_bytes(spark
     tests), whatever their width. A byte limit, when one is set, still cuts them."""
     import pandas as pd
     from pyspark.sql.functions import pandas_udf
-
-    from lakescore.spark import ARROW_NO_BYTE_LIMIT
 
     @pandas_udf("long")
     def batch_size(x: pd.Series) -> pd.Series:

@@ -146,8 +146,7 @@ def _parquet_timestamp_storage(table_path: Path, columns: tuple[str, ...]) -> se
         schema = pq.ParquetFile(path).schema
         for name in columns:
             column = schema.column(schema.names.index(name))
-            unit = column.logical_type.to_json() if column.logical_type.type == "TIMESTAMP" else None
-            found.add((column.physical_type, json.loads(unit)["timeUnit"] if unit else None))
+            found.add((column.physical_type, json.loads(column.logical_type.to_json()).get("timeUnit")))
     return found
 
 
