@@ -162,6 +162,8 @@ def explain_batch(
             contributions = model.logit_gradient(xt) * xt
         else:
             contributions = (model(xt) - xt) ** 2 / f
-        order = torch.argsort(contributions, dim=1, descending=True)[:, :k]
+        # Stable: equal contributions (a row whose ReLUs are all off has only zeros) keep the
+        # features' order, so the reasons are the same on every device and torch build.
+        order = torch.argsort(contributions, dim=1, descending=True, stable=True)[:, :k]
         top = torch.gather(contributions, 1, order)
     return order.cpu().numpy(), top.double().cpu().numpy()

@@ -154,6 +154,29 @@ def test_the_mlp_explanation_is_autograd_gradient_times_input_bit_for_bit():
         model.train().logit_gradient(x)
 
 
+def test_tied_contributions_rank_in_feature_order_so_reasons_match_on_every_device():
+    # A row that switches every ReLU off has a zero gradient: all its contributions tie at 0 or
+    # -0. Torch's unstable sort orders 17 or more ties differently on the CPU (10, 20, 19 for 21
+    # features) and on CUDA (seen on an H200: 641 of 10,000 flagged rows had other reasons,
+    # benchmarks/gpu.py); ties keep the features' order on both.
+    n = 21  # as many features as the transactions feature set
+    model = build_model({"kind": MLP, "n_features": n, "hidden": [4], "dropout": 0.0}).eval()
+    with torch.no_grad():
+        first, last = model.net[0], model.net[-1]
+        first.weight.copy_(torch.ones(4, n))
+        first.bias.zero_()
+        last.weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5]]))
+    off = -np.ones(n, np.float32)
+    mixed = np.where(np.arange(n) % 2 == 0, -1.0, 0.5).astype(np.float32)  # sums below 0: ReLUs off
+    on = np.ones(n, np.float32)
+    on[[4, 9]] = 2.0
+    order, contributions = explain_batch(model, MLP, np.stack([off, mixed, on]), top_k=3)
+    assert order[:2].tolist() == [[0, 1, 2], [0, 1, 2]]
+    assert np.all(contributions[:2] == 0.0)
+    # Every ReLU on: the gradient is 2.5 for every feature; features 4 and 9 lead, then the ties.
+    assert order[2].tolist() == [4, 9, 0] and contributions[2].tolist() == [5.0, 5.0, 2.5]
+
+
 def test_scoring_no_rows_returns_empty_arrays(tmp_path):
     model = model_from_bundle(_write(tmp_path))
     assert score_batch(model, MLP, np.empty((0, 3), np.float32)).shape == (0,)

@@ -164,7 +164,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoi
         {"start_epoch": 2, "resumed_from_epoch": 1},
     ]
     assert [h["epoch"] for h in trained.history] == [0, 1, 2, 3]
-    assert all(h["workers"] == 2 and h["train_rows"] == 1500 for h in trained.history)
+    assert all(h["workers"] == 2 and h["train_rows"] == 1500 and h["device"] == "cpu" for h in trained.history)
     # Training went on from the checkpoint's weights, not from scratch: the loss kept falling.
     assert trained.history[2]["train_loss"] < trained.history[0]["train_loss"]
     assert trained.best_validation_aucpr > 0.9

@@ -236,6 +236,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             "best_epoch": stopping.best_epoch,
             "early_stopped": stopping.stop,
             "workers": world,
+            "device": device.type,  # "cuda" when ray.use_gpu put this worker on a GPU
         }
         state["epoch"] = epoch
         state["history"].append(metrics)
