@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export RAY_TRAIN_V2_ENABLED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-fast bench jars dist clean
+.PHONY: setup demo test test-fast bench gpu-check jars dist clean
 
 setup: $(VENV)/.installed $(JARS)/.resolved
 
@@ -42,6 +42,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# On a machine with a CUDA GPU: Ray Train with ray.use_gpu=true, and scoring on CUDA against the CPU.
+gpu-check: $(VENV)/.installed
+	$(BIN)/python -m benchmarks.gpu
 
 # What spark-submit ships to a cluster: dist/lakescore-<version>.zip for --py-files (cluster_configs/README.md).
 dist: $(VENV)/.installed

@@ -1,0 +1,185 @@
+"""Checks for a machine with a CUDA GPU: Ray Train with `ray.use_gpu=true`, and scoring on CUDA.
+
+    RAY_TRAIN_V2_ENABLED=1 python -m benchmarks.gpu [--train-rows 200000] [--score-rows 2000000,20000000]
+
+1. Ray Train: `training.trainer.fit_model`, the TorchTrainer that `lakescore train` runs, on the
+   same synthetic table twice: `ray.use_gpu=false` (one CPU worker) and `ray.use_gpu=true` (one
+   worker holding the GPU; Ray Train then uses NCCL). Each epoch's history names the device its
+   workers trained on; both runs must learn the table (validation AUCPR), and their training
+   rows/s are printed side by side.
+2. Scoring: the GPU run's weights score the same rows with `lakescore.models.score_batch` and
+   `explain_batch` (the functions the Spark UDF calls) on the CPU, with one torch thread as in a
+   Spark Python worker, and on CUDA. Scores must agree to float32 rounding, the flags at a 0.5%
+   alert threshold must be the same rows, and so must the top-3 reasons of the flagged rows.
+   Rows/s of each (CUDA: copies to and from the device included).
+
+Needs only torch, numpy, scikit-learn and Ray (no Spark, no Java). Exits 2 without a CUDA device,
+1 if a check fails; `--out FILE` also writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from lakescore.config import RaySettings, TrainSettings
+from lakescore.models import MLP, build_model, explain_batch, score_batch
+
+FEATURES = 21
+HIDDEN = [64, 32]
+ALERT_RATE = 0.005
+
+
+def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Standard-normal features; 2% positives, mostly linear in four of them, with a square."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, FEATURES), dtype=np.float32)
+    signal = x[:, 0] + 0.5 * x[:, 1] - x[:, 2] + 0.3 * x[:, 3] ** 2
+    y = (signal > np.quantile(signal, 0.98)).astype(np.float32)
+    return x, y
+
+
+def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str) -> dict:
+    import ray
+
+    from training.trainer import fit_model
+
+    split = int(len(x) * 0.8)
+    train_set = ray.data.from_numpy(x[:split]).zip(ray.data.from_numpy(y[:split]))
+    rename = {"data": "x", "data_1": "y"}
+    train_set = train_set.rename_columns(rename).materialize()
+    validation = ray.data.from_numpy(x[split:]).zip(ray.data.from_numpy(y[split:])).rename_columns(rename).materialize()
+    started = time.perf_counter()
+    trained = fit_model(
+        train_set,
+        validation,
+        architecture={"kind": MLP, "n_features": FEATURES, "hidden": HIDDEN, "dropout": 0.0},
+        train_settings=TrainSettings(epochs=4, patience=10, batch_size=1024, learning_rate=3e-3),
+        ray_settings=RaySettings(num_workers=1, use_gpu=use_gpu, cpus_per_worker=1.0, max_failures=0),
+        storage_path=storage,
+        run_name="gpu" if use_gpu else "cpu",
+        pos_weight=None,
+    )
+    history = trained.history
+    return {
+        "model": trained,
+        "seconds": time.perf_counter() - started,
+        "devices": sorted({h["device"] for h in history}),
+        "best_validation_aucpr": trained.best_validation_aucpr,
+        "train_rows_per_s": [round(h["train_rows_per_s"]) for h in history],
+        "train_loss": [round(h["train_loss"], 5) for h in history],
+    }
+
+
+def _timed(fn, repeats: int = 3) -> tuple[float, object]:
+    best, result = math.inf, None
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def compare_scoring(state_dict: dict, rows: list[int]) -> dict:
+    model = build_model({"kind": MLP, "n_features": FEATURES, "hidden": HIDDEN, "dropout": 0.0})
+    model.load_state_dict(state_dict)
+    model.eval()
+    on_gpu = build_model({"kind": MLP, "n_features": FEATURES, "hidden": HIDDEN, "dropout": 0.0})
+    on_gpu.load_state_dict(state_dict)
+    on_gpu = on_gpu.eval().to("cuda")
+    torch.set_num_threads(1)  # as in a Spark Python worker (udfs.core.configure_torch_for_worker)
+
+    figures: dict = {"rows": {}}
+    x, _ = synthetic(rows[0], seed=11)
+    cpu_seconds, cpu_scores = _timed(lambda: score_batch(model, MLP, x))
+    score_batch(on_gpu, MLP, x[:1000], device="cuda")  # CUDA context and kernels, before timing
+    gpu_seconds, gpu_scores = _timed(lambda: score_batch(on_gpu, MLP, x, device="cuda"))
+    threshold = float(np.quantile(cpu_scores, 1 - ALERT_RATE))
+    cpu_flagged, gpu_flagged = cpu_scores >= threshold, gpu_scores >= threshold
+    near = np.abs(cpu_scores - threshold) < 1e-6
+    flagged = np.flatnonzero(cpu_flagged)
+    cpu_order, cpu_top = explain_batch(model, MLP, x[flagged], 3)
+    gpu_order, gpu_top = explain_batch(on_gpu, MLP, x[flagged], 3, device="cuda")
+    figures.update(
+        threshold=threshold,
+        max_abs_score_difference=float(np.abs(cpu_scores - gpu_scores).max()),
+        flagged=int(cpu_flagged.sum()),
+        flags_differing=int((cpu_flagged != gpu_flagged).sum()),
+        flags_differing_away_from_threshold=int(((cpu_flagged != gpu_flagged) & ~near).sum()),
+        reasons_rows_differing=int((cpu_order != gpu_order).any(axis=1).sum()),
+        max_abs_contribution_difference=float(np.abs(cpu_top - gpu_top).max()) if len(flagged) else 0.0,
+    )
+    figures["rows"][rows[0]] = {"cpu_rows_per_s": rows[0] / cpu_seconds, "cuda_rows_per_s": rows[0] / gpu_seconds}
+    for n in rows[1:]:
+        big, _ = synthetic(n, seed=12)
+        seconds, _ = _timed(lambda: score_batch(on_gpu, MLP, big, device="cuda"))
+        figures["rows"][n] = {"cuda_rows_per_s": n / seconds}
+        del big
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-rows", type=int, default=200_000)
+    parser.add_argument("--score-rows", default="2000000,20000000", help="comma-separated; the CPU scores the first")
+    parser.add_argument("--out", help="also write the figures here as JSON")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device visible to torch: run this on a machine with a GPU (and torch's CUDA build)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}; ray {ray.__version__}")
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    x, y = synthetic(args.train_rows, seed=7)
+    with tempfile.TemporaryDirectory() as storage:
+        runs = {"cpu": train(x, y, False, storage), "cuda": train(x, y, True, storage)}
+    ray.shutdown()
+    failures = []
+    for name, run in runs.items():
+        print(
+            f"Ray Train use_gpu={name == 'cuda'}: devices {run['devices']}, best validation AUCPR "
+            f"{run['best_validation_aucpr']:.4f}, loss {run['train_loss']}, rows/s {run['train_rows_per_s']}, "
+            f"{run['seconds']:.1f} s"
+        )
+        if run["devices"] != [name]:
+            failures.append(f"use_gpu={name == 'cuda'} trained on {run['devices']}, not {name}")
+        if not run["best_validation_aucpr"] > 0.5:
+            failures.append(f"{name} run did not learn: validation AUCPR {run['best_validation_aucpr']:.4f}")
+
+    rows = [int(r) for r in args.score_rows.split(",")]
+    scoring = compare_scoring(runs["cuda"]["model"].state_dict, rows)
+    print(json.dumps(scoring, indent=2))
+    if scoring["max_abs_score_difference"] > 1e-5:
+        failures.append(f"CPU and CUDA scores differ by up to {scoring['max_abs_score_difference']:.3g}")
+    if scoring["flags_differing_away_from_threshold"]:
+        failures.append(f"{scoring['flags_differing_away_from_threshold']} rows flagged on one device only")
+    if scoring["reasons_rows_differing"] > max(1, 0.001 * scoring["flagged"]):
+        failures.append(f"{scoring['reasons_rows_differing']} of {scoring['flagged']} flagged rows have other reasons on CUDA")
+    if scoring["max_abs_contribution_difference"] > 1e-4:
+        failures.append(f"reason contributions differ by up to {scoring['max_abs_contribution_difference']:.3g}")
+    if args.out:
+        summary = {name: {k: v for k, v in run.items() if k != "model"} for name, run in runs.items()}
+        with open(args.out, "w") as f:
+            json.dump({"train": summary, "scoring": scoring, "failures": failures}, f, indent=2)
+    for failure in failures:
+        print("FAILED:", failure, file=sys.stderr)
+    print("all GPU checks passed" if not failures else f"{len(failures)} GPU check(s) failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
