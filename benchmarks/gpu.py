@@ -28,6 +28,7 @@ import tempfile
 import time
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from lakescore.config import RaySettings, TrainSettings
@@ -52,11 +53,13 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str) -> dict:
 
     from training.trainer import fit_model
 
+    from ray.data.extensions import ArrowTensorArray
+
+    def dataset(rows: slice) -> "ray.data.Dataset":
+        return ray.data.from_arrow(pa.table({"x": ArrowTensorArray.from_numpy(x[rows]), "y": y[rows]})).materialize()
+
     split = int(len(x) * 0.8)
-    train_set = ray.data.from_numpy(x[:split]).zip(ray.data.from_numpy(y[:split]))
-    rename = {"data": "x", "data_1": "y"}
-    train_set = train_set.rename_columns(rename).materialize()
-    validation = ray.data.from_numpy(x[split:]).zip(ray.data.from_numpy(y[split:])).rename_columns(rename).materialize()
+    train_set, validation = dataset(slice(0, split)), dataset(slice(split, None))
     started = time.perf_counter()
     trained = fit_model(
         train_set,
