@@ -3,10 +3,12 @@
     RAY_TRAIN_V2_ENABLED=1 python -m benchmarks.gpu [--train-rows 200000] [--score-rows 2000000,20000000]
 
 1. Ray Train: `training.trainer.fit_model`, the TorchTrainer that `lakescore train` runs, on the
-   same synthetic table twice: `ray.use_gpu=false` (one CPU worker) and `ray.use_gpu=true` (one
-   worker holding the GPU; Ray Train then uses NCCL). Each epoch's history names the device its
-   workers trained on; both runs must learn the table (validation AUCPR), and their training
-   rows/s are printed side by side.
+   same synthetic table three times: `ray.use_gpu=false` (one CPU worker), `ray.use_gpu=true`
+   (one worker holding the GPU; Ray Train then uses NCCL), and `true` again with the worker
+   killed after epoch 1's checkpoint. Each epoch's history names the device its workers trained
+   on; the runs must learn the table (validation AUCPR), their training rows/s are printed side
+   by side, and the killed run must resume from epoch 1's checkpoint, on the GPU, with the same
+   losses as the run that was not killed.
 2. Scoring: the GPU run's weights score the same rows with `lakescore.models.score_batch` and
    `explain_batch` (the functions the Spark UDF calls) on the CPU, with one torch thread as in a
    Spark Python worker, and on CUDA. Scores must agree to float32 rounding, the flags at a 0.5%
@@ -48,7 +50,9 @@ def synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str) -> dict:
+def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str, kill_after_epoch: int | None = None) -> dict:
+    """One `fit_model` run; with `kill_after_epoch`, its worker is killed once after that
+    epoch's checkpoint and Ray Train restarts it from there."""
     import ray
 
     from training.trainer import fit_model
@@ -66,10 +70,13 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str) -> dict:
         validation,
         architecture={"kind": MLP, "n_features": FEATURES, "hidden": HIDDEN, "dropout": 0.0},
         train_settings=TrainSettings(epochs=4, patience=10, batch_size=1024, learning_rate=3e-3),
-        ray_settings=RaySettings(num_workers=1, use_gpu=use_gpu, cpus_per_worker=1.0, max_failures=0),
+        ray_settings=RaySettings(num_workers=1, use_gpu=use_gpu, cpus_per_worker=1.0, max_failures=1),
         storage_path=storage,
-        run_name="gpu" if use_gpu else "cpu",
+        run_name=("gpu" if use_gpu else "cpu") + ("-resumed" if kill_after_epoch is not None else ""),
         pos_weight=None,
+        fault_injection=None
+        if kill_after_epoch is None
+        else {"fail_at_epoch": kill_after_epoch, "fail_marker": os.path.join(storage, "killed")},
     )
     history = trained.history
     return {
@@ -79,6 +86,7 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str) -> dict:
         "best_validation_aucpr": trained.best_validation_aucpr,
         "train_rows_per_s": [round(h["train_rows_per_s"]) for h in history],
         "train_loss": [round(h["train_loss"], 5) for h in history],
+        "attempts": trained.attempts,
     }
 
 
@@ -149,19 +157,32 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     x, y = synthetic(args.train_rows, seed=7)
     with tempfile.TemporaryDirectory() as storage:
-        runs = {"cpu": train(x, y, False, storage), "cuda": train(x, y, True, storage)}
+        runs = {
+            "cpu": train(x, y, False, storage),
+            "cuda": train(x, y, True, storage),
+            # The worker dies after epoch 1's checkpoint; the new one resumes on the GPU from it.
+            "cuda_resumed": train(x, y, True, storage, kill_after_epoch=1),
+        }
     ray.shutdown()
     failures = []
     for name, run in runs.items():
+        device = name.split("_")[0]
         print(
-            f"Ray Train use_gpu={name == 'cuda'}: devices {run['devices']}, best validation AUCPR "
+            f"Ray Train use_gpu={device == 'cuda'}{' (killed after epoch 1)' if name == 'cuda_resumed' else ''}: devices {run['devices']}, best validation AUCPR "
             f"{run['best_validation_aucpr']:.4f}, loss {run['train_loss']}, rows/s {run['train_rows_per_s']}, "
             f"{run['seconds']:.1f} s"
         )
-        if run["devices"] != [name]:
-            failures.append(f"use_gpu={name == 'cuda'} trained on {run['devices']}, not {name}")
+        if run["devices"] != [device]:
+            failures.append(f"{name}: use_gpu={device == 'cuda'} trained on {run['devices']}, not {device}")
         if not run["best_validation_aucpr"] > 0.5:
             failures.append(f"{name} run did not learn: validation AUCPR {run['best_validation_aucpr']:.4f}")
+
+    resumed = runs["cuda_resumed"]
+    print(f"resumed run's worker-group starts: {resumed['attempts']}")
+    if [a["resumed_from_epoch"] for a in resumed["attempts"]] != [None, 1]:
+        failures.append(f"the killed GPU run did not resume from epoch 1's checkpoint: {resumed['attempts']}")
+    if resumed["train_loss"] != runs["cuda"]["train_loss"]:
+        failures.append(f"the resumed GPU run's losses {resumed['train_loss']} differ from the uninterrupted {runs['cuda']['train_loss']}")
 
     rows = [int(r) for r in args.score_rows.split(",")]
     scoring = compare_scoring(runs["cuda"]["model"].state_dict, rows)

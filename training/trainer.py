@@ -163,9 +163,11 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             directory = Path(directory)
-            model.load_state_dict(torch.load(directory / _MODEL_FILE, weights_only=True))
-            best_state = torch.load(directory / _BEST_FILE, weights_only=True)
-            optimizer_state = torch.load(directory / _OPTIMIZER_FILE, weights_only=True)
+            # Onto the CPU first: a GPU run's tensors then load on any worker, and prepare_model
+            # and the optimizer move them to this worker's device.
+            model.load_state_dict(torch.load(directory / _MODEL_FILE, weights_only=True, map_location="cpu"))
+            best_state = torch.load(directory / _BEST_FILE, weights_only=True, map_location="cpu")
+            optimizer_state = torch.load(directory / _OPTIMIZER_FILE, weights_only=True, map_location="cpu")
             state = json.loads((directory / _STATE_FILE).read_text())
     start_epoch = state["epoch"] + 1
     state["attempts"].append({"start_epoch": start_epoch, "resumed_from_epoch": state["epoch"] if checkpoint else None})
