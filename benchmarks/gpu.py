@@ -37,7 +37,7 @@ from lakescore.config import RaySettings, TrainSettings
 from lakescore.models import MLP, build_model, explain_batch, score_batch
 
 FEATURES = 21
-HIDDEN = [64, 32]
+ARCHITECTURE = {"kind": MLP, "n_features": FEATURES, "hidden": [64, 32], "dropout": 0.0}
 ALERT_RATE = 0.005
 
 
@@ -54,10 +54,9 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str, kill_after_
     """One `fit_model` run; with `kill_after_epoch`, its worker is killed once after that
     epoch's checkpoint and Ray Train restarts it from there."""
     import ray
+    from ray.data.extensions import ArrowTensorArray
 
     from training.trainer import fit_model
-
-    from ray.data.extensions import ArrowTensorArray
 
     def dataset(rows: slice) -> "ray.data.Dataset":
         return ray.data.from_arrow(pa.table({"x": ArrowTensorArray.from_numpy(x[rows]), "y": y[rows]})).materialize()
@@ -68,7 +67,7 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str, kill_after_
     trained = fit_model(
         train_set,
         validation,
-        architecture={"kind": MLP, "n_features": FEATURES, "hidden": HIDDEN, "dropout": 0.0},
+        architecture=ARCHITECTURE,
         train_settings=TrainSettings(epochs=4, patience=10, batch_size=1024, learning_rate=3e-3),
         ray_settings=RaySettings(num_workers=1, use_gpu=use_gpu, cpus_per_worker=1.0, max_failures=1),
         storage_path=storage,
@@ -103,13 +102,14 @@ def _timed(fn, repeats: int = 3) -> tuple[float, object]:
     return best, result
 
 
-def compare_scoring(state_dict: dict, rows: list[int]) -> dict:
-    model = build_model({"kind": MLP, "n_features": FEATURES, "hidden": HIDDEN, "dropout": 0.0})
+def _model(state_dict: dict, device: str) -> torch.nn.Module:
+    model = build_model(ARCHITECTURE)
     model.load_state_dict(state_dict)
-    model.eval()
-    on_gpu = build_model({"kind": MLP, "n_features": FEATURES, "hidden": HIDDEN, "dropout": 0.0})
-    on_gpu.load_state_dict(state_dict)
-    on_gpu = on_gpu.eval().to("cuda")
+    return model.eval().to(device)
+
+
+def compare_scoring(state_dict: dict, rows: list[int]) -> dict:
+    model, on_gpu = _model(state_dict, "cpu"), _model(state_dict, "cuda")
     torch.set_num_threads(1)  # as in a Spark Python worker (udfs.core.configure_torch_for_worker)
 
     figures: dict = {"rows": {}}
