@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 
 import numpy as np
 import pandas as pd
@@ -198,6 +199,13 @@ def test_an_empty_batch_scores_nothing_and_counts_zero(mlp_bundle):
     assert not batch.totals.counts.any() and batch.totals.counts.shape == (scoring.layout.size,)
 
 
+@pytest.fixture(autouse=True)
+def _collect_as_usual_after_each_test():
+    """load_scoring_model freezes the heap, as a Spark worker wants: this test process does not."""
+    yield
+    gc.unfreeze()
+
+
 class _FakeBroadcast:
     """Stands in for a pyspark Broadcast on a worker: `.value` holds the files; reads are counted."""
 
@@ -220,6 +228,22 @@ def test_a_worker_builds_the_model_once_per_bundle_sha256_and_reuses_it(mlp_bund
     other = load_scoring_model(_FakeBroadcast(ae_bundle.files), ae_bundle.sha256, cache)
     assert other.kind == AUTOENCODER and cache.builds == 2
     assert torch.get_num_threads() == 1
+
+
+def test_a_worker_freezes_what_it_holds_once_its_model_is_built(mlp_bundle):
+    # PySpark's daemon runs gc.collect() after every task of a reused worker: over torch's objects
+    # that is a full pass every task, unless they are frozen (udfs.core.freeze_worker_heap).
+    assert gc.get_freeze_count() == 0
+    cache = ModelCache()
+    scoring = load_scoring_model(_FakeBroadcast(mlp_bundle.files), mlp_bundle.sha256, cache)
+    frozen = gc.get_freeze_count()
+    assert frozen > 50_000  # torch, pyarrow, pyspark and the model
+    assert len(gc.get_objects()) < frozen / 100  # what a collection still walks
+    # Frozen objects still score, and a cache hit freezes nothing more.
+    x = np.zeros((3, len(scoring.feature_set.features)), np.float32)
+    assert score_batch(scoring.model, scoring.kind, x).shape == (3,)
+    assert load_scoring_model(_FakeBroadcast(mlp_bundle.files), mlp_bundle.sha256, cache) is scoring
+    assert gc.get_freeze_count() == frozen
 
 
 def test_the_cache_evicts_the_least_recently_used_model_beyond_its_capacity():
