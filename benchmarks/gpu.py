@@ -80,6 +80,8 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str, kill_after_
     history = trained.history
     return {
         "model": trained,
+        "device": "cuda" if use_gpu else "cpu",
+        "killed_after_epoch": kill_after_epoch,
         "seconds": time.perf_counter() - started,
         "devices": sorted({h["device"] for h in history}),
         "best_validation_aucpr": trained.best_validation_aucpr,
@@ -87,6 +89,29 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str, kill_after_
         "train_loss": [round(h["train_loss"], 5) for h in history],
         "attempts": trained.attempts,
     }
+
+
+def training_failures(uninterrupted: dict, resumed: dict, *others: dict) -> list[str]:
+    """What went wrong in `train` results: a run off its device or not learning, or a killed run
+    (`resumed`) that did not resume from its checkpoint with `uninterrupted`'s losses."""
+    failures = []
+    for run in (uninterrupted, resumed, *others):
+        name = run["device"] + (f", killed after epoch {run['killed_after_epoch']}" if run["killed_after_epoch"] is not None else "")
+        print(
+            f"Ray Train on {name}: devices {run['devices']}, best validation AUCPR {run['best_validation_aucpr']:.4f}, "
+            f"loss {run['train_loss']}, rows/s {run['train_rows_per_s']}, {run['seconds']:.1f} s"
+        )
+        if run["devices"] != [run["device"]]:
+            failures.append(f"the run on {name} trained on {run['devices']}")
+        if not run["best_validation_aucpr"] > 0.5:
+            failures.append(f"the run on {name} did not learn: validation AUCPR {run['best_validation_aucpr']:.4f}")
+    epoch = resumed["killed_after_epoch"]
+    print(f"the killed run's worker-group starts: {resumed['attempts']}")
+    if [a["resumed_from_epoch"] for a in resumed["attempts"]] != [None, epoch]:
+        failures.append(f"the killed run did not resume from epoch {epoch}'s checkpoint: {resumed['attempts']}")
+    if resumed["train_loss"] != uninterrupted["train_loss"]:
+        failures.append(f"the killed run's losses {resumed['train_loss']} differ from the uninterrupted {uninterrupted['train_loss']}")
+    return failures
 
 
 def _timed(fn, repeats: int = 3) -> tuple[float, object]:
@@ -164,25 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "cuda_resumed": train(x, y, True, storage, kill_after_epoch=1),
         }
     ray.shutdown()
-    failures = []
-    for name, run in runs.items():
-        device = name.split("_")[0]
-        print(
-            f"Ray Train use_gpu={device == 'cuda'}{' (killed after epoch 1)' if name == 'cuda_resumed' else ''}: devices {run['devices']}, best validation AUCPR "
-            f"{run['best_validation_aucpr']:.4f}, loss {run['train_loss']}, rows/s {run['train_rows_per_s']}, "
-            f"{run['seconds']:.1f} s"
-        )
-        if run["devices"] != [device]:
-            failures.append(f"{name}: use_gpu={device == 'cuda'} trained on {run['devices']}, not {device}")
-        if not run["best_validation_aucpr"] > 0.5:
-            failures.append(f"{name} run did not learn: validation AUCPR {run['best_validation_aucpr']:.4f}")
-
-    resumed = runs["cuda_resumed"]
-    print(f"resumed run's worker-group starts: {resumed['attempts']}")
-    if [a["resumed_from_epoch"] for a in resumed["attempts"]] != [None, 1]:
-        failures.append(f"the killed GPU run did not resume from epoch 1's checkpoint: {resumed['attempts']}")
-    if resumed["train_loss"] != runs["cuda"]["train_loss"]:
-        failures.append(f"the resumed GPU run's losses {resumed['train_loss']} differ from the uninterrupted {runs['cuda']['train_loss']}")
+    failures = training_failures(runs["cuda"], runs["cuda_resumed"], runs["cpu"])
 
     rows = [int(r) for r in args.score_rows.split(",")]
     scoring = compare_scoring(runs["cuda"]["model"].state_dict, rows)
