@@ -44,7 +44,9 @@ Arrow batch size. And the JVM's (the executor, in local mode): its peak RSS, the
 in use after each young collection, and its heap after a full collection once the stage is done
 (what it still holds). Its RSS follows the heap G1 commits, garbage included, which grows as a
 stage runs longer, up to the heap's maximum; the full collection shows whether anything it holds
-grows with the rows.
+grows with the rows. The no-op pandas UDF (b) over the same columns is measured the same way
+beside it: its JVM scans and transfers the same rows without the model, so the JVM growth the
+two share is Spark's and G1's, not the scoring's.
 
 The model is an MLP 21-64-32-1 trained for a few full-batch epochs on a sample of the table
 (enough for realistic scores and a 0.5% alert rate; its accuracy is not the point here).
@@ -95,6 +97,7 @@ SAMPLE_ROWS = 100_000
 
 
 WORKLOADS = ("a", "b", "b_job", "b_arrow", "b_coded", "c")
+MEMORY_WORKLOADS = {"memory": "(a) nightly job: scoring stage", "memory_b": "(b) no-op pandas UDF, same columns"}
 LABELS = {
     "a": "(a) nightly job: scoring stage | whole run",
     "b": "(b) pandas UDF that does nothing (transfer floor)",
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--warmup", type=int, default=6,
         help="runs in each application before the measured ones (the first is reported as the cold run)",
     )
-    parser.add_argument("--workload", choices=(*WORKLOADS, "setup", "memory"), help=argparse.SUPPRESS)
+    parser.add_argument("--workload", choices=(*WORKLOADS, "setup", *MEMORY_WORKLOADS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.workload and min(args.warmup, args.runs, args.repeat) < 1:
         parser.error("--warmup, --runs and --repeat must be at least 1 (the first run of an application is the cold one)")
@@ -195,19 +198,43 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"load average at the end: {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
 
         if args.memory_rows.strip():
-            print(f"\n{'rows':>12}{'seconds':>10}{'rows/s':>12}{'worker peak MiB':>17}{'workers peak MiB':>18}"
-                  f"{'JVM peak MiB':>14}{'JVM heap after GC: peak':>25}{'after the stage, full GC':>26}")
-            # Each size in an application of its own: a JVM seldom gives memory back, so a second
-            # run in the same JVM would start from the first one's peak.
-            for size in [n for n in args.memory_rows.split(",") if n.strip()]:
-                for n, seconds, peaks in _run_in_new_process(root, args.rows, "memory", memory_rows=size):
-                    results[f"memory_{n}"] = peaks["worker"]
-                    print(f"{n:>12,}{seconds:>10.0f}{n / seconds:>12,.0f}{peaks['worker']:>17.0f}{peaks['workers']:>18.0f}"
-                          f"{peaks['jvm']:>14.0f}{peaks['jvm_heap_after_gc']:>25.0f}{peaks['jvm_live_after']:>26.0f}", flush=True)
+            _memory_table(root, args.rows, [n for n in args.memory_rows.split(",") if n.strip()], results)
     finally:
         if args.lake is None:
             shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def _memory_table(root: Path, rows: int, sizes: list[str], results: dict[str, float]) -> None:
+    """Peak memory of (a) the job's scoring stage and, beside it, (b) the no-op pandas UDF over
+    the same columns, at each size, each size and workload in an application of its own (a JVM
+    seldom gives memory back, so a second run in the same JVM would start from the first one's
+    peak). The no-op UDF imports no torch and holds no model: its JVM reads the same files and
+    sends the same columns to Python, so where the two JVMs grow alike the growth is Spark's scan
+    and transfer under G1, not the scoring."""
+    print(f"\n{'memory (MiB, peaks while the stage runs)':<44}{'rows':>12}{'seconds':>9}{'rows/s':>12}{'worker':>8}"
+          f"{'workers':>9}{'JVM RSS':>9}{'JVM heap after GC':>19}{'after, full GC':>16}")
+    peaks_by: dict[tuple[str, int], dict[str, float]] = {}
+    for key in MEMORY_WORKLOADS:
+        for size in sizes:
+            for n, seconds, peaks in _run_in_new_process(root, rows, key, memory_rows=size):
+                peaks_by[key, n] = peaks
+                results[f"{key}_{n}"] = peaks["worker"]
+                results[f"{key}_{n}_jvm"] = peaks["jvm"]
+                print(f"{MEMORY_WORKLOADS[key]:<44}{n:>12,}{seconds:>9.1f}{n / seconds:>12,.0f}{peaks['worker']:>8.0f}"
+                      f"{peaks['workers']:>9.0f}{peaks['jvm']:>9.0f}{peaks['jvm_heap_after_gc']:>19.0f}"
+                      f"{peaks['jvm_live_after']:>16.0f}", flush=True)
+    for key, label in MEMORY_WORKLOADS.items():
+        sizes_run = sorted(n for k, n in peaks_by if k == key)
+        if len(sizes_run) > 1:
+            low, high = peaks_by[key, sizes_run[0]], peaks_by[key, sizes_run[-1]]
+            growth = ", ".join(
+                f"{name} {high[part] / low[part] - 1:+.0%}"
+                for name, part in (("worker", "worker"), ("workers", "workers"), ("JVM RSS", "jvm"),
+                                   ("JVM heap after GC", "jvm_heap_after_gc"), ("after, full GC", "jvm_live_after"))
+                if low[part] > 0
+            )
+            print(f"{label}, {sizes_run[-1]:,} against {sizes_run[0]:,} rows: {growth}  (target: within 10%)")
 
 
 def _settings(root: Path, rows: int) -> Settings:
@@ -252,7 +279,8 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
       [CPU-s: machine, JVM, Python workers, JIT compiler threads])] of `runs` runs} after `warmup` runs
       (at least one): the first starts the Python workers, which import torch and build the
       model; the JIT keeps compiling for several more (see the module's docstring);
-    - "memory": [(rows, seconds, peaks in MiB)] of the job's scoring stage at `memory_rows`."""
+    - "memory" / "memory_b": [(rows, seconds, peaks in MiB)] of the job's scoring stage / the
+      no-op pandas UDF over the same columns, at `memory_rows`."""
     spark = build_spark_session(settings, app_name=f"lakescore-bench-scoring-{part}")
     spark.sparkContext.setLogLevel("ERROR")
     try:
@@ -272,11 +300,11 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
             return rows
         day = _day(spark, settings)
         rows = day.count()
-        if part == "memory":
+        if part in MEMORY_WORKLOADS:
             measured = []
             for n in [int(n) for n in memory_rows.split(",") if n.strip()]:
                 copies = max(1, round(n / rows))
-                peaks, seconds = _memory_run(spark, settings, day, copies)
+                peaks, seconds = _memory_run(spark, settings, day, copies, noop=part == "memory_b")
                 measured.append((copies * rows, seconds, peaks))
             return measured
         inputs = list(TRANSACTIONS_V1.inputs)
@@ -588,9 +616,10 @@ def _single_process(files: list[str], inputs: list[str], bundle: Bundle, batch_s
         torch.set_num_threads(threads)
 
 
-def _memory_run(spark, settings: Settings, day, copies: int) -> tuple[dict[str, float], float]:
-    """The job's scoring stage over `copies` unions of the day, written to a scratch Delta path,
-    while a thread samples the RSS of this session's JVM and its Python workers."""
+def _memory_run(spark, settings: Settings, day, copies: int, noop: bool = False) -> tuple[dict[str, float], float]:
+    """The job's scoring stage over `copies` unions of the day, written to a scratch Delta path
+    (or, with `noop`, the no-op pandas UDF over the same columns into Spark's noop sink), while a
+    thread samples the RSS of this session's JVM and its Python workers."""
     from udfs.broadcast import broadcast_bundle
     from udfs.flagged import flagged_records
     from udfs.metrics import RunIdentity
@@ -598,22 +627,32 @@ def _memory_run(spark, settings: Settings, day, copies: int) -> tuple[dict[str, 
 
     bundle = registry.load_registered(spark, settings, MODEL)[1]
     output = choose_output_columns(day.columns, settings.score, "bench")
+    inputs = list(TRANSACTIONS_V1.inputs)
     # The columns the job reads (run_score).
-    needed, run_date_column = scan_columns(output, list(TRANSACTIONS_V1.inputs), day.schema, S.EVENT_DATE)
+    needed, run_date_column = scan_columns(output, inputs, day.schema, S.EVENT_DATE)
     rows = functools.reduce(lambda a, b: a.unionAll(b), [day.select(*needed)] * copies)
-    run = RunIdentity(f"memory-{copies}", DAY, bundle.name, bundle.version, bundle.sha256, "bench", None, bundle.threshold)
-    totals = new_run_totals(spark, bundle)
-    scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals, flagged_only=True)
-    flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc), run_date_column)
+    totals = None
+    if noop:
+        def action() -> None:
+            _noop_udf(rows, inputs)
+    else:
+        run = RunIdentity(f"memory-{copies}", DAY, bundle.name, bundle.version, bundle.sha256, "bench", None, bundle.threshold)
+        totals = new_run_totals(spark, bundle)
+        scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals, flagged_only=True)
+        flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc), run_date_column)
+
+        def action() -> None:
+            flagged.write.format("delta").mode("overwrite").save(str(settings.lake.root / "_bench_memory"))
+
     sampler = _RssSampler(_jvm_pid(spark), spark)
     sampler.start()
     started = time.perf_counter()
     try:
-        flagged.write.format("delta").mode("overwrite").save(str(settings.lake.root / "_bench_memory"))
+        action()
     finally:
         seconds = time.perf_counter() - started
         sampler.stop()
-    if totals.value.rows != copies * day.count():
+    if totals is not None and totals.value.rows != copies * day.count():
         raise RuntimeError(f"the memory run scored {totals.value.rows:,} rows, not {copies} x the day's")
     # A full collection after the stage: what is left is what the JVM still holds (a peak after a
     # young collection also counts old garbage that G1 has not needed to collect yet).
