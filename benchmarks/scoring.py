@@ -18,6 +18,11 @@ Rows/s of:
       the category as its int code (udfs.scoring.category_codes), which the JVM writes into
       Arrow far faster than the text. (a) against (b'') is the scoring's own cost; (a) against
       (b) also counts what the job saves by sending codes;
+  (m) the job's scan (its columns, as (b0)) and the job's UDF input (as (b'')) into an Arrow UDF
+      that runs only the model's forward pass, on a ready float32 batch of as many rows (no
+      features, preprocessing, flags, reasons or metrics; the model built once per worker and
+      its heap frozen, as the job's), into the noop sink: the fastest a UDF that runs this model
+      can score here. (a) does all of that and more, so (m)/(b) is about the most (a)/(b) can reach;
   (c) pyspark.ml.functions.predict_batch_udf with the same model (features, preprocessing, model);
   (d) one process reading the same Parquet files with pyarrow and running the same scoring core
       (d0: features, preprocessing and model only), torch on one thread.
@@ -96,7 +101,7 @@ ALERT_RATE = 0.005
 SAMPLE_ROWS = 100_000
 
 
-WORKLOADS = ("a", "b", "b_job", "b_arrow", "b_coded", "c")
+WORKLOADS = ("a", "b", "b_job", "b_arrow", "b_coded", "b_model", "c")
 MEMORY_WORKLOADS = {"memory": "(a) nightly job: scoring stage", "memory_b": "(b) no-op pandas UDF, same columns"}
 LABELS = {
     "a": "(a) nightly job: scoring stage | whole run",
@@ -104,6 +109,7 @@ LABELS = {
     "b_job": "(b0) the same over the job's columns (no date column)",
     "b_arrow": "(b') Arrow UDF that does nothing (floor without pandas)",
     "b_coded": "(b'') pandas UDF that does nothing, category as int code",
+    "b_model": "(m) Arrow UDF running only the model's forward pass",
     "c": "(c) pyspark.ml predict_batch_udf, same model",
 }
 
@@ -188,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"(a)/(c) = {results['a'] / results['c']:.2f}  (target > 1; stages; medians: {results['a_median'] / results['c_median']:.2f})")
         print(f"(a)/(b') = {results['a'] / results['b_arrow']:.2f}; (a)/(b'') = {results['a'] / results['b_coded']:.2f} "
               f"(medians: {results['a_median'] / results['b_coded_median']:.2f})")
+        print(f"(m)/(b) = {results['b_model'] / results['b']:.2f}  (about the most (a)/(b) can reach with this model; medians: "
+              f"{results['b_model_median'] / results['b_median']:.2f}); (a)/(m) = {results['a'] / results['b_model']:.2f}")
         print(f"(a)/(b) in CPU seconds of the stages (medians): {results['b_cpu'] / results['a_cpu']:.2f}; "
               f"(a)/(b0): {results['b_job_cpu'] / results['a_cpu']:.2f}; (a)/(c): {results['c_cpu'] / results['a_cpu']:.2f}")
         print(f"(a)/(d) = {results['a'] / results['d']:.2f}")
@@ -311,14 +319,16 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
         # (b) and (c) read the day's keys, allow-listed and input columns; (b0) what the job reads.
         output = choose_output_columns(day.columns, settings.score, table)
         scan = day.select(*dict.fromkeys([*output.copied, *inputs]))
+        job_scan = day.select(*scan_columns(output, inputs, day.schema, S.EVENT_DATE)[0])
         # (c)'s model, read and verified once per application, as the job does per run.
-        bundle = registry.load_registered(spark, settings, MODEL)[1] if part == "c" else None
+        bundle = registry.load_registered(spark, settings, MODEL)[1] if part in ("c", "b_model") else None
         measures = {
             "a": lambda: run_score(spark, settings, DAY, model=MODEL),
             "b": lambda: _noop_udf(scan, inputs),
-            "b_job": lambda: _noop_udf(day.select(*scan_columns(output, inputs, day.schema, S.EVENT_DATE)[0]), inputs),
+            "b_job": lambda: _noop_udf(job_scan, inputs),
             "b_arrow": lambda: _noop_udf(scan, inputs, arrow=True),
             "b_coded": lambda: _noop_udf(scan, udf_inputs(TRANSACTIONS_V1)),
+            "b_model": lambda: _model_only_udf(job_scan, udf_inputs(TRANSACTIONS_V1), bundle, settings),
             "c": lambda: _predict_batch_udf(scan, inputs, bundle, settings),
         }
         timer = _StageTimer(spark, rows)
@@ -558,6 +568,38 @@ def _noop_udf(day, inputs: Sequence[str | Column], arrow: bool = False) -> None:
                 yield pd.Series(np.zeros(len(columns[0])))
 
     day.withColumn("out", nothing(*inputs)).write.format("noop").mode("overwrite").save()
+
+
+def _model_only_udf(day, inputs: Sequence[str | Column], bundle: Bundle, settings: Settings) -> None:
+    """(m): an Arrow UDF that runs the bundle's model on a ready float32 batch as long as each
+    input batch and returns zeros: the job's transfer and its model's arithmetic, nothing else."""
+    from pyspark.sql.functions import arrow_udf
+
+    files = dict(bundle.files)
+    batch_rows = settings.spark.arrow_batch_size
+
+    @arrow_udf("double")
+    def model_only(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+        from lakescore.bundle import verify_files
+        from udfs.core import build_scoring_model, configure_torch_for_worker, freeze_worker_heap
+        from udfs.model_cache import SCORING_MODELS  # the worker's cache (imported there, not pickled)
+
+        def build():
+            configure_torch_for_worker()
+            built = build_scoring_model(verify_files(files, "bench bundle"))
+            freeze_worker_heap()
+            return built
+
+        scoring = SCORING_MODELS.get_or_build(bundle.sha256, build)
+        x = np.random.default_rng(0).standard_normal((batch_rows, len(scoring.feature_set.features)), dtype=np.float32)
+        for columns in batches:
+            n = len(columns[0])
+            if n > len(x):
+                x = np.resize(x, (n, x.shape[1]))
+            score_batch(scoring.model, scoring.kind, x[:n])
+            yield pa.array(np.zeros(n))
+
+    day.withColumn("out", model_only(*inputs)).write.format("noop").mode("overwrite").save()
 
 
 def _predict_batch_udf(day, inputs: list[str], bundle: Bundle, settings: Settings) -> None:
