@@ -572,25 +572,19 @@ def _noop_udf(day, inputs: Sequence[str | Column], arrow: bool = False) -> None:
 
 def _model_only_udf(day, inputs: Sequence[str | Column], bundle: Bundle, settings: Settings) -> None:
     """(m): an Arrow UDF that runs the bundle's model on a ready float32 batch as long as each
-    input batch and returns zeros: the job's transfer and its model's arithmetic, nothing else."""
+    input batch and returns zeros: the job's transfer and its model's arithmetic, nothing else.
+    The model comes as the job's does: broadcast, then built once per worker (`load_scoring_model`)."""
     from pyspark.sql.functions import arrow_udf
 
-    files = dict(bundle.files)
+    from udfs.broadcast import broadcast_bundle, load_scoring_model
+
+    broadcast = broadcast_bundle(day.sparkSession, bundle)
+    sha256 = bundle.sha256
     batch_rows = settings.spark.arrow_batch_size
 
     @arrow_udf("double")
     def model_only(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
-        from lakescore.bundle import verify_files
-        from udfs.core import build_scoring_model, configure_torch_for_worker, freeze_worker_heap
-        from udfs.model_cache import SCORING_MODELS  # the worker's cache (imported there, not pickled)
-
-        def build():
-            configure_torch_for_worker()
-            built = build_scoring_model(verify_files(files, "bench bundle"))
-            freeze_worker_heap()
-            return built
-
-        scoring = SCORING_MODELS.get_or_build(bundle.sha256, build)
+        scoring = load_scoring_model(broadcast, sha256)
         x = np.random.default_rng(0).standard_normal((batch_rows, len(scoring.feature_set.features)), dtype=np.float32)
         for columns in batches:
             n = len(columns[0])
@@ -667,7 +661,6 @@ def _memory_run(spark, settings: Settings, day, copies: int, noop: bool = False)
     from udfs.metrics import RunIdentity
     from udfs.scoring import new_run_totals, score_dataframe
 
-    bundle = registry.load_registered(spark, settings, MODEL)[1]
     output = choose_output_columns(day.columns, settings.score, "bench")
     inputs = list(TRANSACTIONS_V1.inputs)
     # The columns the job reads (run_score).
@@ -678,6 +671,7 @@ def _memory_run(spark, settings: Settings, day, copies: int, noop: bool = False)
         def action() -> None:
             _noop_udf(rows, inputs)
     else:
+        bundle = registry.load_registered(spark, settings, MODEL)[1]
         run = RunIdentity(f"memory-{copies}", DAY, bundle.name, bundle.version, bundle.sha256, "bench", None, bundle.threshold)
         totals = new_run_totals(spark, bundle)
         scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals, flagged_only=True)
