@@ -239,11 +239,15 @@ def test_a_worker_freezes_what_it_holds_once_its_model_is_built(mlp_bundle):
     frozen = gc.get_freeze_count()
     assert frozen > 50_000  # torch, pyarrow, pyspark and the model
     assert len(gc.get_objects()) < frozen / 100  # what a collection still walks
-    # Frozen objects still score, and a cache hit freezes nothing more.
+    # Frozen objects still score, and a cache hit freezes nothing more: what a task makes after
+    # the build (here `later`) stays where a collection sees it. (The frozen count itself may
+    # fall: refcounting still frees a frozen object that dies.)
     x = np.zeros((3, len(scoring.feature_set.features)), np.float32)
     assert score_batch(scoring.model, scoring.kind, x).shape == (3,)
+    later = [[] for _ in range(10)]
     assert load_scoring_model(_FakeBroadcast(mlp_bundle.files), mlp_bundle.sha256, cache) is scoring
-    assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() <= frozen
+    assert any(o is later for o in gc.get_objects())
 
 
 def test_the_cache_evicts_the_least_recently_used_model_beyond_its_capacity():
