@@ -45,13 +45,16 @@ much of it the Python workers spent: on a small machine where the JVM and the Py
 share the cores, wall time follows CPU time, and the CPU figures are the steadier ones. Then
 the peak RSS of the Spark Python workers while the scoring stage runs over the table and over
 ten copies of it unioned, each in an application of its own: it should stay flat, bounded by the
-Arrow batch size. And the JVM's (the executor, in local mode): its peak RSS, the peak of its heap
-in use after each young collection, and its heap after a full collection once the stage is done
-(what it still holds). Its RSS follows the heap G1 commits, garbage included, which grows as a
-stage runs longer, up to the heap's maximum; the full collection shows whether anything it holds
-grows with the rows. The no-op pandas UDF (b) over the same columns is measured the same way
-beside it: its JVM scans and transfers the same rows without the model, so the JVM growth the
-two share is Spark's and G1's, not the scoring's.
+Arrow batch size. And the JVM's (the executor, in local mode): its peak RSS, the peak of the heap
+it has committed, the peak of its heap in use after each young collection, and its heap after a
+full collection once the stage is done (what it still holds). Its RSS follows the heap G1
+commits, garbage included, which grows as a stage runs longer, up to the heap's maximum; the full
+collection shows whether anything it holds grows with the rows. The no-op pandas UDF (b) over
+the same columns is measured the same way beside it: its JVM scans and transfers the same rows
+without the model, so the JVM growth the two share is Spark's and G1's, not the scoring's. And
+the job once more with G1's young generation fixed at 512 MiB (`-Xmn512m`): G1 otherwise sizes
+it to meet its pause-time goal, up to 60% of the heap, and commits heap for it the longer a
+stage runs.
 
 The model is an MLP 21-64-32-1 trained for a few full-batch epochs on a sample of the table
 (enough for realistic scores and a 0.5% alert rate; its accuracy is not the point here).
@@ -60,6 +63,7 @@ The model is an MLP 21-64-32-1 trained for a few full-batch epochs on a sample o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import functools
 import inspect
@@ -91,7 +95,7 @@ from lakescore.drift import reference_histogram
 from lakescore.features import TRANSACTIONS_V1
 from lakescore.models import build_model, score_batch
 from lakescore.preprocess import Preprocessing
-from lakescore.spark import build_spark_session
+from lakescore.spark import build_spark_session, default_spark_conf
 from udfs.flagged import choose_output_columns, scan_columns
 from udfs.scoring import udf_inputs
 
@@ -102,7 +106,14 @@ SAMPLE_ROWS = 100_000
 
 
 WORKLOADS = ("a", "b", "b_job", "b_arrow", "b_coded", "b_model", "c")
-MEMORY_WORKLOADS = {"memory": "(a) nightly job: scoring stage", "memory_b": "(b) no-op pandas UDF, same columns"}
+MEMORY_WORKLOADS = {
+    "memory": "(a) nightly job: scoring stage",
+    "memory_young": "(a) the same, young generation 512 MiB",
+    "memory_b": "(b) no-op pandas UDF, same columns",
+}
+# The JVM option of "memory_young": G1's young generation fixed at this size instead of sized by
+# G1 (up to 60% of the heap) to meet its pause-time goal.
+FIXED_YOUNG_GENERATION = "-Xmn512m"
 LABELS = {
     "a": "(a) nightly job: scoring stage | whole run",
     "b": "(b) pandas UDF that does nothing (transfer floor)",
@@ -219,9 +230,11 @@ def _memory_table(root: Path, rows: int, sizes: list[str], results: dict[str, fl
     seldom gives memory back, so a second run in the same JVM would start from the first one's
     peak). The no-op UDF imports no torch and holds no model: its JVM reads the same files and
     sends the same columns to Python, so where the two JVMs grow alike the growth is Spark's scan
-    and transfer under G1, not the scoring."""
+    and transfer under G1, not the scoring. The job runs a second time with the young generation
+    fixed (`FIXED_YOUNG_GENERATION`): how much of the JVM's growth is G1 sizing its young
+    generation."""
     print(f"\n{'memory (MiB, peaks while the stage runs)':<44}{'rows':>12}{'seconds':>9}{'rows/s':>12}{'worker':>8}"
-          f"{'workers':>9}{'JVM RSS':>9}{'JVM heap after GC':>19}{'after, full GC':>16}")
+          f"{'workers':>9}{'JVM RSS':>9}{'heap committed':>16}{'JVM heap after GC':>19}{'after, full GC':>16}")
     peaks_by: dict[tuple[str, int], dict[str, float]] = {}
     for key in MEMORY_WORKLOADS:
         for size in sizes:
@@ -230,7 +243,8 @@ def _memory_table(root: Path, rows: int, sizes: list[str], results: dict[str, fl
                 results[f"{key}_{n}"] = peaks["worker"]
                 results[f"{key}_{n}_jvm"] = peaks["jvm"]
                 print(f"{MEMORY_WORKLOADS[key]:<44}{n:>12,}{seconds:>9.1f}{n / seconds:>12,.0f}{peaks['worker']:>8.0f}"
-                      f"{peaks['workers']:>9.0f}{peaks['jvm']:>9.0f}{peaks['jvm_heap_after_gc']:>19.0f}"
+                      f"{peaks['workers']:>9.0f}{peaks['jvm']:>9.0f}{peaks['jvm_heap_committed']:>16.0f}"
+                      f"{peaks['jvm_heap_after_gc']:>19.0f}"
                       f"{peaks['jvm_live_after']:>16.0f}", flush=True)
     for key, label in MEMORY_WORKLOADS.items():
         sizes_run = sorted(n for k, n in peaks_by if k == key)
@@ -239,7 +253,8 @@ def _memory_table(root: Path, rows: int, sizes: list[str], results: dict[str, fl
             growth = ", ".join(
                 f"{name} {high[part] / low[part] - 1:+.0%}"
                 for name, part in (("worker", "worker"), ("workers", "workers"), ("JVM RSS", "jvm"),
-                                   ("JVM heap after GC", "jvm_heap_after_gc"), ("after, full GC", "jvm_live_after"))
+                                   ("heap committed", "jvm_heap_committed"), ("JVM heap after GC", "jvm_heap_after_gc"),
+                                   ("after, full GC", "jvm_live_after"))
                 if low[part] > 0
             )
             print(f"{label}, {sizes_run[-1]:,} against {sizes_run[0]:,} rows: {growth}  (target: within 10%)")
@@ -259,6 +274,13 @@ def _settings(root: Path, rows: int) -> Settings:
         },
         environ={},
     )
+
+
+def _with_driver_java_options(settings: Settings, options: str) -> Settings:
+    """`settings` with `options` added to the JVM options lakescore gives a local session it launches."""
+    key = "spark.driver.extraJavaOptions"
+    java_options = f"{default_spark_conf(settings)[key]} {options}"
+    return dataclasses.replace(settings, spark=dataclasses.replace(settings.spark, conf={**settings.spark.conf, key: java_options}))
 
 
 def _day(spark, settings: Settings):
@@ -287,8 +309,11 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
       [CPU-s: machine, JVM, Python workers, JIT compiler threads])] of `runs` runs} after `warmup` runs
       (at least one): the first starts the Python workers, which import torch and build the
       model; the JIT keeps compiling for several more (see the module's docstring);
-    - "memory" / "memory_b": [(rows, seconds, peaks in MiB)] of the job's scoring stage / the
-      no-op pandas UDF over the same columns, at `memory_rows`."""
+    - "memory" / "memory_young" / "memory_b": [(rows, seconds, peaks in MiB)] of the job's
+      scoring stage / the same with the young generation fixed / the no-op pandas UDF over the
+      same columns, at `memory_rows`."""
+    if part == "memory_young":
+        settings = _with_driver_java_options(settings, FIXED_YOUNG_GENERATION)
     spark = build_spark_session(settings, app_name=f"lakescore-bench-scoring-{part}")
     spark.sparkContext.setLogLevel("ERROR")
     try:
@@ -763,22 +788,24 @@ def _python_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[f
 
 class _RssSampler(_Sampler):
     """Samples every 0.1 s: peak RSS of the JVM, of its largest Python worker, and of all its
-    Python workers together (/proc, Linux only), and the JVM's heap in use right after its latest
-    garbage collection (MiB). The JVM's RSS counts the heap G1 has committed, garbage included,
-    and G1 commits more as a stage goes on; the heap after a young collection still counts old
-    garbage G1 has not needed to collect yet (`_memory_run` ends with a full collection)."""
+    Python workers together (/proc, Linux only), the heap the JVM has committed, and its heap in
+    use right after its latest garbage collection (MiB). The JVM's RSS counts the heap G1 has
+    committed, garbage included, and G1 commits more as a stage goes on; the heap after a young
+    collection still counts old garbage G1 has not needed to collect yet (`_memory_run` ends
+    with a full collection)."""
 
     def __init__(self, jvm_pid: int, spark):
         super().__init__()
         self.jvm_pid = jvm_pid
         management = spark.sparkContext._jvm.java.lang.management
+        self._memory = management.ManagementFactory.getMemoryMXBean()
         self._collectors = list(management.ManagementFactory.getGarbageCollectorMXBeans())
         self._heap_pools = {
             pool.getName()
             for pool in management.ManagementFactory.getMemoryPoolMXBeans()
             if pool.getType() == management.MemoryType.HEAP
         }
-        self.peaks = {"jvm": 0.0, "worker": 0.0, "workers": 0.0, "jvm_heap_after_gc": 0.0}
+        self.peaks = {"jvm": 0.0, "worker": 0.0, "workers": 0.0, "jvm_heap_committed": 0.0, "jvm_heap_after_gc": 0.0}
         self._sample()
 
     def _sample(self) -> None:
@@ -787,6 +814,8 @@ class _RssSampler(_Sampler):
         self.peaks["jvm"] = max(self.peaks["jvm"], jvm_rss)
         self.peaks["worker"] = max([self.peaks["worker"]] + rss)
         self.peaks["workers"] = max(self.peaks["workers"], sum(rss))
+        committed = self._memory.getHeapMemoryUsage().getCommitted() / 2**20
+        self.peaks["jvm_heap_committed"] = max(self.peaks["jvm_heap_committed"], committed)
         self.peaks["jvm_heap_after_gc"] = max(self.peaks["jvm_heap_after_gc"], self._heap_after_gc())
 
     def _heap_after_gc(self) -> float:
