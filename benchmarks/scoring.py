@@ -224,6 +224,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return results
 
 
+# The memory table's columns: (heading, key in `_memory_run`'s peaks, width).
+_MEMORY_COLUMNS = (
+    ("worker", "worker", 8),
+    ("workers", "workers", 9),
+    ("JVM RSS", "jvm", 9),
+    ("heap committed", "jvm_heap_committed", 16),
+    ("JVM heap after GC", "jvm_heap_after_gc", 19),
+    ("after, full GC", "jvm_live_after", 16),
+)
+
+
 def _memory_table(root: Path, rows: int, sizes: list[str], results: dict[str, float]) -> None:
     """Peak memory of (a) the job's scoring stage and, beside it, (b) the no-op pandas UDF over
     the same columns, at each size, each size and workload in an application of its own (a JVM
@@ -233,8 +244,8 @@ def _memory_table(root: Path, rows: int, sizes: list[str], results: dict[str, fl
     and transfer under G1, not the scoring. The job runs a second time with the young generation
     fixed (`FIXED_YOUNG_GENERATION`): how much of the JVM's growth is G1 sizing its young
     generation."""
-    print(f"\n{'memory (MiB, peaks while the stage runs)':<44}{'rows':>12}{'seconds':>9}{'rows/s':>12}{'worker':>8}"
-          f"{'workers':>9}{'JVM RSS':>9}{'heap committed':>16}{'JVM heap after GC':>19}{'after, full GC':>16}")
+    print(f"\n{'memory (MiB, peaks while the stage runs)':<44}{'rows':>12}{'seconds':>9}{'rows/s':>12}"
+          + "".join(f"{name:>{width}}" for name, _, width in _MEMORY_COLUMNS))
     peaks_by: dict[tuple[str, int], dict[str, float]] = {}
     for key in MEMORY_WORKLOADS:
         for size in sizes:
@@ -242,19 +253,15 @@ def _memory_table(root: Path, rows: int, sizes: list[str], results: dict[str, fl
                 peaks_by[key, n] = peaks
                 results[f"{key}_{n}"] = peaks["worker"]
                 results[f"{key}_{n}_jvm"] = peaks["jvm"]
-                print(f"{MEMORY_WORKLOADS[key]:<44}{n:>12,}{seconds:>9.1f}{n / seconds:>12,.0f}{peaks['worker']:>8.0f}"
-                      f"{peaks['workers']:>9.0f}{peaks['jvm']:>9.0f}{peaks['jvm_heap_committed']:>16.0f}"
-                      f"{peaks['jvm_heap_after_gc']:>19.0f}"
-                      f"{peaks['jvm_live_after']:>16.0f}", flush=True)
+                print(f"{MEMORY_WORKLOADS[key]:<44}{n:>12,}{seconds:>9.1f}{n / seconds:>12,.0f}"
+                      + "".join(f"{peaks[part]:>{width}.0f}" for _, part, width in _MEMORY_COLUMNS), flush=True)
     for key, label in MEMORY_WORKLOADS.items():
         sizes_run = sorted(n for k, n in peaks_by if k == key)
         if len(sizes_run) > 1:
             low, high = peaks_by[key, sizes_run[0]], peaks_by[key, sizes_run[-1]]
             growth = ", ".join(
                 f"{name} {high[part] / low[part] - 1:+.0%}"
-                for name, part in (("worker", "worker"), ("workers", "workers"), ("JVM RSS", "jvm"),
-                                   ("heap committed", "jvm_heap_committed"), ("JVM heap after GC", "jvm_heap_after_gc"),
-                                   ("after, full GC", "jvm_live_after"))
+                for name, part, _ in _MEMORY_COLUMNS
                 if low[part] > 0
             )
             print(f"{label}, {sizes_run[-1]:,} against {sizes_run[0]:,} rows: {growth}  (target: within 10%)")
