@@ -722,11 +722,7 @@ def _memory_run(spark, settings: Settings, day, copies: int, noop: bool = False)
         sampler.stop()
     if totals is not None and totals.value.rows != copies * day.count():
         raise RuntimeError(f"the memory run scored {totals.value.rows:,} rows, not {copies} x the day's")
-    # A full collection after the stage: what is left is what the JVM still holds (a peak after a
-    # young collection also counts old garbage that G1 has not needed to collect yet).
-    memory = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getMemoryMXBean()
-    memory.gc()
-    return {**sampler.peaks, "jvm_live_after": memory.getHeapMemoryUsage().getUsed() / 2**20}, seconds
+    return {**sampler.peaks, "jvm_live_after": sampler.heap_after_full_gc()}, seconds
 
 
 def _jvm_pid(spark) -> int:
@@ -824,6 +820,13 @@ class _RssSampler(_Sampler):
         committed = self._memory.getHeapMemoryUsage().getCommitted() / 2**20
         self.peaks["jvm_heap_committed"] = max(self.peaks["jvm_heap_committed"], committed)
         self.peaks["jvm_heap_after_gc"] = max(self.peaks["jvm_heap_after_gc"], self._heap_after_gc())
+
+    def heap_after_full_gc(self) -> float:
+        """Run a full collection and return the heap still in use (MiB): what the JVM holds once
+        the stage is done (a peak after a young collection also counts old garbage that G1 has
+        not needed to collect yet)."""
+        self._memory.gc()
+        return self._memory.getHeapMemoryUsage().getUsed() / 2**20
 
     def _heap_after_gc(self) -> float:
         """Heap in use (MiB) after the JVM's most recent collection (0 before the first)."""
