@@ -23,6 +23,10 @@ Rows/s of:
       features, preprocessing, flags, reasons or metrics; the model built once per worker and
       its heap frozen, as the job's), into the noop sink: the fastest a UDF that runs this model
       can score here. (a) does all of that and more, so (m)/(b) is about the most (a)/(b) can reach;
+  (f) (m) on the batch's own rows: the feature set's transform and the preprocessing from the
+      columns the UDF is fed, then the forward pass, as the job's UDF does before its flags,
+      reasons, metric counts and the Delta write. (f)/(b) is the most (a)/(b) can reach while
+      computing the model's input the way it does now;
   (c) pyspark.ml.functions.predict_batch_udf with the same model (features, preprocessing, model);
   (d) one process reading the same Parquet files with pyarrow and running the same scoring core
       (d0: features, preprocessing and model only), torch on one thread.
@@ -105,7 +109,7 @@ ALERT_RATE = 0.005
 SAMPLE_ROWS = 100_000
 
 
-WORKLOADS = ("a", "b", "b_job", "b_arrow", "b_coded", "b_model", "c")
+WORKLOADS = ("a", "b", "b_job", "b_arrow", "b_coded", "b_model", "b_features", "c")
 MEMORY_WORKLOADS = {
     "memory": "(a) nightly job: scoring stage",
     "memory_young": "(a) the same, young generation 512 MiB",
@@ -121,6 +125,7 @@ LABELS = {
     "b_arrow": "(b') Arrow UDF that does nothing (floor without pandas)",
     "b_coded": "(b'') pandas UDF that does nothing, category as int code",
     "b_model": "(m) Arrow UDF running only the model's forward pass",
+    "b_features": "(f) the same, on the rows' features, preprocessed",
     "c": "(c) pyspark.ml predict_batch_udf, same model",
 }
 
@@ -207,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               f"(medians: {results['a_median'] / results['b_coded_median']:.2f})")
         print(f"(m)/(b) = {results['b_model'] / results['b']:.2f}  (about the most (a)/(b) can reach with this model; medians: "
               f"{results['b_model_median'] / results['b_median']:.2f}); (a)/(m) = {results['a'] / results['b_model']:.2f}")
+        print(f"(f)/(b) = {results['b_features'] / results['b']:.2f}  (features, preprocessing and model, nothing else; medians: "
+              f"{results['b_features_median'] / results['b_median']:.2f}; in CPU seconds: {results['b_cpu'] / results['b_features_cpu']:.2f}); "
+              f"(a)/(f) = {results['a'] / results['b_features']:.2f}")
         print(f"(a)/(b) in CPU seconds of the stages (medians): {results['b_cpu'] / results['a_cpu']:.2f}; "
               f"(a)/(b0): {results['b_job_cpu'] / results['a_cpu']:.2f}; (a)/(c): {results['c_cpu'] / results['a_cpu']:.2f}")
         print(f"(a)/(d) = {results['a'] / results['d']:.2f}")
@@ -353,7 +361,7 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
         scan = day.select(*dict.fromkeys([*output.copied, *inputs]))
         job_scan = day.select(*scan_columns(output, inputs, day.schema, S.EVENT_DATE)[0])
         # (c)'s model, read and verified once per application, as the job does per run.
-        bundle = registry.load_registered(spark, settings, MODEL)[1] if part in ("c", "b_model") else None
+        bundle = registry.load_registered(spark, settings, MODEL)[1] if part in ("c", "b_model", "b_features") else None
         measures = {
             "a": lambda: run_score(spark, settings, DAY, model=MODEL),
             "b": lambda: _noop_udf(scan, inputs),
@@ -361,6 +369,7 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
             "b_arrow": lambda: _noop_udf(scan, inputs, arrow=True),
             "b_coded": lambda: _noop_udf(scan, udf_inputs(TRANSACTIONS_V1)),
             "b_model": lambda: _model_only_udf(job_scan, udf_inputs(TRANSACTIONS_V1), bundle, settings),
+            "b_features": lambda: _model_only_udf(job_scan, udf_inputs(TRANSACTIONS_V1), bundle, settings, features=True),
             "c": lambda: _predict_batch_udf(scan, inputs, bundle, settings),
         }
         timer = _StageTimer(spark, rows)
@@ -602,9 +611,11 @@ def _noop_udf(day, inputs: Sequence[str | Column], arrow: bool = False) -> None:
     day.withColumn("out", nothing(*inputs)).write.format("noop").mode("overwrite").save()
 
 
-def _model_only_udf(day, inputs: Sequence[str | Column], bundle: Bundle, settings: Settings) -> None:
+def _model_only_udf(day, inputs: Sequence[str | Column], bundle: Bundle, settings: Settings, features: bool = False) -> None:
     """(m): an Arrow UDF that runs the bundle's model on a ready float32 batch as long as each
     input batch and returns zeros: the job's transfer and its model's arithmetic, nothing else.
+    With `features`, (f): the model runs on the batch's own rows, through the feature set's
+    transform and the preprocessing, as the job's UDF does (no flags, reasons or metric counts).
     The model comes as the job's does: broadcast, then built once per worker (`load_scoring_model`)."""
     from pyspark.sql.functions import arrow_udf
 
@@ -617,12 +628,17 @@ def _model_only_udf(day, inputs: Sequence[str | Column], bundle: Bundle, setting
     @arrow_udf("double")
     def model_only(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         scoring = load_scoring_model(broadcast, sha256)
+        names = list(scoring.feature_set.inputs)
         x = np.random.default_rng(0).standard_normal((batch_rows, len(scoring.feature_set.features)), dtype=np.float32)
         for columns in batches:
             n = len(columns[0])
-            if n > len(x):
-                x = np.resize(x, (n, x.shape[1]))
-            score_batch(scoring.model, scoring.kind, x[:n])
+            if features:
+                raw = pa.RecordBatch.from_arrays(list(columns), names=names)
+                score_batch(scoring.model, scoring.kind, scoring.preprocessing.apply(scoring.feature_set.transform(raw, coded=True))[0])
+            else:
+                if n > len(x):
+                    x = np.resize(x, (n, x.shape[1]))
+                score_batch(scoring.model, scoring.kind, x[:n])
             yield pa.array(np.zeros(n))
 
     day.withColumn("out", model_only(*inputs)).write.format("noop").mode("overwrite").save()
