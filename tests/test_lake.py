@@ -21,6 +21,12 @@ def test_the_session_has_delta_and_the_catalog_under_the_lake_root(spark, settin
     # Local mode: the JVM this process launched has the 4g heap, not Spark's 1g.
     assert conf.get("spark.driver.memory") == "4g"
     assert spark.sparkContext._jvm.java.lang.Runtime.getRuntime().maxMemory() > 3.5 * 2**30
+    # ... in G1 regions of 16 MiB (G1 picks 2 MiB for a 4g heap; see build_spark_session).
+    jvm = spark.sparkContext._jvm
+    hotspot = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean")
+    )
+    assert hotspot.getVMOption("G1HeapRegionSize").getValue() == str(16 * 2**20)
 
 
 def test_a_pandas_udf_over_a_parquet_scan_gets_rows_from_generated_code_not_the_columnar_input_path(spark, tmp_path):
