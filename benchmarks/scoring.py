@@ -360,7 +360,7 @@ def _in_own_session(settings: Settings, part: str, runs: int, memory_rows: str, 
         output = choose_output_columns(day.columns, settings.score, table)
         scan = day.select(*dict.fromkeys([*output.copied, *inputs]))
         job_scan = day.select(*scan_columns(output, inputs, day.schema, S.EVENT_DATE)[0])
-        # (c)'s model, read and verified once per application, as the job does per run.
+        # The model of (c), (m) and (f), read and verified once per application, as the job does per run.
         bundle = registry.load_registered(spark, settings, MODEL)[1] if part in ("c", "b_model", "b_features") else None
         measures = {
             "a": lambda: run_score(spark, settings, DAY, model=MODEL),
@@ -629,7 +629,8 @@ def _model_only_udf(day, inputs: Sequence[str | Column], bundle: Bundle, setting
     def model_only(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         scoring = load_scoring_model(broadcast, sha256)
         names = list(scoring.feature_set.inputs)
-        x = np.random.default_rng(0).standard_normal((batch_rows, len(scoring.feature_set.features)), dtype=np.float32)
+        # (m)'s ready batch; (f) computes its own from each batch's columns.
+        x = None if features else np.random.default_rng(0).standard_normal((batch_rows, len(scoring.feature_set.features)), dtype=np.float32)
         for columns in batches:
             n = len(columns[0])
             if features:
