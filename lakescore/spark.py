@@ -139,6 +139,20 @@ def _launcher_conf() -> SparkConf:
     return conf
 
 
+def _python_workers_from_conf(conf: SparkConf) -> None:
+    """Make the SparkContext about to start run its Python workers with `spark.pyspark.python`.
+
+    pyspark's SparkContext takes the workers' interpreter from $PYSPARK_PYTHON alone, else runs
+    `python3` from PATH; the conf is spark-submit's, which copies it into that variable when it
+    launches the driver. A process that launches the JVM itself (the `lakescore` CLI called by
+    its full path from cron, `python jobs/score_nightly.py`, a notebook) would otherwise score
+    with whatever `python3` PATH finds: "No module named 'numpy'", or another environment's torch.
+    An exported $PYSPARK_PYTHON is kept.
+    """
+    if SparkContext._active_spark_context is None and conf.contains("spark.pyspark.python"):
+        os.environ.setdefault("PYSPARK_PYTHON", conf.get("spark.pyspark.python"))
+
+
 def build_spark_session(settings: Settings, app_name: str | None = None) -> SparkSession:
     """Build (or return the running) SparkSession with lakescore's defaults under the launcher's.
 
@@ -181,6 +195,7 @@ def build_spark_session(settings: Settings, app_name: str | None = None) -> Spar
     for key, value in defaults.items():
         if not launched.contains(key):
             launched.set(key, value)
+    _python_workers_from_conf(launched)
     settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
     session = SparkSession.builder.config(conf=launched).enableHiveSupport().getOrCreate()
     log.info("Spark %s on %s, lake root %s", session.version, master, settings.lake.root)

@@ -1,10 +1,17 @@
 """The embedded lake: Delta round trips, time travel, the persistent catalog, clear errors."""
 
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 from pyspark.sql import functions as F
 
 from lakescore import lake
 from lakescore.spark import ARROW_NO_BYTE_LIMIT, default_spark_conf
+from localclusters import clean_env
 
 
 def test_the_session_has_delta_and_the_catalog_under_the_lake_root(spark, settings):
@@ -86,6 +93,44 @@ def test_batches_to_a_pandas_udf_are_bounded_by_rows_not_measured_in_bytes(spark
     finally:
         spark.conf.set(key, str(ARROW_NO_BYTE_LIMIT))
     assert max(limited) < 1000
+
+
+WORKER_INTERPRETER = textwrap.dedent("""
+    import sys
+    import pandas as pd
+    from pyspark.sql.functions import pandas_udf
+    from lakescore.config import load_settings
+    from lakescore.spark import build_spark_session
+
+    overrides = {"lake.root": sys.argv[1], "spark.jars_dir": sys.argv[2], "spark.master": "local[1]"}
+    spark = build_spark_session(load_settings(overrides=overrides, environ={}))
+
+    @pandas_udf("string")
+    def interpreter(ids: pd.Series) -> pd.Series:
+        import sys
+        return pd.Series([sys.executable] * len(ids))
+
+    print("WORKER", spark.range(3).repartition(2).select(interpreter("id")).distinct().collect())
+""")
+
+
+@pytest.mark.slow
+def test_a_session_launched_from_python_runs_its_python_workers_with_that_interpreter(settings, tmp_path):
+    """As cron runs `.venv/bin/lakescore score`: no $PYSPARK_PYTHON, and the `python3` that PATH
+    finds first is not this environment's (here: one that fails, as a system Python without numpy
+    does). pyspark alone would start the workers with it."""
+    wrong = tmp_path / "bin"
+    wrong.mkdir()
+    for name in ("python3", "python"):
+        (wrong / name).write_text("#!/bin/sh\necho \"the python3 on PATH ran: $*\" >&2\nexit 3\n")
+        (wrong / name).chmod(0o755)
+    path = [str(wrong), str(Path(shutil.which("java")).parent), "/usr/bin", "/bin"]
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_INTERPRETER, str(tmp_path / "lake"), str(settings.spark.jars_dir)],
+        env=clean_env(PATH=":".join(path)), capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == f"WORKER [Row(interpreter(id)='{sys.executable}')]"
 
 
 def test_extra_settings_override_the_defaults(settings):
