@@ -28,12 +28,13 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from lakescore.config import RaySettings, TrainSettings
+from lakescore.config import RaySettings, Settings, TrainSettings
 from lakescore.models import MLP, build_model, explain_batch, score_batch
 
 FEATURES = 21
@@ -56,6 +57,7 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str, kill_after_
     import ray
     from ray.data.extensions import ArrowTensorArray
 
+    from training.faults import kill_worker_once
     from training.trainer import fit_model
 
     def dataset(rows: slice) -> "ray.data.Dataset":
@@ -68,14 +70,12 @@ def train(x: np.ndarray, y: np.ndarray, use_gpu: bool, storage: str, kill_after_
         train_set,
         validation,
         architecture=ARCHITECTURE,
-        train_settings=TrainSettings(epochs=4, patience=10, batch_size=1024, learning_rate=3e-3),
-        ray_settings=RaySettings(num_workers=1, use_gpu=use_gpu, cpus_per_worker=1.0, max_failures=1),
-        storage_path=storage,
+        settings=Settings(
+            train=TrainSettings(epochs=4, patience=10, batch_size=1024, learning_rate=3e-3),
+            ray=RaySettings(num_workers=1, use_gpu=use_gpu, cpus_per_worker=1.0, max_failures=1, storage_path=Path(storage)),
+        ),
         run_name=("gpu" if use_gpu else "cpu") + ("-resumed" if kill_after_epoch is not None else ""),
-        pos_weight=None,
-        fault_injection=None
-        if kill_after_epoch is None
-        else {"fail_at_epoch": kill_after_epoch, "fail_marker": os.path.join(storage, "killed")},
+        on_epoch_end=None if kill_after_epoch is None else kill_worker_once(kill_after_epoch, os.path.join(storage, "killed")),
     )
     history = trained.history
     return {

@@ -9,7 +9,10 @@ from typing import Optional
 
 import typer
 
+from pyspark.sql import SparkSession
+
 from lakescore.config import ConfigError, Settings, load_settings
+from lakescore.spark import build_spark_session
 
 ConfigOption = typer.Option(
     None, "--config", "-c", help="TOML settings file (default: $LAKESCORE_CONFIG, then ./lakescore.toml)."
@@ -71,3 +74,13 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "NULL" if value is None else str(value)
+
+
+def training_job_session(settings: Settings, app_name: str, verbose: bool) -> SparkSession:
+    """The Spark session of a job that trains with Ray (train, retrain): Ray's own loggers at
+    WARNING unless --verbose, Spark's at ERROR."""
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    spark = build_spark_session(settings, app_name=app_name)
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

@@ -4,164 +4,20 @@
     lakescore retrain --table transactions                       # the same
     lakescore retrain --reproduce transactions@3                 # train v3 again from its exact data
 
-Safe to run unattended:
-1. Labels are the source's `is_anomaly`, overridden by the latest analyst verdict per record
-   from `lakescore.feedback` (joined by transaction_id / record_id).
-2. The challenger is trained with the ordinary training pipeline (Ray Train) and registered as a
-   challenger. Its test window is the holdout; the champion is scored on exactly those rows with
-   the same labels, at its own threshold.
-3. Promotion needs the challenger's holdout AUCPR to beat the champion's by retrain.min_aucpr_gain
-   without lowering precision at threshold (retrain.precision_tolerance). The decision, its figures
-   and its reason are written to the challenger's model_registry row, and a promotion archives the
-   old champion in the same single Delta commit. Otherwise the champion keeps scoring.
-
-`--reproduce name@version` reads that bundle's lineage (source path, Delta version, date window)
-and training settings (architecture, hyper-parameters, seed), trains again from that exact data
-version, and reports whether the metrics match; the reproduction is not registered.
+What a run does, step by step, and how it decides: pipelines/retrain.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import typer
-from pyspark.sql import SparkSession
 
-from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup
-from jobs.train import ray_cluster, run_train, training_job_session
-from lakescore import lake, registry
-from lakescore.bundle import Bundle
-from lakescore.config import Settings
-from lakescore.feedback import feedback_version, verdicts_for
-
-log = logging.getLogger(__name__)
-
-# Headline metrics compared by --reproduce.
-REPRODUCED_METRICS = ("validation_aucpr", "test_aucpr", "test_aucroc", "test_precision", "test_recall", "threshold")
-
-
-@dataclass(frozen=True)
-class RetrainResult:
-    challenger: registry.ModelEntry
-    champion: registry.ModelEntry | None  # the champion it was compared with (None: first model)
-    promoted: bool
-    reason: str
-    figures: Mapping[str, float]
-    feedback_labels: int
-    seconds: float
-
-
-def run_retrain(spark: SparkSession, settings: Settings) -> RetrainResult:
-    """Train a challenger for `settings.train.model_name` and promote it if it is better.
-
-    Ray must be initialised. With no champion yet, the new model simply becomes the champion.
-    """
-    from training.retrain import decide
-
-    started = time.perf_counter()
-    t = settings.train
-    try:
-        champion_entry, champion = registry.load_registered(spark, settings, t.model_name)
-    except registry.RegistryError:
-        champion_entry, champion = None, None
-    version = feedback_version(spark, settings)
-    verdicts = verdicts_for(spark, settings, t.table, version)
-    log.info("retraining %s on %s with %d analyst verdict(s)", t.model_name, t.table, len(verdicts))
-    lineage = {"feedback_table": settings.table("feedback"), "feedback_version": version, "feedback_labels": len(verdicts)}
-    run, entry = run_train(spark, settings, label_overrides=verdicts, champion=champion, lineage_extra=lineage)
-    if champion is None:
-        return RetrainResult(entry, None, True, "first model of this name: champion", {}, len(verdicts), time.perf_counter() - started)
-
-    decision = decide(
-        run.evaluation["test"]["model"],
-        run.evaluation["test"]["champion"],
-        min_aucpr_gain=settings.retrain.min_aucpr_gain,
-        precision_tolerance=settings.retrain.precision_tolerance,
-    )
-    figures = {**decision.figures, "feedback_labels": float(len(verdicts))}
-    note = f"{decision.note()} (against {champion_entry.label})"
-    registry.record_decision(spark, settings, entry, figures, note, promote=decision.promote)
-    return RetrainResult(
-        dataclasses.replace(entry, stage="champion" if decision.promote else "challenger"),
-        champion_entry,
-        decision.promote,
-        note,
-        figures,
-        len(verdicts),
-        time.perf_counter() - started,
-    )
-
-
-def reproduction_settings(settings: Settings, bundle: Bundle) -> tuple[Settings, int | None]:
-    """Settings that train `bundle` again: its source, window, architecture and hyper-parameters."""
-    m = bundle.manifest
-    lineage, training, arch = m["lineage"], m["training"], m["architecture"]
-    overrides: dict[str, Any] = {
-        "train.table": lineage["source_path"],
-        "train.kind": m["kind"],
-        "train.model_name": m["name"],
-        "train.epochs": training["epochs"],
-        "train.batch_size": training["batch_size"],
-        "train.learning_rate": training["learning_rate"],
-        "train.weight_decay": training["weight_decay"],
-        "train.patience": training["patience"],
-        "train.seed": training["seed"],
-        "train.dropout": arch.get("dropout", 0.0),
-        "train.threshold_policy": m["threshold"]["policy"],
-        "train.threshold_value": m["threshold"]["target"],
-        "ray.num_workers": training["num_workers"],
-    }
-    hidden_key = "train.autoencoder_hidden" if m["kind"] == "autoencoder" else "train.hidden"
-    overrides[hidden_key] = ",".join(str(h) for h in arch["hidden"])
-    window = lineage.get("date_window") or {}
-    if window.get("first"):
-        overrides["train.first_date"] = window["first"]
-        overrides["train.last_date"] = window["last"]
-    for key in ("validation_days", "test_days", "validation_fraction", "test_fraction"):
-        if key in training:
-            overrides[f"train.{key}"] = training[key]
-    return settings.with_overrides(overrides), lineage.get("source_version")
-
-
-def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str, Any]:
-    """Train `ref` again from the exact data version it records and compare its metrics."""
-    from training.retrain import metrics_match
-
-    entry, bundle = registry.load_registered(spark, settings, ref)
-    again_settings, version = reproduction_settings(settings, bundle)
-    lineage = bundle.manifest["lineage"]
-    verdicts = None
-    if lineage.get("feedback_version") is not None:
-        # The same analyst verdicts as then: the feedback table at the version it had.
-        verdicts = verdicts_for(spark, settings, lineage["source_table"], lineage["feedback_version"])
-    scratch = Path(tempfile.mkdtemp(prefix="lakescore-reproduce-"))
-    try:
-        run, _ = run_train(
-            spark,
-            again_settings,
-            source_version=version,
-            register=False,
-            bundle_dir=scratch / "bundle",
-            label_overrides=verdicts,
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    original = {k: bundle.manifest["metrics"][k] for k in REPRODUCED_METRICS if k in bundle.manifest["metrics"]}
-    again = {k: run.bundle.manifest["metrics"][k] for k in original}
-    result = metrics_match(original, again, settings.retrain.reproduce_tolerance)
-    # Same data version, window and verdicts must give the very same rows and labels per split.
-    counts_match = run.bundle.manifest["lineage"]["counts"] == lineage["counts"]
-    result.update(model=entry.label, source=lineage["source_path"], source_version=version,
-                  original=original, reproduced=again, counts_match=counts_match)
-    result["match"] = result["match"] and counts_match
-    return result
+from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup, training_job_session
+from lakescore import lake
+from pipelines.retrain import RetrainResult, run_reproduce, run_retrain
+from pipelines.train import ray_cluster
 
 
 def retrain(

@@ -1,6 +1,6 @@
 """Preprocessing stored in the bundle and applied by training and scoring through this code.
 
-The parameters are fitted on the training split only (training/preprocessing.py computes them
+The parameters are fitted on the training split only (training/feature_batches.py computes them
 with Ray Data aggregations); this module holds their format and the one `apply` function.
 
 Per feature, in order: values that are null, NaN or +/-inf are replaced by `impute`; then

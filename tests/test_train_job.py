@@ -38,7 +38,7 @@ SMALL_TRAINING = {
 
 @pytest.fixture(scope="module")
 def mlp_run(spark, settings, transactions, ray_local):
-    from jobs.train import run_train
+    from pipelines.train import run_train
 
     run_settings = settings.with_overrides({**SMALL_TRAINING, "train.model_name": "transactions_test"})
     run, entry = run_train(spark, run_settings)
@@ -135,6 +135,7 @@ def test_the_mlp_beats_isolation_forest_on_transactions_by_the_issue_margin(mlp_
 def test_a_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint(tmp_path, settings, ray_local):
     import ray
 
+    from training.faults import kill_worker_once
     from training.trainer import fit_model
 
     rng = np.random.default_rng(0)
@@ -150,12 +151,10 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoi
         train,
         validation,
         architecture={"kind": "mlp", "n_features": 4, "hidden": [8], "dropout": 0.0},
-        train_settings=run_settings.train,
-        ray_settings=run_settings.ray,
-        storage_path=tmp_path / "checkpoints",
+        settings=run_settings.with_overrides({"ray.storage_path": str(tmp_path / "checkpoints")}),
         run_name="killed-worker",
         pos_weight=3.0,
-        fault_injection={"fail_at_epoch": 1, "fail_marker": str(marker)},
+        on_epoch_end=kill_worker_once(after_epoch=1, marker=marker),
     )
     assert "killed worker rank 1" in marker.read_text()
     # The first worker group ran epochs 0-1; the second started from epoch 1's checkpoint.
@@ -200,7 +199,7 @@ def test_the_real_benchmarks_reach_the_issue_targets(settings, benchmark_tables,
 
     from lakescore.features import feature_set_for_table
     from training.data import TableSource
-    from training.pipeline import train_from_source
+    from training.pipeline import TrainingInput, train_from_source
 
     path = str(benchmark_tables / table)
     columns = DeltaTable(path).schema().to_arrow().names
@@ -214,14 +213,8 @@ def test_the_real_benchmarks_reach_the_issue_targets(settings, benchmark_tables,
             "train.batch_size": "256" if table == "shuttle" else "32",
         }
     )
-    run = train_from_source(
-        run_settings,
-        TableSource(table, path, "delta", version=0),
-        columns,
-        feature_set_for_table(table, columns),
-        version=1,
-        bundle_dir=tmp_path / "bundle",
-    )
+    inputs = TrainingInput(TableSource(table, path, "delta", version=0), tuple(columns), feature_set_for_table(table, columns))
+    run = train_from_source(run_settings, inputs, version=1, bundle_dir=tmp_path / "bundle")
     test = run.evaluation["test"]
     assert test["model"][metric] >= target - ALLOWED_AUCPR_DELTA, run.table
     # Undated tables are split per class by the record_id hash: every split holds anomalies.

@@ -22,7 +22,7 @@ from training.data import (
     read_rows,
     source_dates,
 )
-from training.preprocessing import EXACT_FIT_ROWS, X, features_batch, fit_preprocessing, preprocess_batch
+from training.feature_batches import EXACT_FIT_ROWS, X, features_batch, fit_preprocessing, preprocess_batch
 
 NOV = [dt.date(2026, 11, d) for d in range(1, 5)]
 
@@ -198,7 +198,7 @@ def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered
 def test_preparing_the_same_source_twice_gives_the_same_training_inputs(tmp_path, settings, ray_local):
     """Reproducible training: the same table version and seed give the same preprocessing and the
     same rows in the same order (Ray Data keeps the source's order; small splits are fitted exactly)."""
-    from training.pipeline import prepare_datasets
+    from training.pipeline import TrainingInput, prepare_datasets
 
     path = tmp_path / "events"
     for part in range(6):  # several files: Ray Data reads them in parallel tasks
@@ -209,7 +209,7 @@ def test_preparing_the_same_source_twice_gives_the_same_training_inputs(tmp_path
     run_settings = settings.with_overrides({"train.kind": "mlp"})
 
     def prepared():
-        data = prepare_datasets(run_settings, source, columns, TRANSACTIONS_V1)
+        data = prepare_datasets(run_settings, TrainingInput(source, tuple(columns), TRANSACTIONS_V1))
         rows = [b[X] for b in data.train_xy.iter_batches(batch_format="numpy", batch_size=None)]
         return data.preprocessing, np.concatenate(rows)
 

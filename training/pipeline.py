@@ -16,12 +16,13 @@ reference histograms.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -52,9 +53,9 @@ from training.data import (
     read_rows,
     source_dates,
 )
-from training.preprocessing import X, Y, feature_matrix, features_batch, fit_preprocessing, preprocess_batch
+from training.feature_batches import X, Y, feature_matrix, features_batch, fit_preprocessing, preprocess_batch
 from training.thresholds import Threshold, choose_threshold
-from training.trainer import TrainedModel, fit_model, make_architecture
+from training.trainer import EpochHook, TrainedModel, checkpoint_storage, fit_model, make_architecture
 
 if TYPE_CHECKING:
     import ray.data
@@ -63,8 +64,60 @@ log = logging.getLogger(__name__)
 
 MODEL = "model"
 BASELINE = "isolation_forest"
+CHAMPION = "champion"  # retraining: the champion's figures on the challenger's test rows
 PR_CURVE_PNG = "pr_curve.png"
 SCORE_HISTOGRAM_PNG = "score_histogram.png"
+
+
+@dataclass(frozen=True)
+class TrainingInput:
+    """What a run trains on: the resolved source, its column names (the job read its schema), the
+    feature set checked against them, and analysts' verdicts {record key: is_anomaly} that
+    replace the source's labels."""
+
+    source: SourceLike
+    columns: tuple[str, ...]
+    feature_set: FeatureSet
+    label_overrides: Mapping[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """A model trained with Ray Train, with how it was trained."""
+
+    trained: TrainedModel
+    architecture: Mapping[str, Any]
+    pos_weight: float | None  # the mlp loss's positive-class weight (None: the autoencoder)
+    run_name: str  # Ray Train's run folder under `storage`
+    storage: Path
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The model and IsolationForest on the validation and test splits, the threshold chosen on
+    validation, and the training sample the reference histograms come from."""
+
+    report: dict[str, Any]  # the manifest's `evaluation` entry
+    threshold: Threshold
+    validation: pd.DataFrame  # score, baseline, y, type per validation row
+    test: pd.DataFrame  # the same for the test split: the holdout
+    sample: np.ndarray  # preprocessed training rows (at most train.sample_rows)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained and evaluated model, not yet exported: what retraining judges against the champion."""
+
+    inputs: TrainingInput
+    data: "PreparedData"
+    fitted: FittedModel
+    evaluation: Evaluation
+
+    def with_champion(self, champion: Bundle, figures: Mapping[str, float]) -> "Candidate":
+        """This candidate with the champion's figures on the same test rows in its evaluation."""
+        report = {**self.evaluation.report, "test": {**self.evaluation.report["test"], CHAMPION: dict(figures)}}
+        report[CHAMPION] = {"model": champion.label, "sha256": champion.sha256}
+        return dataclasses.replace(self, evaluation=dataclasses.replace(self.evaluation, report=report))
 
 
 @dataclass(frozen=True)
@@ -84,72 +137,77 @@ class TrainingDataError(ValueError):
 
 def train_from_source(
     settings: Settings,
-    source: SourceLike,
-    columns: Sequence[str],
-    feature_set: FeatureSet,
+    inputs: TrainingInput,
     *,
     version: int,
     bundle_dir: Path,
-    fault_injection: Mapping[str, Any] | None = None,
-    label_overrides: Mapping[str, bool] | None = None,
-    champion: Bundle | None = None,
-    lineage_extra: Mapping[str, Any] | None = None,
+    on_epoch_end: EpochHook | None = None,
 ) -> TrainingRun:
-    """Train `settings.train.kind` on `source` and write bundle `version` into `bundle_dir`.
+    """Train `settings.train.kind` on `inputs` and write bundle `version` into `bundle_dir`:
+    prepare -> fit -> evaluate -> export.
 
     Args:
         settings: the whole configuration (train and ray sections are used).
-        source: the resolved source (path, format, pinned Delta version).
-        columns: the source's column names (the job read its schema).
-        feature_set: the feature set checked against the source's columns.
+        inputs: the source, its columns, the feature set and any analysts' verdicts.
         version: the model version the registry will give this bundle.
         bundle_dir: where to write the bundle (must not exist).
-        fault_injection: test only; see training.trainer.train_loop_per_worker.
-        label_overrides: analysts' verdicts {record key: is_anomaly}; they replace source labels.
-        champion: a bundle to score on the same test rows (retraining): its figures land in
-            evaluation["test"]["champion"], at its own threshold.
-        lineage_extra: more lineage for the manifest (e.g. the feedback table version read).
+        on_epoch_end: called on every Ray Train worker after each epoch's checkpoint
+            (see training.trainer.fit_model); tests pass one to kill a worker.
     """
-    t = settings.train
-    clock = _Clock()
-    data = prepare_datasets(settings, source, columns, feature_set, label_overrides)
-    featured, counts, plan, preprocessing = data.featured, data.counts, data.plan, data.preprocessing
-    features = feature_set.features
-    clock.lap("read, features, preprocessing fitted and applied; split counts %s", counts)
+    candidate = train_candidate(settings, inputs, version=version, on_epoch_end=on_epoch_end)
+    return export(settings, candidate, version=version, bundle_dir=bundle_dir)
 
+
+def train_candidate(
+    settings: Settings, inputs: TrainingInput, *, version: int, on_epoch_end: EpochHook | None = None
+) -> Candidate:
+    """Prepare, fit and evaluate: everything but the bundle."""
+    clock = _Clock()
+    data = prepare_datasets(settings, inputs)
+    clock.lap("read, features, preprocessing fitted and applied; split counts %s", data.counts)
+    fitted = fit(settings, data, version=version, on_epoch_end=on_epoch_end)
+    clock.lap("Ray Train: %d epochs", len(fitted.trained.history))
+    evaluation = evaluate(settings, data, fitted)
+    clock.lap("IsolationForest fitted on %d rows; validation and test scored", len(evaluation.sample))
+    return Candidate(inputs, data, fitted, evaluation)
+
+
+def fit(settings: Settings, data: "PreparedData", *, version: int, on_epoch_end: EpochHook | None = None) -> FittedModel:
+    """Train the model on the prepared training split with Ray Train, early-stopping on validation."""
+    t = settings.train
+    counts = data.counts[TRAIN]
     pos_weight = None
     if t.kind == MLP:
-        negatives = counts[TRAIN]["rows"] - counts[TRAIN]["anomalies"]
-        pos_weight = float(min(negatives / counts[TRAIN]["anomalies"], t.max_pos_weight))
-    architecture = make_architecture(t.kind, len(features), t)
+        pos_weight = float(min((counts["rows"] - counts["anomalies"]) / counts["anomalies"], t.max_pos_weight))
+    architecture = make_architecture(t.kind, len(data.features), t)
     run_name = f"{t.model_name}-v{version}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
-    storage = settings.ray.storage_path or settings.lake.checkpoints_dir
     trained = fit_model(
         data.train_xy,
         data.validation_xy,
         architecture=architecture,
-        train_settings=t,
-        ray_settings=settings.ray,
-        storage_path=storage,
+        settings=settings,
         run_name=run_name,
         pos_weight=pos_weight,
-        fault_injection=fault_injection,
+        on_epoch_end=on_epoch_end,
     )
+    return FittedModel(trained, architecture, pos_weight, run_name, checkpoint_storage(settings))
 
-    clock.lap("Ray Train: %d epochs", len(trained.history))
 
-    # IsolationForest beside the model: fitted on a bounded sample of the same training split.
-    sample = sample_matrix(featured, features, preprocessing, TRAIN, counts[TRAIN]["rows"], t.sample_rows, t.seed)
+def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> Evaluation:
+    """Score validation and test with the model and an IsolationForest (fitted on a bounded
+    sample of the same training split), choose the threshold on validation, evaluate on test."""
+    t = settings.train
+    features = data.features
+    sample = sample_matrix(data.featured, features, data.preprocessing, TRAIN, data.counts[TRAIN]["rows"], t.sample_rows, t.seed)
     forest = E.fit_isolation_forest(sample, t.seed)
-    weights = {k: v.numpy() for k, v in trained.state_dict.items()}
-    scored = score_splits(featured, (VALIDATION, TEST), features, preprocessing, architecture, weights, forest)
+    weights = {k: v.numpy() for k, v in fitted.trained.state_dict.items()}
+    scored = score_splits(data.featured, (VALIDATION, TEST), features, data.preprocessing, fitted.architecture, weights, forest)
     val, test = scored[scored["split"] == VALIDATION], scored[scored["split"] == TEST]
-    clock.lap("IsolationForest fitted on %d rows; validation and test scored", len(sample))
     threshold = choose_threshold(t.threshold_policy, t.threshold_value, val["score"].to_numpy(), val["y"].to_numpy())
     baseline_threshold = choose_threshold(
         t.threshold_policy, t.threshold_value, val["baseline"].to_numpy(), val["y"].to_numpy()
     )
-    evaluation = {
+    report = {
         "test": {
             MODEL: E.evaluate(test["score"], test["y"], threshold.value, t.precision_at_k),
             BASELINE: E.evaluate(test["baseline"], test["y"], baseline_threshold.value, t.precision_at_k),
@@ -164,17 +222,29 @@ def train_from_source(
         },
         "baseline_threshold": baseline_threshold.to_manifest(),
     }
-    if champion is not None:
-        from training.retrain import evaluate_champion, score_bundle_on_split
+    return Evaluation(report=report, threshold=threshold, validation=val, test=test, sample=sample)
 
-        evaluation["test"]["champion"] = evaluate_champion(
-            score_bundle_on_split(featured, TEST, champion), champion, t.precision_at_k
-        )
-        evaluation["champion"] = {"model": champion.label, "sha256": champion.sha256}
-        clock.lap("champion %s scored on the same test rows", champion.label)
-    if label_overrides:
-        evaluation["feedback_labels"] = len(label_overrides)
-    label = f"{t.model_name} v{version} ({t.kind}) on {source.name}, test split"
+
+def export(
+    settings: Settings,
+    candidate: Candidate,
+    *,
+    version: int,
+    bundle_dir: Path,
+    lineage_extra: Mapping[str, Any] | None = None,
+) -> TrainingRun:
+    """Write the candidate's bundle: weights, manifest, reference histograms and plots.
+
+    `lineage_extra`: more lineage for the manifest (retraining: the feedback table version read).
+    """
+    t = settings.train
+    inputs, data, fitted, evaluation = candidate.inputs, candidate.data, candidate.fitted, candidate.evaluation
+    features, trained, threshold = data.features, fitted.trained, evaluation.threshold
+    val, test, sample = evaluation.validation, evaluation.test, evaluation.sample
+    report = dict(evaluation.report)
+    if inputs.label_overrides:
+        report["feedback_labels"] = len(inputs.label_overrides)
+    label = f"{t.model_name} v{version} ({t.kind}) on {inputs.source.name}, test split"
     extra_files = {
         PR_CURVE_PNG: E.plot_pr_curve(
             {t.kind: (test["score"].to_numpy(), test["y"].to_numpy()), BASELINE: (test["baseline"].to_numpy(), test["y"].to_numpy())},
@@ -189,26 +259,26 @@ def train_from_source(
     }
     manifest = build_manifest(
         settings,
-        source,
-        feature_set,
-        preprocessing,
+        inputs.source,
+        inputs.feature_set,
+        data.preprocessing,
         data.statistics,
-        architecture,
+        fitted.architecture,
         trained,
         threshold,
-        evaluation,
-        counts,
-        plan,
+        report,
+        data.counts,
+        data.plan,
         version=version,
-        pos_weight=pos_weight,
-        run_name=run_name,
-        storage=storage,
+        pos_weight=fitted.pos_weight,
+        run_name=fitted.run_name,
+        storage=fitted.storage,
     )
     manifest["lineage"].update(lineage_extra or {})
     bundle = write_bundle(bundle_dir, manifest, trained.state_dict, reference, extra_files)
-    clock.lap("evaluated; bundle written to %s", bundle_dir)
-    table = E.format_table({t.kind: evaluation["test"][MODEL], BASELINE: evaluation["test"][BASELINE]})
-    return TrainingRun(bundle=bundle, path=bundle_dir, trained=trained, evaluation=evaluation, table=table)
+    log.info("bundle written to %s", bundle_dir)
+    table = E.format_table({t.kind: report["test"][MODEL], BASELINE: report["test"][BASELINE]})
+    return TrainingRun(bundle=bundle, path=bundle_dir, trained=trained, evaluation=report, table=table)
 
 
 @dataclass(frozen=True)
@@ -222,18 +292,14 @@ class PreparedData:
     statistics: Mapping[str, Any]
     train_xy: "ray.data.Dataset"  # {"x", "y"} the workers train on (autoencoder: normal rows only)
     validation_xy: "ray.data.Dataset"  # {"x", "y"} for early stopping
+    features: tuple[str, ...]  # the model's features, in input order
 
 
-def prepare_datasets(
-    settings: Settings,
-    source: SourceLike,
-    columns: Sequence[str],
-    feature_set: FeatureSet,
-    label_overrides: Mapping[str, bool] | None = None,
-) -> PreparedData:
+def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
     """Read the training window, compute features and splits, fit the preprocessing on the
     training split and build the materialized datasets the workers iterate."""
     t = settings.train
+    source, columns, feature_set, label_overrides = inputs.source, inputs.columns, inputs.feature_set, inputs.label_overrides
     plan = _split_plan(settings, source, columns)
     features = feature_set.features
     read_columns = list(dict.fromkeys([*feature_set.inputs, S.IS_ANOMALY, S.EVENT_DATE if plan.dated else S.RECORD_ID]))
@@ -284,7 +350,7 @@ def prepare_datasets(
     only_normal = t.kind == AUTOENCODER
     train_xy = _preprocessed(featured, features, preprocessing, TRAIN, only_normal=only_normal).materialize()
     validation_xy = _preprocessed(featured, features, preprocessing, VALIDATION).materialize()
-    return PreparedData(featured, counts, plan, preprocessing, statistics, train_xy, validation_xy)
+    return PreparedData(featured, counts, plan, preprocessing, statistics, train_xy, validation_xy, features)
 
 
 # --- steps ----------------------------------------------------------------------------------
@@ -355,7 +421,7 @@ def _check_counts(counts: Mapping[str, Mapping[str, int]], kind: str, plan: Spli
             f"the evaluation need some: adjust {how}"
         )
     if kind == MLP and counts[TRAIN]["anomalies"] == 0:
-        raise TrainingDataError(f"the training split holds no labelled anomaly; the mlp needs some (or use kind=autoencoder)")
+        raise TrainingDataError("the training split holds no labelled anomaly; the mlp needs some (or use kind=autoencoder)")
     if kind == AUTOENCODER and counts[TRAIN]["anomalies"] == counts[TRAIN]["rows"]:
         raise TrainingDataError("the training split holds no row labelled normal; the autoencoder trains on those")
 
@@ -408,25 +474,46 @@ def score_splits(
     forest,
 ) -> pd.DataFrame:
     """Score the rows of `splits` with the model (through the scoring core the nightly job uses)
-    and the IsolationForest, distributed; return split, score, baseline, y and type per row."""
+    and the IsolationForest, distributed; return split, score, baseline, y and type per row.
 
-    def run(batch: pd.DataFrame) -> pd.DataFrame:
-        batch = batch[batch[SPLIT_COLUMN].isin(splits)]
-        x, _ = preprocessing.apply(feature_matrix(batch, features))
-        model = build_model(architecture)
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-        model.eval()
+    Seven arguments: the model is built in each Ray Data worker from its parts (architecture,
+    weights, preprocessing, features), and the rows and the baseline come with them."""
+    return featured.map_batches(
+        _SplitScorer,
+        fn_constructor_kwargs={
+            "splits": tuple(splits),
+            "features": tuple(features),
+            "preprocessing": preprocessing,
+            "architecture": dict(architecture),
+            "weights": dict(weights),
+            "forest": forest,
+        },
+        batch_format="pandas",
+    ).to_pandas()
+
+
+class _SplitScorer:
+    """A Ray Data worker's scorer: the model is built once when the worker starts, not per batch."""
+
+    def __init__(self, *, splits, features, preprocessing, architecture, weights, forest) -> None:
+        self.splits, self.features, self.preprocessing, self.forest = splits, features, preprocessing, forest
+        self.kind = architecture["kind"]
+        self.model = build_model(architecture)
+        self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        self.model.eval()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = batch[batch[SPLIT_COLUMN].isin(self.splits)]
+        x, _ = self.preprocessing.apply(feature_matrix(batch, self.features))
         return pd.DataFrame(
             {
                 "split": batch[SPLIT_COLUMN].to_numpy(dtype=object),
-                "score": score_batch(model, architecture["kind"], x),
-                "baseline": E.isolation_forest_scores(forest, x),
+                "score": score_batch(self.model, self.kind, x),
+                "baseline": E.isolation_forest_scores(self.forest, x),
                 "y": batch[LABEL_COLUMN].to_numpy(dtype=bool),
                 "type": batch[TYPE_COLUMN].fillna("").to_numpy(dtype=object),
             }
         )
-
-    return featured.map_batches(run, batch_format="pandas").to_pandas()
 
 
 # --- the manifest ---------------------------------------------------------------------------

@@ -21,13 +21,11 @@ import copy
 import json
 import logging
 import math
-import os
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -39,6 +37,9 @@ if TYPE_CHECKING:
     import ray.data
 
 log = logging.getLogger(__name__)
+
+# Called on every worker after each epoch's checkpoint: (epoch, rank, world size).
+EpochHook = Callable[[int, int, int], None]
 
 _MODEL_FILE = "model.pt"
 _OPTIMIZER_FILE = "optimizer.pt"
@@ -130,7 +131,12 @@ def _ordered_ingest() -> Any:
 
 
 def train_loop_per_worker(config: Mapping[str, Any]) -> None:
-    """Train one worker's share; resume from the last checkpoint if Ray Train passes one."""
+    """Train one worker's share; resume from the last checkpoint if Ray Train passes one.
+
+    Longer than the other functions on purpose, as in Ray Train's own examples: every
+    hyperparameter is unpacked at the top and the epoch loop stays in view; its steps (resume,
+    one epoch, agreeing on the figures, the checkpoint) are functions below.
+    """
     import ray.train
     import ray.train.torch
 
@@ -144,9 +150,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     seed = config["seed"]
     pos_weight = config.get("pos_weight")
     shuffle_buffer = config.get("shuffle_buffer_rows") or None
-    # Test only: SIGKILL this worker process once, after epoch `fail_at_epoch`'s checkpoint.
-    fail_at_epoch = config.get("fail_at_epoch")
-    fail_marker = config.get("fail_marker")
+    on_epoch_end = config.get("on_epoch_end")  # see fit_model
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -155,22 +159,9 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     device = ray.train.torch.get_device()  # Ray: the GPU Ray assigned to this worker, or CPU
 
     model = build_model(architecture)
-    state: dict[str, Any] = {"epoch": -1, "best_aucpr": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "attempts": []}
-    best_state = copy.deepcopy(model.state_dict())
-    optimizer_state = None
     # Ray: after a failure the new worker group starts here with the last reported checkpoint.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            directory = Path(directory)
-            # Onto the CPU first: a GPU run's tensors then load on any worker, and prepare_model
-            # and the optimizer move them to this worker's device.
-            model.load_state_dict(torch.load(directory / _MODEL_FILE, weights_only=True, map_location="cpu"))
-            best_state = torch.load(directory / _BEST_FILE, weights_only=True, map_location="cpu")
-            optimizer_state = torch.load(directory / _OPTIMIZER_FILE, weights_only=True, map_location="cpu")
-            state = json.loads((directory / _STATE_FILE).read_text())
+    state, best_state, optimizer_state = _resume(model, ray.train.get_checkpoint())
     start_epoch = state["epoch"] + 1
-    state["attempts"].append({"start_epoch": start_epoch, "resumed_from_epoch": state["epoch"] if checkpoint else None})
 
     # Ray: moves the model to `device` and wraps it in DistributedDataParallel when world > 1.
     model = ray.train.torch.prepare_model(model)
@@ -189,39 +180,20 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         if stopping.stop:
             break
         started = time.perf_counter()
-        model.train()
-        rows, loss_sum = 0, 0.0
-        for batch in train_shard.iter_torch_batches(
+        batches = train_shard.iter_torch_batches(
             batch_size=batch_size,
             dtypes=torch.float32,
             device=device,
             local_shuffle_buffer_size=shuffle_buffer,
             local_shuffle_seed=seed * 100_003 + epoch * 101 + rank,
-        ):
-            optimizer.zero_grad(set_to_none=True)
-            loss = batch_loss(model, loss_fn, kind, batch["x"], batch["y"])
-            loss.backward()  # Ray/DDP: gradients are averaged across workers here
-            optimizer.step()
-            rows += len(batch["y"])
-            loss_sum += float(loss.detach()) * len(batch["y"])
+        )
+        rows, loss_sum = _train_one_epoch(model, optimizer, loss_fn, kind, batches)
         train_seconds = time.perf_counter() - started
 
         scores, labels = validation_scores(
             plain, kind, validation.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device=device)
         )
-        aucpr, aucroc = _aucpr(scores, labels)
-        figures = torch.tensor([aucpr, aucroc, rows, loss_sum], dtype=torch.float64, device=device)
-        if world > 1:
-            import torch.distributed as dist
-
-            # Ray: every worker adopts rank 0's validation figures, so all take the same decision.
-            broadcast = figures.clone()
-            dist.broadcast(broadcast, src=0)
-            # Rows and loss are summed over the workers' shards.
-            summed = figures.clone()
-            dist.all_reduce(summed)
-            figures = torch.stack([broadcast[0], broadcast[1], summed[2], summed[3]])
-        aucpr, aucroc, total_rows, total_loss = (float(v) for v in figures.cpu())
+        aucpr, aucroc, total_rows, total_loss = _agree(_aucpr(scores, labels), rows, loss_sum, device, world)
 
         if stopping.update(epoch, aucpr):
             best_state = {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}
@@ -242,27 +214,80 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         }
         state["epoch"] = epoch
         state["history"].append(metrics)
+        _report(metrics, state, {_MODEL_FILE: plain.state_dict(), _BEST_FILE: best_state, _OPTIMIZER_FILE: optimizer.state_dict()}, rank)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, rank, world)
 
-        # Ray: rank 0 writes the checkpoint (all workers hold the same weights under DDP); every
-        # worker calls report, which is a barrier.
-        with tempfile.TemporaryDirectory() as directory:
-            reported = None
-            if rank == 0:
-                directory = Path(directory)
-                torch.save(plain.state_dict(), directory / _MODEL_FILE)
-                torch.save(best_state, directory / _BEST_FILE)
-                torch.save(optimizer.state_dict(), directory / _OPTIMIZER_FILE)
-                (directory / _STATE_FILE).write_text(json.dumps(state))
-                reported = ray.train.Checkpoint.from_directory(str(directory))
-            ray.train.report(metrics, checkpoint=reported)
 
-        if fail_at_epoch is not None and epoch == fail_at_epoch and rank == world - 1 and not os.path.exists(fail_marker):
-            Path(fail_marker).write_text(f"killed worker rank {rank} (pid {os.getpid()}) after epoch {epoch}\n")
-            # Make sure the controller has committed this epoch's checkpoint before dying.
-            from ray.train import CheckpointConsistencyMode
+def _resume(model: nn.Module, checkpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict | None]:
+    """(loop state, best weights, optimizer state) from Ray Train's last checkpoint, loading its
+    weights into `model`; a fresh start's when there is none. Records this worker-group start."""
+    state: dict[str, Any] = {"epoch": -1, "best_aucpr": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "attempts": []}
+    best_state = copy.deepcopy(model.state_dict())
+    optimizer_state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            directory = Path(directory)
+            # Onto the CPU first: a GPU run's tensors then load on any worker, and prepare_model
+            # and the optimizer move them to this worker's device.
+            model.load_state_dict(torch.load(directory / _MODEL_FILE, weights_only=True, map_location="cpu"))
+            best_state = torch.load(directory / _BEST_FILE, weights_only=True, map_location="cpu")
+            optimizer_state = torch.load(directory / _OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+            state = json.loads((directory / _STATE_FILE).read_text())
+    resumed = state["epoch"] if checkpoint is not None else None
+    state["attempts"].append({"start_epoch": state["epoch"] + 1, "resumed_from_epoch": resumed})
+    return state, best_state, optimizer_state
 
-            ray.train.get_all_reported_checkpoints(consistency_mode=CheckpointConsistencyMode.COMMITTED)
-            os.kill(os.getpid(), signal.SIGKILL)
+
+def _train_one_epoch(model: nn.Module, optimizer, loss_fn: nn.Module, kind: str, batches) -> tuple[int, float]:
+    """One pass over this worker's shard; (rows, summed loss) of this worker."""
+    model.train()
+    rows, loss_sum = 0, 0.0
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = batch_loss(model, loss_fn, kind, batch["x"], batch["y"])
+        loss.backward()  # Ray/DDP: gradients are averaged across workers here
+        optimizer.step()
+        rows += len(batch["y"])
+        loss_sum += float(loss.detach()) * len(batch["y"])
+    return rows, loss_sum
+
+
+def _agree(
+    validation: tuple[float, float], rows: int, loss_sum: float, device: torch.device, world: int
+) -> tuple[float, float, float, float]:
+    """(AUCPR, AUCROC, rows, loss) every worker agrees on: rank 0's validation figures, and the
+    rows and loss summed over the workers' shards."""
+    figures = torch.tensor([*validation, rows, loss_sum], dtype=torch.float64, device=device)
+    if world > 1:
+        import torch.distributed as dist
+
+        # Ray: every worker adopts rank 0's validation figures, so all take the same decision.
+        broadcast = figures.clone()
+        dist.broadcast(broadcast, src=0)
+        summed = figures.clone()
+        dist.all_reduce(summed)
+        figures = torch.stack([broadcast[0], broadcast[1], summed[2], summed[3]])
+    aucpr, aucroc, total_rows, total_loss = (float(v) for v in figures.cpu())
+    return aucpr, aucroc, total_rows, total_loss
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any], tensors: Mapping[str, Any], rank: int) -> None:
+    """Report the epoch to Ray Train with a checkpoint of `tensors` (file name -> state dict) and
+    the loop's `state`."""
+    import ray.train
+
+    # Ray: rank 0 writes the checkpoint (all workers hold the same weights under DDP); every
+    # worker calls report, which is a barrier.
+    with tempfile.TemporaryDirectory() as directory:
+        reported = None
+        if rank == 0:
+            directory = Path(directory)
+            for name, tensors_of_file in tensors.items():
+                torch.save(tensors_of_file, directory / name)
+            (directory / _STATE_FILE).write_text(json.dumps(state))
+            reported = ray.train.Checkpoint.from_directory(str(directory))
+        ray.train.report(metrics, checkpoint=reported)
 
 
 # --- the driver -----------------------------------------------------------------------------
@@ -281,29 +306,34 @@ class TrainedModel:
     checkpoint_path: str
 
 
+def checkpoint_storage(settings) -> Path:
+    """Where Ray Train persists a run's checkpoints: `ray.storage_path`, else the lake's folder."""
+    return Path(settings.ray.storage_path or settings.lake.checkpoints_dir)
+
+
 def fit_model(
     train: "ray.data.Dataset",
     validation: "ray.data.Dataset",
     *,
     architecture: Mapping[str, Any],
-    train_settings,
-    ray_settings,
-    storage_path: str | os.PathLike,
+    settings,
     run_name: str,
-    pos_weight: float | None,
-    fault_injection: Mapping[str, Any] | None = None,
+    pos_weight: float | None = None,
+    on_epoch_end: EpochHook | None = None,
 ) -> TrainedModel:
     """Train with Ray Train's TorchTrainer on `train` ({"x", "y"}), early-stopping on `validation`.
 
     Args:
         train, validation: preprocessed datasets (materialize them first; every epoch re-reads them).
         architecture: the manifest's architecture entry (kind, n_features, hidden, dropout).
-        train_settings: lakescore TrainSettings (epochs, batch size, learning rate, patience, seed).
-        ray_settings: lakescore RaySettings (num_workers, use_gpu, cpus_per_worker, max_failures).
-        storage_path: where Ray Train persists checkpoints (shared storage on a multi-node cluster).
-        run_name: the run's folder under storage_path.
+        settings: lakescore Settings: `train` (epochs, batch size, learning rate, patience, seed),
+            `ray` (num_workers, use_gpu, cpus_per_worker, max_failures) and the checkpoint
+            storage (`checkpoint_storage`; shared storage on a multi-node cluster).
+        run_name: the run's folder under the checkpoint storage.
         pos_weight: the positive-class weight of the mlp loss (None: unweighted).
-        fault_injection: test only, {"fail_at_epoch": n, "fail_marker": path}.
+        on_epoch_end: `f(epoch, rank, world_size)`, called on every worker after the epoch's
+            checkpoint is reported; it must pickle (Ray ships it to the workers). Tests pass one
+            that kills a worker to prove that training resumes from the last checkpoint.
 
     Returns the best epoch's weights with the per-epoch history. Raises ray.train's
     TrainingFailedError if the workers fail more often than `ray.max_failures`.
@@ -311,7 +341,8 @@ def fit_model(
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    t = train_settings
+    t, ray_settings = settings.train, settings.ray
+    storage_path = checkpoint_storage(settings)
     config = {
         "architecture": dict(architecture),
         "epochs": t.epochs,
@@ -322,7 +353,7 @@ def fit_model(
         "seed": t.seed,
         "pos_weight": pos_weight,
         "shuffle_buffer_rows": t.shuffle_buffer_rows,
-        **(fault_injection or {}),
+        "on_epoch_end": on_epoch_end,
     }
     resources = {"CPU": ray_settings.cpus_per_worker}
     if ray_settings.use_gpu:

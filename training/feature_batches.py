@@ -142,7 +142,8 @@ def fit_preprocessing(
         return _fit_exactly(train_features, features, clip_quantiles, clip_margin)
 
     # A global aggregation (no key) ends in one partition: plain tasks do it. Ray 2.60's default
-    # hash shuffle first starts aggregator actors, ~5 s per pass however small the split.
+    # hash shuffle first starts aggregator actors, a fixed cost per pass however small the split
+    # (docs/measurements.md, "Training").
     train_features.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     low, high = clip_quantiles
     first = train_features.aggregate(

@@ -1,9 +1,10 @@
 """Champion against challenger on the same holdout, and the promotion decision.
 
-The challenger is trained by the ordinary pipeline (training/pipeline.py) on labelled history
-whose labels analysts' verdicts override. Its test window is the holdout; the champion is scored
-on exactly those rows, with its own feature set, preprocessing and threshold (from its bundle),
-against the same labels. `decide` turns the two evaluations into a decision with its reason.
+The challenger is trained by the ordinary pipeline's steps (training/pipeline.py: prepare -> fit ->
+evaluate) on labelled history whose labels analysts' verdicts override; pipelines/retrain.py adds
+the champion's evaluation before the export. The challenger's test window is the holdout: the
+champion is scored on exactly those rows, with its own feature set, preprocessing and threshold
+(from its bundle), against the same labels. `decide` turns the two evaluations into a decision with its reason.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 import pandas as pd
 
-from lakescore.bundle import Bundle
-from lakescore.features import feature_set_from_manifest
+from lakescore.bundle import Bundle, verify_files
 from lakescore.models import model_from_bundle, score_batch
 from lakescore.preprocess import Preprocessing
 from training import evaluation as E
 from training.data import LABEL_COLUMN, SPLIT_COLUMN
-from training.preprocessing import feature_matrix
+from training.feature_batches import feature_matrix
 
 if TYPE_CHECKING:
     import ray.data
@@ -37,7 +37,7 @@ def score_bundle_on_split(featured: "ray.data.Dataset", split: str, bundle: Bund
     `featured` holds the features of the challenger's feature set; the champion must use the same
     features (any order), else ChampionMismatchError says so.
     """
-    features = feature_set_from_manifest(bundle.manifest["feature_set"]).features
+    features = bundle.feature_set.features
     available = set(featured.schema().names)
     missing = [f for f in features if f not in available]
     if missing:
@@ -45,24 +45,33 @@ def score_bundle_on_split(featured: "ray.data.Dataset", split: str, bundle: Bund
             f"champion {bundle.label} uses features the challenger's table lacks ({', '.join(missing)}); "
             "compare models trained on the same feature set, or promote by hand with `lakescore promote`"
         )
-    files = dict(bundle.files)
-    kind = bundle.kind
+    return featured.map_batches(
+        _BundleScorer,
+        fn_constructor_kwargs={"files": dict(bundle.files), "split": split},
+        batch_format="pandas",
+    ).to_pandas()
 
-    def run(batch: pd.DataFrame) -> pd.DataFrame:
-        from lakescore.bundle import verify_files
 
-        champion = verify_files(files, "champion bundle")
-        batch = batch[batch[SPLIT_COLUMN] == split]
-        preprocessing = Preprocessing.from_manifest(champion.manifest["preprocessing"])
-        x, _ = preprocessing.apply(feature_matrix(batch, features))
+class _BundleScorer:
+    """A Ray Data worker's copy of a bundle: verified and built once when the worker starts."""
+
+    def __init__(self, *, files: Mapping[str, bytes], split: str) -> None:
+        bundle = verify_files(files, "champion bundle")
+        self.split = split
+        self.kind = bundle.kind
+        self.features = bundle.feature_set.features
+        self.preprocessing = Preprocessing.from_manifest(bundle.manifest["preprocessing"])
+        self.model = model_from_bundle(bundle)
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        batch = batch[batch[SPLIT_COLUMN] == self.split]
+        x, _ = self.preprocessing.apply(feature_matrix(batch, self.features))
         return pd.DataFrame(
             {
-                "score": score_batch(model_from_bundle(champion), kind, x),
+                "score": score_batch(self.model, self.kind, x),
                 "y": batch[LABEL_COLUMN].to_numpy(dtype=bool),
             }
         )
-
-    return featured.map_batches(run, batch_format="pandas").to_pandas()
 
 
 def evaluate_champion(scored: pd.DataFrame, bundle: Bundle, k: int) -> dict[str, float]:
