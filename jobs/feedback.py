@@ -18,49 +18,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pyspark.sql import SparkSession
 
 from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup
 from lakescore import schemas as S
-from lakescore.config import Settings
-from lakescore.feedback import FeedbackError, normalise_verdicts, record_feedback
+from lakescore.feedback import FeedbackError
 from lakescore.spark import build_spark_session
-
-
-def run_feedback(
-    spark: SparkSession,
-    settings: Settings,
-    *,
-    table: str | None = None,
-    key: str | None = None,
-    verdict: str | None = None,
-    analyst: str | None = None,
-    comment: str | None = None,
-    file: Path | None = None,
-    from_table: str | None = None,
-) -> int:
-    """Read verdicts from exactly one of (key+verdict, file, from_table), check and upsert them."""
-    given = [x for x in (key, file, from_table) if x is not None]
-    if len(given) != 1:
-        raise FeedbackError("give exactly one of --key (with --verdict), --file or --from-table")
-    if key is not None:
-        if verdict is None:
-            raise FeedbackError(f"--key {key} needs --verdict ({' or '.join(S.VERDICTS)})")
-        df = spark.createDataFrame(
-            [(str(key), verdict, analyst, comment)], "record_key STRING, verdict STRING, analyst STRING, comment STRING"
-        )
-    elif file is not None:
-        if not Path(file).exists():
-            raise FeedbackError(f"verdict file {file} does not exist")
-        reader = spark.read
-        df = (
-            reader.parquet(str(file))
-            if str(file).endswith(".parquet")
-            else reader.option("header", True).csv(str(file))
-        )
-    else:
-        df = spark.table(from_table)
-    return record_feedback(spark, settings, normalise_verdicts(df, settings, table))
+from pipelines.feedback import VerdictSource, run_feedback
 
 
 def feedback(
@@ -75,21 +38,16 @@ def feedback(
     set_: Optional[list[str]] = SetOption,
     verbose: bool = VerboseOption,
 ) -> None:
-    """Record analyst verdicts (confirmed_anomaly / false_positive) for retraining."""
+    """Record analyst verdicts (confirmed_anomaly / false_positive) for retraining.
+
+    \f
+    Each parameter is one command-line option (typer reads them from this signature), hence more than seven.
+    """
     settings = setup(config, set_, None, verbose)
     spark = build_spark_session(settings, app_name="lakescore-feedback")
     try:
-        count = run_feedback(
-            spark,
-            settings,
-            table=table or settings.score.table,
-            key=key,
-            verdict=verdict,
-            analyst=analyst,
-            comment=comment,
-            file=file,
-            from_table=from_table,
-        )
+        verdicts = VerdictSource(key, verdict, analyst, comment, file, from_table)
+        count = run_feedback(spark, settings, verdicts, table or settings.score.table)
     except FeedbackError as exc:
         fail(str(exc))
     finally:

@@ -13,20 +13,10 @@ from typing import Optional
 
 import typer
 from pyspark.errors import AnalysisException
-from pyspark.sql import SparkSession
 
 from jobs.common import ConfigOption, SetOption, VerboseOption, fail, print_rows, setup
-from lakescore.config import Settings
-from lakescore.lake import ensure_database
 from lakescore.spark import build_spark_session
-
-
-def run_sql(spark: SparkSession, settings: Settings, query: str, limit: int = 1000) -> tuple[list[str], list]:
-    """Run `query` with the lake's database as the current one; return (columns, rows)."""
-    ensure_database(spark, settings)
-    spark.catalog.setCurrentDatabase(settings.lake.database)
-    df = spark.sql(query)
-    return df.columns, df.limit(limit).collect()
+from pipelines.sql import run_sql
 
 
 def sql(

@@ -87,6 +87,13 @@ class Bundle:
         return float(self.manifest["threshold"]["value"])
 
     @cached_property
+    def feature_set(self):
+        """The bundle's `lakescore.features.FeatureSet`, built once."""
+        from lakescore.features import feature_set_from_manifest
+
+        return feature_set_from_manifest(self.manifest["feature_set"])
+
+    @cached_property
     def reference(self) -> dict[str, Any]:
         return json.loads(self.files[REFERENCE]) if REFERENCE in self.files else {}
 

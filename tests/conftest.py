@@ -57,7 +57,7 @@ def spark(settings):
 @pytest.fixture(scope="session")
 def transactions(spark, settings):
     """A small generated transactions table (4 days), registered as lakescore.transactions."""
-    from jobs.generate_transactions import run_generate
+    from pipelines.generate import run_generate
 
     run_generate(spark, settings)
     return settings.table(settings.generate.table)

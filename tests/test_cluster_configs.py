@@ -20,7 +20,7 @@ import ray
 import typer
 import yaml
 
-from jobs.package import project_version
+from pipelines.package import project_version
 from jobs.score_nightly import score
 from lakescore.config import SparkSettings, load_settings
 from lakescore.spark import DELTA_CATALOG, DELTA_EXTENSION, default_spark_conf, delta_jars

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable
 
-from jobs.package import build_pyfiles_zip
+from pipelines.package import build_pyfiles_zip
 from lakescore import schemas as S
 from lakescore.features import TRANSACTIONS_V1
 from lakescore.config import SparkSettings

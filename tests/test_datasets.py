@@ -21,7 +21,7 @@ def test_breast_cancer_marks_the_212_malignant_tumours_as_anomalies():
 
 
 def test_benchmarks_land_in_the_catalog_as_delta_tables(spark, settings):
-    from jobs.load_benchmarks import run_load_benchmarks
+    from pipelines.load_benchmarks import run_load_benchmarks
 
     counts = {r["table_name"]: (r["rows"], r["anomalies"]) for r in run_load_benchmarks(spark, settings, ["breast_cancer"])}
     assert counts == {"breast_cancer": (569, 212)}

@@ -2,22 +2,22 @@
 
 import pytest
 
-from jobs.feedback import run_feedback
+from pipelines.feedback import VerdictSource, run_feedback
 from lakescore.feedback import FeedbackError, verdicts_for
 
 
 def test_single_verdicts_and_files_land_and_the_latest_verdict_wins(spark, settings, tmp_path):
-    run_feedback(spark, settings, table="fb_t", key="17", verdict="confirmed_anomaly", analyst="ana")
+    run_feedback(spark, settings, VerdictSource(key="17", verdict="confirmed_anomaly", analyst="ana"), table="fb_t")
     csv = tmp_path / "verdicts.csv"
     csv.write_text("record_key,verdict,comment\n17,false_positive,called the customer\n 18 ,CONFIRMED_ANOMALY,\n")
-    assert run_feedback(spark, settings, table="fb_t", file=csv) == 2
+    assert run_feedback(spark, settings, VerdictSource(file=csv), table="fb_t") == 2
     assert verdicts_for(spark, settings, "fb_t") == {"17": False, "18": True}
     rows = spark.sql("SELECT * FROM lakescore.feedback WHERE source_table = 'lakescore.fb_t' AND record_key = '17'").collect()
     assert len(rows) == 1 and rows[0]["comment"] == "called the customer"
 
 
 def test_a_verdict_inserted_with_sql_is_read_like_any_other(spark, settings):
-    run_feedback(spark, settings, table="fb_sql", key="1", verdict="false_positive")
+    run_feedback(spark, settings, VerdictSource(key="1", verdict="false_positive"), table="fb_sql")
     spark.sql(
         "INSERT INTO lakescore.feedback VALUES "
         "('lakescore.fb_sql', '1', 'confirmed_anomaly', 'bo', 'second look', current_timestamp() + INTERVAL 1 SECOND)"
@@ -33,8 +33,8 @@ def test_a_batch_with_an_unknown_verdict_writes_nothing(spark, settings, tmp_pat
     csv = tmp_path / "bad.csv"
     csv.write_text("record_key,verdict\n1,confirmed_anomaly\n2,maybe\n")
     with pytest.raises(FeedbackError, match="unknown verdict.*'maybe'.*Nothing was written"):
-        run_feedback(spark, settings, table="fb_bad", file=csv)
+        run_feedback(spark, settings, VerdictSource(file=csv), table="fb_bad")
     spark.createDataFrame([(1, "x")], "id INT, label STRING").createOrReplaceTempView("not_verdicts")
     with pytest.raises(FeedbackError, match="lack column"):
-        run_feedback(spark, settings, table="fb_bad", from_table="not_verdicts")
+        run_feedback(spark, settings, VerdictSource(from_table="not_verdicts"), table="fb_bad")
     assert spark.sql(f"DESCRIBE HISTORY {table}").count() == before

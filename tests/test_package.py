@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from jobs.package import SHIPPED_PACKAGES, PackageError, build_pyfiles_zip, project_version
+from pipelines.package import SHIPPED_PACKAGES, PackageError, build_pyfiles_zip, project_version
 from localclusters import bare_python
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def python_without_lakescore(tmp_path_factory):
     return bare_python(tmp_path_factory.mktemp("bare") / "env")
 
 
-def test_the_zip_holds_every_python_source_of_lakescore_udfs_and_jobs_and_nothing_else(built):
+def test_the_zip_holds_every_python_source_of_lakescore_udfs_pipelines_and_jobs_and_nothing_else(built):
     on_disk = {
         p.relative_to(REPO).as_posix()
         for package in SHIPPED_PACKAGES
@@ -37,7 +37,7 @@ def test_the_zip_holds_every_python_source_of_lakescore_udfs_and_jobs_and_nothin
         names = set(archive.namelist())
         assert archive.testzip() is None
     assert names == on_disk == set(built.files)
-    assert {"lakescore/__init__.py", "udfs/__init__.py", "jobs/__init__.py"} <= names
+    assert {"lakescore/__init__.py", "udfs/__init__.py", "pipelines/__init__.py", "jobs/__init__.py"} <= names
     assert not any(n.startswith(("training/", "tests/")) for n in names)
     assert built.path.name == f"lakescore-{project_version()}.zip"
 

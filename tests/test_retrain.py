@@ -11,7 +11,7 @@ import pytest
 from lakescore import registry
 from lakescore import schemas as S
 from training.data import SplitPlan
-from training.retrain import decide, metrics_match
+from training.champion import decide, metrics_match
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
@@ -38,7 +38,7 @@ def test_a_challenger_below_the_margin_or_with_lower_precision_is_kept_out():
 
 def test_analyst_verdicts_override_the_source_labels_of_the_records_they_name():
     from lakescore.features import numeric_feature_set
-    from training.preprocessing import features_batch
+    from training.feature_batches import features_batch
 
     raw = pd.DataFrame(
         {S.RECORD_ID: [1, 2, 3, 4], "f": [0.1, None, np.nan, 4.0], S.IS_ANOMALY: [False, True, False, None]}
@@ -74,7 +74,7 @@ def retrain_settings(settings):
 
 @pytest.fixture(scope="module")
 def weak_champion(spark, retrain_settings, transactions, ray_local):
-    from jobs.train import run_train
+    from pipelines.train import run_train
 
     _, entry = run_train(spark, retrain_settings.with_overrides(WEAK))
     assert entry.stage == "champion"
@@ -84,20 +84,20 @@ def weak_champion(spark, retrain_settings, transactions, ray_local):
 @pytest.fixture(scope="module")
 def verdicts(spark, settings, transactions):
     """Analysts confirm five rows of the holdout day the source labels normal."""
-    from jobs.feedback import run_feedback
+    from pipelines.feedback import VerdictSource, run_feedback
 
     rows = spark.sql(
         f"SELECT {S.TRANSACTION_ID} FROM {transactions} WHERE NOT {S.IS_ANOMALY} AND {S.EVENT_DATE} = DATE'2026-11-04' "
         f"ORDER BY {S.TRANSACTION_ID} LIMIT 5"
     ).collect()
     for r in rows:
-        run_feedback(spark, settings, table="transactions", key=str(r[0]), verdict="confirmed_anomaly", analyst="test")
+        run_feedback(spark, settings, VerdictSource(key=str(r[0]), verdict="confirmed_anomaly", analyst="test"), table="transactions")
     return [str(r[0]) for r in rows]
 
 
 @pytest.fixture(scope="module")
 def promoted(spark, retrain_settings, weak_champion, verdicts):
-    from jobs.retrain import run_retrain
+    from pipelines.retrain import run_retrain
 
     return run_retrain(spark, retrain_settings.with_overrides(GOOD))
 
@@ -124,7 +124,7 @@ def test_a_better_challenger_trained_with_feedback_is_promoted_in_one_commit(spa
 
 @pytest.mark.slow
 def test_a_worse_challenger_is_kept_out_and_the_champion_keeps_scoring(spark, retrain_settings, settings, promoted):
-    from jobs.retrain import run_retrain
+    from pipelines.retrain import run_retrain
 
     result = run_retrain(spark, retrain_settings.with_overrides(WEAK))
     assert not result.promoted and "kept out" in result.reason
@@ -144,7 +144,7 @@ REPRODUCE_TOLERANCE = "0.05"
 
 @pytest.mark.slow
 def test_reproducing_a_version_from_its_recorded_data_gives_the_same_metrics(spark, settings, promoted):
-    from jobs.retrain import run_reproduce
+    from pipelines.retrain import run_reproduce
 
     entry = registry.get_entry(spark, settings, f"{NAME}@{promoted.challenger.version}")
     result = run_reproduce(

@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from jobs.score_nightly import run_score
-from jobs.sql import run_sql
+from pipelines.nightly import run_nightly
+from pipelines.sql import run_sql
 from lakescore import lake, registry
 from lakescore import schemas as S
 from lakescore.bundle import BundleError
@@ -85,7 +85,7 @@ def expected(bundles, day_rows):
 
 @pytest.fixture(scope="module")
 def first_run(spark, settings, bundles, transactions):
-    (summary,) = run_score(spark, settings, DAY, model=MLP_NAME)
+    (summary,) = run_nightly(spark, settings, DAY, model=MLP_NAME)
     return summary
 
 
@@ -194,7 +194,7 @@ def test_rerunning_a_date_replaces_its_rows_in_one_commit_with_identical_scores(
     summary = first_run
     before = {r[S.TRANSACTION_ID]: r[S.SCORE] for r in _flagged(spark, settings).collect()}
     versions = _versions(spark, settings)
-    (again,) = run_score(spark, settings, DAY, model=MLP_NAME)
+    (again,) = run_nightly(spark, settings, DAY, model=MLP_NAME)
     after = _flagged(spark, settings).collect()
     assert _versions(spark, settings) == (versions[0] + 1, versions[1] + 1)
     assert {r[S.TRANSACTION_ID]: r[S.SCORE] for r in after} == before  # bit-identical, no duplicates
@@ -205,7 +205,7 @@ def test_rerunning_a_date_replaces_its_rows_in_one_commit_with_identical_scores(
 def test_a_date_range_runs_each_date_on_its_own_and_an_empty_date_records_zero_rows(spark, settings, bundles):
     bundle, _ = bundles[AE_NAME]
     empty_day, full_day = dt.date(2026, 10, 31), dt.date(2026, 11, 1)  # the table starts on 11-01
-    summaries = run_score(spark, settings, empty_day, last_date=full_day, model=f"{AE_NAME}@{bundle.version}")
+    summaries = run_nightly(spark, settings, empty_day, last_date=full_day, model=f"{AE_NAME}@{bundle.version}")
     assert [s.run_date for s in summaries] == [empty_day, full_day]
     assert len({s.run_id for s in summaries}) == 2
 
@@ -228,7 +228,7 @@ def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, 
     """The UDF gets its input columns as separate arrays, and a single one as the bare array:
     both shapes must score as the core does, with nulls, NaN, inf and empty partitions."""
     from lakescore.features import numeric_feature_set
-    from udfs.broadcast import broadcast_bundle
+    from udfs.broadcast import broadcast_model
     from udfs.scoring import new_run_totals, score_dataframe
 
     rng = np.random.default_rng(4)
@@ -239,8 +239,9 @@ def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, 
     rows = pd.DataFrame({S.RECORD_ID: np.arange(9), "v": [0.1, None, float("nan"), float("inf"), 7.5, -0.3, 6.2, None, 1e300]})
     # 16 partitions for 9 rows: several are empty.
     df = spark.createDataFrame(rows, "record_id long, v double").repartition(16)
-    totals = new_run_totals(spark, bundle)
-    scored = score_dataframe(df, broadcast_bundle(spark, bundle), top_k=3, totals=totals).collect()
+    model = broadcast_model(spark, bundle)
+    totals = new_run_totals(spark, model)
+    scored = score_dataframe(df, model, top_k=3, totals=totals).collect()
 
     expected = score_rows(build_scoring_model(bundle), rows, top_k=3)
     by_id = {r[S.RECORD_ID]: r for r in scored}
@@ -255,8 +256,8 @@ def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, 
 
     # What the job uses: only the flagged rows come back, the same ones, while the totals still
     # count every row.
-    flagged_totals = new_run_totals(spark, bundle)
-    flagged = score_dataframe(df, broadcast_bundle(spark, bundle), top_k=3, totals=flagged_totals, flagged_only=True)
+    flagged_totals = new_run_totals(spark, model)
+    flagged = score_dataframe(df, model, top_k=3, totals=flagged_totals, flagged_only=True)
     assert flagged.columns == scored[0].__fields__
     only = {r[S.RECORD_ID]: r for r in flagged.collect()}
     assert sorted(only) == [i for i in range(9) if expected.flagged[i]]
@@ -286,7 +287,7 @@ def test_the_flagged_rows_code_is_the_same_from_run_to_run(spark):
 
     reasons = [{S.REASON_FEATURE: "v", S.REASON_CONTRIBUTION: 1.0, S.REASON_VALUE: 2.0}]
     scored = spark.createDataFrame(
-        [(1, 0.9, True, reasons), (2, 0.1, False, None)],
+        [(1, 0.9, True, reasons)],
         f"{S.RECORD_ID} long, {S.SCORE} double, {S.IS_FLAGGED} boolean, {S.REASONS} {S.REASONS_TYPE.simpleString()}",
     )
     output = OutputColumns(keys=(S.RECORD_ID,), allowed=(), hashed=(), salt="")
@@ -331,7 +332,7 @@ def test_a_dated_runs_date_column_is_not_read_but_filled_with_the_run_date(spark
     assert scan_columns(output, [S.EVENT_DATE, S.AMOUNT], schema, S.EVENT_DATE)[1] is None
 
     scored = spark.createDataFrame(
-        [(1, "CH", 0.9, True, None), (2, None, 0.1, False, None), (3, "FR", 0.7, True, None)],
+        [(1, "CH", 0.9, True, None), (3, "FR", 0.7, True, None)],
         f"{S.RECORD_ID} long, {S.COUNTRY} string, {S.SCORE} double, {S.IS_FLAGGED} boolean, {S.REASONS} {S.REASONS_TYPE.simpleString()}",
     )
     run_date = dt.date(2026, 11, 2)
@@ -362,7 +363,7 @@ def test_missing_or_mistyped_feature_columns_fail_naming_them_before_anything_is
     broken.write.partitionBy(S.EVENT_DATE).parquet(str(tmp_path / "broken"))
     versions = _versions(spark, settings)
     with pytest.raises(ValueError) as error:
-        run_score(spark, settings, DAY, source=str(tmp_path / "broken"), model=MLP_NAME)
+        run_nightly(spark, settings, DAY, source=str(tmp_path / "broken"), model=MLP_NAME)
     message = str(error.value)
     assert "missing column(s): amount" in message
     assert "hour_of_day is string, expected numeric" in message
@@ -380,7 +381,7 @@ def test_a_bundle_that_fails_verification_is_refused_before_anything_is_written(
     weights.write_bytes(bytes(data))
     versions = _versions(spark, settings)
     with pytest.raises(BundleError, match="weights.safetensors has sha256"):
-        run_score(spark, settings, DAY, bundle_path=copy)
+        run_nightly(spark, settings, DAY, bundle_path=copy)
     assert _versions(spark, settings) == versions
 
 
@@ -395,7 +396,7 @@ def test_null_nan_inf_and_unknown_values_in_the_source_are_imputed_and_counted(s
     frame[S.KM_FROM_PREV] = 1.5
     source = _write_parquet_source(spark, frame, tmp_path / "odd")
     _, directory = bundles[MLP_NAME]
-    (summary,) = run_score(spark, settings, odd_day, source=source, bundle_path=directory)
+    (summary,) = run_nightly(spark, settings, odd_day, source=source, bundle_path=directory)
     assert summary.rows_scored == 8 and summary.source_version is None
     m = _metrics(spark, settings, odd_day)
     assert m[("feature", "log_amount", "invalid_values")] == 3
@@ -501,7 +502,7 @@ def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spar
     sub_settings = settings.with_overrides({"lake.root": str(root), "lake.database": database})
     source = lake.resolve_source(spark, settings, transactions).path
     _, directory = bundles[MLP_NAME]
-    run_score(spark, sub_settings, DAY, source=source, bundle_path=directory)
+    run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
     paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
 
     def state():

@@ -76,7 +76,7 @@ def test_the_data_has_the_nulls_a_real_source_has(spark, transactions):
 
 @pytest.mark.slow
 def test_regenerating_replaces_only_the_dates_it_writes(spark, settings, transactions):
-    from jobs.generate_transactions import run_generate
+    from pipelines.generate import run_generate
 
     # A table of its own: the shared fixture keeps version 0, which the training tests record.
     own = settings.with_overrides({"generate.table": "transactions_regenerated", "generate.days": "2"})

@@ -9,23 +9,47 @@ caches it by sha256; later tasks on that worker skip straight to scoring.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Mapping
 
 from pyspark import Broadcast
 from pyspark.sql import SparkSession
 
 from lakescore.bundle import MANIFEST, Bundle, BundleError, sha256_bytes, verify_files
-from udfs.core import ScoringModel, build_scoring_model, configure_torch_for_worker, freeze_worker_heap
+from lakescore.features import FeatureSet
+from udfs.core import MetricLayout, ScoringModel, build_scoring_model, configure_torch_for_worker, freeze_worker_heap
 from udfs.model_cache import SCORING_MODELS, ModelCache
 
 
-def broadcast_bundle(spark: SparkSession, bundle: Bundle) -> Broadcast:
-    """Broadcast the bundle's files (bytes) to the executors; call once per job on the driver.
+@dataclass(frozen=True)
+class BroadcastModel:
+    """A bundle verified on the driver and shipped to the executors, with what the driver
+    derives from it once per job: its feature set and the layout of its run totals."""
+
+    bundle: Bundle
+    files: Broadcast  # the bundle's files as bytes, verified again by each Python worker
+
+    @property
+    def sha256(self) -> str:
+        return self.bundle.sha256
+
+    @property
+    def feature_set(self) -> FeatureSet:
+        return self.bundle.feature_set
+
+    @cached_property
+    def layout(self) -> MetricLayout:
+        return MetricLayout.from_bundle(self.bundle)
+
+
+def broadcast_model(spark: SparkSession, bundle: Bundle) -> BroadcastModel:
+    """Broadcast a verified bundle's files (bytes) to the executors; call once per job on the driver.
 
     Every file is sent, evaluation plots included (a few KB), because executors verify the
     manifest's whole file list again before building the model.
     """
-    return spark.sparkContext.broadcast(dict(bundle.files))
+    return BroadcastModel(bundle=bundle, files=spark.sparkContext.broadcast(dict(bundle.files)))
 
 
 def bundle_from_files(files: Mapping[str, bytes], expected_sha256: str) -> Bundle:
@@ -45,7 +69,7 @@ def load_scoring_model(
     """The worker's model for the broadcast bundle: from the cache, else verified and built.
 
     Args:
-        bundle_broadcast: `broadcast_bundle`'s result.
+        bundle_broadcast: `broadcast_model(...).files`.
         sha256: the bundle's sha256 as the driver saw it (the cache key).
         cache: defaults to this worker's cache.
     """

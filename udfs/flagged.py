@@ -117,14 +117,17 @@ def flagged_records(
     scored_at: dt.datetime,
     run_date_column: str | None = None,
 ) -> DataFrame:
-    """The flagged rows of `scored` (see udfs.scoring.score_dataframe) as `flagged` records.
+    """Flagged rows as `flagged` records.
+
+    `scored`: only the flagged rows, with `score` and `reasons` (what
+    `udfs.scoring.score_dataframe(..., flagged_only=True)` returns; it does the filtering).
 
     Columns: keys, allowed columns (sensitive ones hashed), score, threshold, reasons,
     model_name, model_version, model_sha256, source_table, run_id, run_date, scored_at.
 
     `run_date_column`: a copied column that holds the run date in every row of `scored` (the
     source's date column, when a run scores one date of it). It is filled from the run's values
-    instead of being read: `scored` need not carry it (see jobs.score_nightly.run_score).
+    instead of being read: `scored` need not carry it (see pipelines.nightly).
     """
     hashed = set(output.hashed)
     scanned = [c for c in output.copied if c != run_date_column]
@@ -145,8 +148,7 @@ def flagged_records(
         return (hash_column(value, output.salt) if name in hashed else value).alias(name)
 
     return (
-        scored.filter(F.col(S.IS_FLAGGED))
-        .select(*scanned, F.col(S.SCORE), F.col(S.REASONS))
+        scored.select(*scanned, F.col(S.SCORE), F.col(S.REASONS))
         .crossJoin(F.broadcast(provenance))
         # flagged's column order: the threshold beside the score, the other run values last.
         .select(

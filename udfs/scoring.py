@@ -1,13 +1,14 @@
 """The scoring UDF (an Arrow UDF: a pandas UDF without the pandas) and the DataFrame transformation around it.
 
     bundle = load_bundle(path)                              # driver: read and verify once
-    broadcast = broadcast_bundle(spark, bundle)             # ship the bytes once
-    totals = new_run_totals(spark, bundle)                  # the run's metrics, filled by the UDF
-    scored = score_dataframe(df, broadcast, top_k=3, totals=totals, flagged_only=True)
+    check_source_columns(df, bundle.feature_set, "source t")  # fail before any work
+    model = broadcast_model(spark, bundle)                  # ship the bytes once
+    totals = new_run_totals(spark, model)                   # the run's metrics, filled by the UDF
+    scored = score_dataframe(df, model, top_k=3, totals=totals, flagged_only=True)
     scored...write...                                       # ONE action: flagged rows, metrics
-    metric_records(..., totals.value, ...)
+    metric_records(..., model.layout, totals.value, ...)
 
-`score_dataframe` does no I/O; the job decides what to write.
+`score_dataframe` does no I/O; pipelines.nightly decides what to write.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import arrow_udf
 
 from lakescore import schemas as S
-from lakescore.bundle import Bundle, verify_files
-from lakescore.features import FeatureSet, feature_set_from_manifest
-from udfs.broadcast import load_scoring_model
-from udfs.core import FLAGGED_TYPE, SCORED_TYPE, MetricLayout, RunTotals, score_rows
+from lakescore.features import FeatureSet
+from udfs.broadcast import BroadcastModel, load_scoring_model
+from udfs.core import FLAGGED_TYPE, SCORED_TYPE, RunTotals, score_rows
 from udfs.metrics import RunTotalsParam
 
 _SCORED = "_lakescore_scored"
 
 
-def new_run_totals(spark: SparkSession, bundle: Bundle) -> Accumulator:
-    """A Spark accumulator of `RunTotals` for one run of `bundle` (pass it to `score_dataframe`)."""
-    return spark.sparkContext.accumulator(RunTotals(MetricLayout.from_bundle(bundle).size), RunTotalsParam())
+def new_run_totals(spark: SparkSession, model: BroadcastModel) -> Accumulator:
+    """A Spark accumulator of `RunTotals` for one run of `model` (pass it to `score_dataframe`)."""
+    return spark.sparkContext.accumulator(RunTotals(model.layout.size), RunTotalsParam())
 
 
 def scoring_udf(
@@ -65,7 +65,7 @@ def scoring_udf(
     transfer here (benchmarks/scoring.py), more than the model.
 
     Args:
-        bundle_broadcast: `udfs.broadcast.broadcast_bundle`'s result.
+        bundle_broadcast: the bundle's files, `udfs.broadcast.broadcast_model(...).files`.
         sha256: the bundle's sha256 as loaded on the driver (cache key and integrity check).
         top_k: reasons per flagged row.
         totals: optional accumulator from `new_run_totals`; the UDF adds every batch's
@@ -132,11 +132,6 @@ def udf_inputs(feature_set: FeatureSet) -> list[Column]:
     ]
 
 
-def bundle_of(bundle_broadcast: Broadcast) -> Bundle:
-    """The broadcast bundle, verified (on the driver the broadcast still holds the value)."""
-    return verify_files(bundle_broadcast.value, "broadcast bundle")
-
-
 def check_source_columns(df: DataFrame, feature_set: FeatureSet, where: str) -> None:
     """Raise ValueError naming every missing or mistyped input column of `df` (no Spark job)."""
     feature_set.check_columns({f.name: f.dataType.simpleString() for f in df.schema.fields}, where)
@@ -144,32 +139,27 @@ def check_source_columns(df: DataFrame, feature_set: FeatureSet, where: str) -> 
 
 def score_dataframe(
     df: DataFrame,
-    bundle_broadcast: Broadcast,
+    model: BroadcastModel,
     *,
     top_k: int = 3,
     totals: Accumulator | None = None,
-    where: str = "the source",
     flagged_only: bool = False,
 ) -> DataFrame:
     """Add `score`, `is_flagged` and `reasons` to `df`; with `flagged_only`, keep only the
     flagged rows (what the nightly job writes: far cheaper in the JVM, see `scoring_udf`).
 
+    `df` must hold the model's input columns: check them once with `check_source_columns`
+    before building a plan on them (Spark would otherwise fail deep inside the query).
     Only the feature set's input columns travel to Python, categories as their int codes
     (`category_codes`); every other column of `df` stays in the JVM. With `totals` (see
     `new_run_totals`), the run's metric totals are gathered as the rows flow through whatever
     single action consumes the result, so the model runs exactly once per row, flagged or not:
     read `totals.value` after that action.
-
-    Raises ValueError, naming the columns and the expected types, if `df` lacks or mistypes an
-    input column; nothing runs in that case.
     """
-    bundle = bundle_of(bundle_broadcast)
-    feature_set = feature_set_from_manifest(bundle.manifest["feature_set"])
-    check_source_columns(df, feature_set, where)
     udf = scoring_udf(
-        bundle_broadcast, sha256=bundle.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only, coded=True
+        model.files, sha256=model.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only, coded=True
     )
-    scored = df.withColumn(_SCORED, udf(*udf_inputs(feature_set)))
+    scored = df.withColumn(_SCORED, udf(*udf_inputs(model.feature_set)))
     if flagged_only:
         scored = scored.filter(F.col(_SCORED).isNotNull())
         is_flagged = F.lit(True)
