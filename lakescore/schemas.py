@@ -143,7 +143,10 @@ MODEL_REGISTRY_SCHEMA = T.StructType(
         T.StructField("updated_at", T.TimestampType(), False),
     ]
 )
-STAGES = ("champion", "challenger", "archived")
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ARCHIVED = "archived"
+STAGES = (CHAMPION, CHALLENGER, ARCHIVED)
 
 # Model kinds (lakescore/models.py builds them); the manifest and the registry's `kind` record one.
 MLP = "mlp"
