@@ -1,7 +1,9 @@
 """Typed configuration: defaults, then a TOML file, then environment variables, then flags.
 
 One `Settings` object is loaded once in a job's `main()` and passed down; nothing reads the
-environment later. Every value is validated with a message that says what to fix.
+environment later. Every value is validated with a message that says what to fix: each section's
+rules sit in its `validated()` method, next to its fields, and a setting that chooses among values
+the code defines (model kinds, threshold policies, formats) takes its choices from those constants.
 
 Sources, later ones win:
   1. the defaults below;
@@ -24,6 +26,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from lakescore import schemas as S
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_PREFIX = "LAKESCORE_"
@@ -58,6 +62,13 @@ class LakeSettings:
     # Absolute after loading; the embedded metastore and warehouse live under it.
     root: Path = Path("lake")
     database: str = "lakescore"
+
+    def validated(self) -> "LakeSettings":
+        """This section checked, with `root` made absolute (against the working directory)."""
+        check_identifier(self.database, "lake.database")
+        root = (self.root if self.root.is_absolute() else Path.cwd() / self.root).resolve()
+        _check_writable(root)
+        return dataclasses.replace(self, root=root)
 
     @property
     def metastore_dir(self) -> Path:
@@ -95,6 +106,10 @@ class SparkSettings:
     # Extra `spark.*` settings; spark-submit --conf and spark-defaults.conf still win.
     conf: Mapping[str, str] = field(default_factory=dict)
 
+    def validated(self) -> "SparkSettings":
+        _require_positive(self, "spark", "arrow_batch_size", "shuffle_partitions")
+        return self
+
 
 @dataclass(frozen=True)
 class RaySettings:
@@ -113,26 +128,48 @@ class RaySettings:
     # Worker-group restarts Ray Train allows (each resumes from the last epoch's checkpoint).
     max_failures: int = 2
 
+    def validated(self) -> "RaySettings":
+        _require_positive(self, "ray", "num_workers", "cpus_per_worker")
+        if self.address == "spark" and (self.spark_worker_nodes < 1 or self.spark_head_cpus < 0):
+            raise ConfigError(
+                f"ray.spark_worker_nodes={self.spark_worker_nodes} must be at least 1 and "
+                f"ray.spark_head_cpus={self.spark_head_cpus} at least 0 for ray.address = 'spark'"
+            )
+        if self.max_failures < -1:
+            raise ConfigError(f"ray.max_failures={self.max_failures} must be >= -1 (-1: unlimited)")
+        return self
+
 
 @dataclass(frozen=True)
 class GenerateSettings:
-    table: str = "transactions"
+    table: str = S.TRANSACTIONS
     days: int = 7
     rows_per_day: int = 40_000
     accounts: int = 10_000
     anomaly_rate: float = 0.005
     seed: int = 7
     start_date: dt.date = dt.date(2026, 11, 21)
-    format: str = "delta"
+    format: str = S.DELTA
     # Output files per day partition; raise on a cluster so each task writes a sensible file size.
     files_per_day: int = 1
+
+    def validated(self) -> "GenerateSettings":
+        check_table_name(self.table, "generate.table")
+        _require_choice("generate.format", self.format, S.TABLE_FORMATS)
+        _require_positive(self, "generate", "days", "rows_per_day", "accounts", "files_per_day")
+        if not 0.0 <= self.anomaly_rate < 0.5:
+            raise ConfigError(
+                f"generate.anomaly_rate={self.anomaly_rate} must be in [0, 0.5): "
+                "anomalies are the rare class (the default is 0.005)"
+            )
+        return self
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    table: str = "transactions"
-    model_name: str = "transactions"
-    kind: str = "mlp"
+    table: str = S.TRANSACTIONS
+    model_name: str = S.TRANSACTIONS
+    kind: str = S.MLP
     hidden: tuple[int, ...] = (128, 64)
     epochs: int = 20
     batch_size: int = 1024
@@ -141,7 +178,7 @@ class TrainSettings:
     dropout: float = 0.1
     seed: int = 7
     patience: int = 5
-    threshold_policy: str = "target_precision"
+    threshold_policy: str = S.TARGET_PRECISION
     threshold_value: float = 0.9
     # Dated tables: the last `validation_days` then `test_days` are held out, in time order.
     validation_days: int = 1
@@ -170,25 +207,68 @@ class TrainSettings:
     # reference histograms for drift.
     sample_rows: int = 100_000
 
+    def validated(self) -> "TrainSettings":
+        _check_source(self.table, "train.table")
+        check_identifier(self.model_name, "train.model_name")
+        _require_choice("train.kind", self.kind, S.MODEL_KINDS)
+        _require_choice("train.threshold_policy", self.threshold_policy, S.THRESHOLD_POLICIES)
+        _require_positive(self, "train", "epochs", "batch_size", "patience", "precision_at_k", "sample_rows", "max_pos_weight")
+        _require_layer_sizes("train.hidden", self.hidden, "64,32")
+        _require_layer_sizes("train.autoencoder_hidden", self.autoencoder_hidden, "32,4")
+        policy, value = self.threshold_policy, self.threshold_value
+        if policy in (S.TARGET_PRECISION, S.ALERT_RATE) and not 0.0 < value <= 1.0:
+            raise ConfigError(f"train.threshold_value={value} must be in (0, 1] for the {policy} policy")
+        if not 0.0 <= self.clip_low_quantile < self.clip_high_quantile <= 1.0:
+            raise ConfigError(
+                f"train.clip_low_quantile={self.clip_low_quantile} and clip_high_quantile={self.clip_high_quantile} "
+                "must satisfy 0 <= low < high <= 1, e.g. 0.001 and 0.999"
+            )
+        if not (math.isfinite(self.clip_margin) and self.clip_margin >= 0):
+            raise ConfigError(f"train.clip_margin={self.clip_margin} must be a finite number >= 0 (0 clips at the quantiles)")
+        if self.shuffle_buffer_rows < 0:
+            raise ConfigError(f"train.shuffle_buffer_rows={self.shuffle_buffer_rows} must be >= 0 (0: no local shuffle)")
+        self._check_held_out_splits()
+        return self
+
+    def _check_held_out_splits(self) -> None:
+        """The training window and the validation/test hold-outs, dated or stratified."""
+        if self.first_date and self.last_date and self.first_date > self.last_date:
+            raise ConfigError(f"train.first_date={self.first_date} is after train.last_date={self.last_date}")
+        if self.validation_days < 1 or self.test_days < 1:
+            raise ConfigError("train.validation_days and train.test_days must be at least 1")
+        for name in ("validation_fraction", "test_fraction"):
+            fraction = getattr(self, name)
+            if not 0.0 < fraction < 0.5:
+                raise ConfigError(f"train.{name}={fraction} must be in (0, 0.5)")
+
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    table: str = "transactions"
-    model: str = "transactions"
+    table: str = S.TRANSACTIONS
+    model: str = S.TRANSACTIONS
     # Source columns copied into `flagged` besides the keys, score and reasons.
-    allow_columns: tuple[str, ...] = ("amount", "merchant_category", "country")
+    allow_columns: tuple[str, ...] = (S.AMOUNT, S.MERCHANT_CATEGORY, S.COUNTRY)
     # Of the copied columns (keys or allowed), these are replaced by a salted sha256 ("hash") or left out ("drop").
     sensitive_columns: tuple[str, ...] = ()
-    sensitive_action: str = "hash"
+    sensitive_action: str = S.SENSITIVE_HASH
     top_reasons: int = 3
     # Key columns copied into `flagged`; empty: whichever of transaction_id, account_id,
     # event_ts, event_date, record_id the source has.
     key_columns: tuple[str, ...] = ()
     # Partition column a run filters on (--run-date / --from --to); a source without it is scored whole.
-    date_column: str = "event_date"
+    date_column: str = S.EVENT_DATE
     # Prefix hashed with sensitive values; set one per deployment (e.g. LAKESCORE_SCORE_HASH_SALT)
     # so that hashes of guessable ids cannot be looked up, and keep it so hashes join across nights.
     hash_salt: str = ""
+
+    def validated(self) -> "ScoreSettings":
+        _check_source(self.table, "score.table")
+        for column in self.allow_columns + self.sensitive_columns + self.key_columns:
+            check_identifier(column, "a column in score.allow_columns/sensitive_columns/key_columns")
+        check_identifier(self.date_column, "score.date_column")
+        _require_choice("score.sensitive_action", self.sensitive_action, S.SENSITIVE_ACTIONS)
+        _require_positive(self, "score", "top_reasons")
+        return self
 
 
 @dataclass(frozen=True)
@@ -201,6 +281,10 @@ class RetrainSettings:
     # streamed shards is reproducible to float rounding, not bit for bit).
     reproduce_tolerance: float = 0.01
 
+    def validated(self) -> "RetrainSettings":
+        # Nothing to refuse: a negative gain or tolerance is a (lenient or strict) policy, not an error.
+        return self
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -212,6 +296,10 @@ class Settings:
     score: ScoreSettings = field(default_factory=ScoreSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
 
+    def validated(self) -> "Settings":
+        """Every section checked, in order (ConfigError on the first bad value), and normalised."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).validated() for f in dataclasses.fields(self)})
+
     def table(self, name: str) -> str:
         """Qualify `name` with the lake's database unless it already names one."""
         check_table_name(name)
@@ -219,15 +307,31 @@ class Settings:
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
         """A copy with `section.key` overrides applied and validated."""
-        return _validate(_apply(self, overrides, source="override"))
+        return _apply(self, overrides, source="override").validated()
 
 
-_CHOICES = {
-    ("generate", "format"): ("delta", "parquet"),
-    ("train", "kind"): ("mlp", "autoencoder"),
-    ("train", "threshold_policy"): ("target_precision", "alert_rate", "fixed"),
-    ("score", "sensitive_action"): ("hash", "drop"),
-}
+def _require_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+
+
+def _require_positive(section_settings: Any, section: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section_settings, key)
+        if value <= 0:
+            raise ConfigError(f"{section}.{key}={value} must be a positive number")
+
+
+def _require_layer_sizes(name: str, sizes: tuple[int, ...], example: str) -> None:
+    if not sizes or any(h <= 0 for h in sizes):
+        raise ConfigError(f"{name}={sizes} must list positive layer sizes, e.g. {example}")
+
+
+def _check_source(value: str, name: str) -> None:
+    """A catalog table name, or a path (a Delta table or a Parquet snapshot) that resolve_source checks."""
+    if isinstance(value, str) and ("/" in value or value.startswith("file:")):
+        return
+    check_table_name(value, name)
 
 
 def load_settings(
@@ -247,38 +351,44 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     settings = Settings()
-
     path = config_file or environ.get(ENV_PREFIX + "CONFIG")
     if path is None and Path("lakescore.toml").is_file():
         path = "lakescore.toml"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing TOML file")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-        flat = {}
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path}: top-level key {section!r} must be a [section] table")
-            for key, value in values.items():
-                flat[f"{section}.{key}"] = value
-        settings = _apply(settings, flat, source=str(path))
+        settings = _apply(settings, _read_toml(Path(path)), source=str(path))
+    settings = _apply(settings, _from_environment(environ), source="environment")
+    settings = _apply(settings, overrides or {}, source="command line")
+    return settings.validated()
 
-    env_values = {}
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML settings file as `{"section.key": value}`."""
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing TOML file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    flat = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [section] table")
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """`LAKESCORE_<SECTION>_<KEY>` variables of known sections as `{"section.key": value}`."""
+    values = {}
     sections = {f.name for f in dataclasses.fields(Settings)}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
-        rest = name[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
         if section in sections and key:
-            env_values[f"{section}.{key}"] = value
-    settings = _apply(settings, env_values, source="environment")
-    settings = _apply(settings, overrides or {}, source="command line")
-    return _validate(settings)
+            values[f"{section}.{key}"] = value
+    return values
 
 
 def _apply(settings: Settings, values: Mapping[str, Any], source: str) -> Settings:
@@ -350,89 +460,6 @@ def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint)
-
-
-def _validate(settings: Settings) -> Settings:
-    lake = settings.lake
-    root = lake.root if lake.root.is_absolute() else (Path.cwd() / lake.root)
-    root = root.resolve()
-    check_identifier(lake.database, "lake.database")
-    _check_writable(root)
-    settings = dataclasses.replace(settings, lake=dataclasses.replace(lake, root=root))
-
-    for (section, key), allowed in _CHOICES.items():
-        value = getattr(getattr(settings, section), key)
-        if value not in allowed:
-            raise ConfigError(f"{section}.{key}={value!r} is not one of: {', '.join(allowed)}")
-
-    for name in ("generate.table", "train.table", "score.table"):
-        section, key = name.split(".")
-        value = getattr(getattr(settings, section), key)
-        # Training and scoring also read a path (a Delta table or a Parquet snapshot); resolve_source checks it.
-        if name in ("train.table", "score.table") and isinstance(value, str) and ("/" in value or value.startswith("file:")):
-            continue
-        check_table_name(value, name)
-    check_identifier(settings.train.model_name, "train.model_name")
-    for column in settings.score.allow_columns + settings.score.sensitive_columns + settings.score.key_columns:
-        check_identifier(column, "a column in score.allow_columns/sensitive_columns/key_columns")
-    check_identifier(settings.score.date_column, "score.date_column")
-
-    positive = {
-        "generate.days": settings.generate.days,
-        "generate.rows_per_day": settings.generate.rows_per_day,
-        "generate.accounts": settings.generate.accounts,
-        "generate.files_per_day": settings.generate.files_per_day,
-        "train.epochs": settings.train.epochs,
-        "train.batch_size": settings.train.batch_size,
-        "train.patience": settings.train.patience,
-        "train.precision_at_k": settings.train.precision_at_k,
-        "train.sample_rows": settings.train.sample_rows,
-        "train.max_pos_weight": settings.train.max_pos_weight,
-        "ray.cpus_per_worker": settings.ray.cpus_per_worker,
-        "ray.num_workers": settings.ray.num_workers,
-        "spark.arrow_batch_size": settings.spark.arrow_batch_size,
-        "spark.shuffle_partitions": settings.spark.shuffle_partitions,
-        "score.top_reasons": settings.score.top_reasons,
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name}={value} must be a positive number")
-    if not 0.0 <= settings.generate.anomaly_rate < 0.5:
-        raise ConfigError(
-            f"generate.anomaly_rate={settings.generate.anomaly_rate} must be in [0, 0.5): "
-            "anomalies are the rare class (the default is 0.005)"
-        )
-    if not settings.train.hidden or any(h <= 0 for h in settings.train.hidden):
-        raise ConfigError(f"train.hidden={settings.train.hidden} must list positive layer sizes, e.g. 64,32")
-    policy, value = settings.train.threshold_policy, settings.train.threshold_value
-    if policy in ("target_precision", "alert_rate") and not 0.0 < value <= 1.0:
-        raise ConfigError(f"train.threshold_value={value} must be in (0, 1] for the {policy} policy")
-    t = settings.train
-    if not t.autoencoder_hidden or any(h <= 0 for h in t.autoencoder_hidden):
-        raise ConfigError(f"train.autoencoder_hidden={t.autoencoder_hidden} must list positive layer sizes, e.g. 32,4")
-    if not 0.0 <= t.clip_low_quantile < t.clip_high_quantile <= 1.0:
-        raise ConfigError(
-            f"train.clip_low_quantile={t.clip_low_quantile} and clip_high_quantile={t.clip_high_quantile} must "
-            "satisfy 0 <= low < high <= 1, e.g. 0.001 and 0.999"
-        )
-    if not (math.isfinite(t.clip_margin) and t.clip_margin >= 0):
-        raise ConfigError(f"train.clip_margin={t.clip_margin} must be a finite number >= 0 (0 clips at the quantiles)")
-    if settings.ray.address == "spark" and (settings.ray.spark_worker_nodes < 1 or settings.ray.spark_head_cpus < 0):
-        raise ConfigError(
-            f"ray.spark_worker_nodes={settings.ray.spark_worker_nodes} must be at least 1 and "
-            f"ray.spark_head_cpus={settings.ray.spark_head_cpus} at least 0 for ray.address = 'spark'"
-        )
-    if t.first_date and t.last_date and t.first_date > t.last_date:
-        raise ConfigError(f"train.first_date={t.first_date} is after train.last_date={t.last_date}")
-    if t.validation_days < 1 or t.test_days < 1:
-        raise ConfigError("train.validation_days and train.test_days must be at least 1")
-    if t.shuffle_buffer_rows < 0 or settings.ray.max_failures < -1:
-        raise ConfigError("train.shuffle_buffer_rows must be >= 0 and ray.max_failures >= -1 (-1: unlimited)")
-    for name in ("validation_fraction", "test_fraction"):
-        fraction = getattr(settings.train, name)
-        if not 0.0 < fraction < 0.5:
-            raise ConfigError(f"train.{name}={fraction} must be in (0, 0.5)")
-    return settings
 
 
 def _check_writable(root: Path) -> None:

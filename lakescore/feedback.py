@@ -11,6 +11,7 @@ in SQL. Readers take the latest verdict per record (by recorded_at), so both way
 
 from __future__ import annotations
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
@@ -98,14 +99,13 @@ def record_feedback(spark: SparkSession, settings: Settings, verdicts: DataFrame
     table = ensure_feedback_table(spark, settings)
     latest = latest_verdicts(verdicts)
     count = latest.count()
-    latest.createOrReplaceTempView("_lakescore_new_feedback")
-    spark.sql(
-        f"""
-        MERGE INTO {table} AS t USING _lakescore_new_feedback AS n
-        ON t.source_table = n.source_table AND t.record_key = n.record_key
-        WHEN MATCHED THEN UPDATE SET *
-        WHEN NOT MATCHED THEN INSERT *
-        """
+    (
+        DeltaTable.forName(spark, table)
+        .alias("t")
+        .merge(latest.alias("n"), "t.source_table = n.source_table AND t.record_key = n.record_key")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
     )
     return count
 

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-MLP = "mlp"
-AUTOENCODER = "autoencoder"
-KINDS = (MLP, AUTOENCODER)
+from lakescore.schemas import AUTOENCODER, MLP
+from lakescore.schemas import MODEL_KINDS as KINDS
 
 
 class MLPClassifier(nn.Module):

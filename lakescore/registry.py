@@ -4,6 +4,10 @@ the `model_registry` Delta table.
 Stages: champion (what the nightly job scores with), challenger, archived. The first model of a
 name becomes its champion. Promotion is one Delta commit (an UPDATE that archives the old
 champion and crowns the new one together), so a reader never sees zero or two champions.
+
+Writes go through delta-spark's DeltaTable API and reads through DataFrames: values (names,
+notes, metrics) travel as literals in expressions, never spliced into SQL text, so a note with
+quotes or backslashes is stored exactly as given.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from pyspark.sql import Row, SparkSession
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
 
 from lakescore import lake
 from lakescore import schemas as S
@@ -71,13 +77,17 @@ def ensure_registry(spark: SparkSession, settings: Settings) -> str:
     return table
 
 
+def _versions_of(spark: SparkSession, table: str, name: str) -> DataFrame:
+    return spark.table(table).where(F.col("name") == name)
+
+
 def bundle_dir(settings: Settings, name: str, version: int) -> Path:
     return settings.lake.models_dir / check_identifier(name, "model name") / f"v{version}"
 
 
 def next_version(spark: SparkSession, settings: Settings, name: str) -> int:
     table = ensure_registry(spark, settings)
-    row = spark.sql(f"SELECT MAX(version) AS v FROM {table} WHERE name = '{check_identifier(name, 'model name')}'").collect()[0]
+    row = _versions_of(spark, table, check_identifier(name, "model name")).agg(F.max("version").alias("v")).collect()[0]
     # Also look at the folder: a bundle written by a run whose registry commit failed keeps its number.
     on_disk = [int(p.name[1:]) for p in (settings.lake.models_dir / name).glob("v*") if p.name[1:].isdigit()]
     return max([row["v"] or 0, *on_disk]) + 1
@@ -90,10 +100,8 @@ def register_bundle(spark: SparkSession, settings: Settings, bundle: Bundle, pat
     version fails instead of duplicating.
     """
     table = ensure_registry(spark, settings)
-    has_champion = spark.sql(
-        f"SELECT 1 FROM {table} WHERE name = '{bundle.name}' AND stage = 'champion' LIMIT 1"
-    ).count() > 0
-    stage = "challenger" if has_champion else "champion"
+    has_champion = not _versions_of(spark, table, bundle.name).where(F.col("stage") == S.CHAMPION).isEmpty()
+    stage = S.CHALLENGER if has_champion else S.CHAMPION
     manifest = bundle.manifest
     lineage = manifest.get("lineage", {})
     metrics = {k: float(v) for k, v in manifest.get("metrics", {}).items() if isinstance(v, (int, float))}
@@ -113,13 +121,12 @@ def register_bundle(spark: SparkSession, settings: Settings, bundle: Bundle, pat
         updated_at=now,
     )
     new = spark.createDataFrame([row], S.MODEL_REGISTRY_SCHEMA)
-    new.createOrReplaceTempView("_lakescore_new_model")
-    spark.sql(
-        f"""
-        MERGE INTO {table} AS t USING _lakescore_new_model AS n
-        ON t.name = n.name AND t.version = n.version
-        WHEN NOT MATCHED THEN INSERT *
-        """
+    (
+        DeltaTable.forName(spark, table)
+        .alias("t")
+        .merge(new.alias("n"), "t.name = n.name AND t.version = n.version")
+        .whenNotMatchedInsertAll()
+        .execute()
     )
     entry = ModelEntry(bundle.name, bundle.version, str(path), stage, bundle.kind, bundle.sha256, metrics)
     log.info("registered %s as %s", entry.label, stage)
@@ -130,10 +137,11 @@ def get_entry(spark: SparkSession, settings: Settings, ref: str) -> ModelEntry:
     """Look up `name` (its champion) or `name@version`; RegistryError if there is none."""
     name, version = parse_model_ref(ref)
     table = ensure_registry(spark, settings)
-    where = f"name = '{name}' AND " + (f"version = {version}" if version is not None else "stage = 'champion'")
-    rows = spark.sql(f"SELECT * FROM {table} WHERE {where}").collect()
+    wanted = F.col("version") == version if version is not None else F.col("stage") == S.CHAMPION
+    rows = _versions_of(spark, table, name).where(wanted).collect()
     if not rows:
-        known = [f"{r['name']}@{r['version']} ({r['stage']})" for r in spark.sql(f"SELECT name, version, stage FROM {table} ORDER BY name, version").collect()]
+        registered = spark.table(table).select("name", "version", "stage").orderBy("name", "version").collect()
+        known = [f"{r['name']}@{r['version']} ({r['stage']})" for r in registered]
         what = f"version {version} of {name}" if version is not None else f"a champion for {name}"
         raise RegistryError(
             f"the registry has no {what}; registered: {', '.join(known) or 'none'}. "
@@ -157,8 +165,8 @@ def load_registered(spark: SparkSession, settings: Settings, ref: str) -> tuple[
 
 def list_models(spark: SparkSession, settings: Settings, name: str | None = None) -> list[Row]:
     table = ensure_registry(spark, settings)
-    where = f"WHERE name = '{check_identifier(name, 'model name')}'" if name else ""
-    return spark.sql(f"SELECT * FROM {table} {where} ORDER BY name, version").collect()
+    rows = _versions_of(spark, table, check_identifier(name, "model name")) if name else spark.table(table)
+    return rows.orderBy("name", "version").collect()
 
 
 def promote(spark: SparkSession, settings: Settings, ref: str, note: str | None = None) -> ModelEntry:
@@ -167,18 +175,16 @@ def promote(spark: SparkSession, settings: Settings, ref: str, note: str | None 
     if version is None:
         raise RegistryError(f"promote needs an explicit version, e.g. {name}@3")
     entry = get_entry(spark, settings, ref)
-    table = registry_table(settings)
-    note_sql = "NULL" if note is None else "'" + note.replace("'", "''") + "'"
-    spark.sql(
-        f"""
-        UPDATE {table}
-        SET stage = CASE WHEN version = {version} THEN 'champion' ELSE 'archived' END,
-            note = CASE WHEN version = {version} THEN COALESCE({note_sql}, note) ELSE note END,
-            updated_at = current_timestamp()
-        WHERE name = '{name}' AND (stage = 'champion' OR version = {version})
-        """
+    promoted = F.col("version") == version
+    DeltaTable.forName(spark, registry_table(settings)).update(
+        condition=(F.col("name") == name) & ((F.col("stage") == S.CHAMPION) | promoted),
+        set={
+            "stage": F.when(promoted, F.lit(S.CHAMPION)).otherwise(F.lit(S.ARCHIVED)),
+            "note": F.when(promoted, F.col("note") if note is None else F.lit(note)).otherwise(F.col("note")),
+            "updated_at": F.current_timestamp(),
+        },
     )
-    return ModelEntry(entry.name, entry.version, entry.path, "champion", entry.kind, entry.sha256, entry.metrics)
+    return ModelEntry(entry.name, entry.version, entry.path, S.CHAMPION, entry.kind, entry.sha256, entry.metrics)
 
 
 def discard_bundle(path: Path) -> None:
@@ -201,23 +207,24 @@ def record_decision(
     promoted, the previous champion is archived by the same UPDATE, so readers never see two
     champions or none.
     """
-    table = registry_table(settings)
     name = check_identifier(challenger.name, "model name")
     v = int(challenger.version)
-    pairs = ", ".join(f"'{check_identifier(k, 'metric name')}', CAST('{float(x)!r}' AS DOUBLE)" for k, x in figures.items())
-    figures_map = f"map({pairs})" if pairs else "map()"
-    note_sql = "'" + note.replace("'", "''") + "'"
-    new_stage = "'champion'" if promote else "stage"
-    old_champion = "'archived'" if promote else "stage"
-    replaced = "'" + f"archived: replaced by {name}@{v}".replace("'", "''") + "'"
-    spark.sql(
-        f"""
-        UPDATE {table}
-        SET stage = CASE WHEN version = {v} THEN {new_stage} ELSE {old_champion} END,
-            metrics = CASE WHEN version = {v} THEN map_concat(coalesce(metrics, map()), {figures_map}) ELSE metrics END,
-            note = CASE WHEN version = {v} THEN {note_sql} WHEN {str(promote).upper()} THEN {replaced} ELSE note END,
-            updated_at = current_timestamp()
-        WHERE name = '{name}' AND (version = {v} OR stage = 'champion')
-        """
+    decided = F.col("version") == v
+    figures_map = F.create_map(*[F.lit(x) for k, value in figures.items() for x in (k, float(value))])
+    metrics_type = S.MODEL_REGISTRY_SCHEMA["metrics"].dataType
+    metrics = F.map_concat(F.coalesce(F.col("metrics"), F.create_map().cast(metrics_type)), figures_map.cast(metrics_type))
+    if promote:
+        stage: Column = F.when(decided, F.lit(S.CHAMPION)).otherwise(F.lit(S.ARCHIVED))
+        other_note = F.lit(f"archived: replaced by {name}@{v}")
+    else:
+        stage, other_note = F.col("stage"), F.col("note")
+    DeltaTable.forName(spark, registry_table(settings)).update(
+        condition=(F.col("name") == name) & (decided | (F.col("stage") == S.CHAMPION)),
+        set={
+            "stage": stage,
+            "metrics": F.when(decided, metrics).otherwise(F.col("metrics")),
+            "note": F.when(decided, F.lit(note)).otherwise(other_note),
+            "updated_at": F.current_timestamp(),
+        },
     )
     log.info("%s@%d: %s", name, v, note)

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
+# --- storage formats lakescore reads and writes ----------------------------------------------
+DELTA = "delta"
+PARQUET = "parquet"
+TABLE_FORMATS = (DELTA, PARQUET)
+
 # --- tables lakescore writes ----------------------------------------------------------------
 FLAGGED = "flagged"
 RUN_METRICS = "run_metrics"
@@ -138,7 +143,26 @@ MODEL_REGISTRY_SCHEMA = T.StructType(
         T.StructField("updated_at", T.TimestampType(), False),
     ]
 )
-STAGES = ("champion", "challenger", "archived")
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ARCHIVED = "archived"
+STAGES = (CHAMPION, CHALLENGER, ARCHIVED)
+
+# Model kinds (lakescore/models.py builds them); the manifest and the registry's `kind` record one.
+MLP = "mlp"
+AUTOENCODER = "autoencoder"
+MODEL_KINDS = (MLP, AUTOENCODER)
+
+# Threshold policies (training/thresholds.py applies them); the bundle manifest records one.
+TARGET_PRECISION = "target_precision"
+ALERT_RATE = "alert_rate"
+FIXED_THRESHOLD = "fixed"
+THRESHOLD_POLICIES = (TARGET_PRECISION, ALERT_RATE, FIXED_THRESHOLD)
+
+# What `flagged` holds in place of a sensitive column (udfs/flagged.py): a salted sha256, or nothing.
+SENSITIVE_HASH = "hash"
+SENSITIVE_DROP = "drop"
+SENSITIVE_ACTIONS = (SENSITIVE_HASH, SENSITIVE_DROP)
 
 FEEDBACK_SCHEMA = T.StructType(
     [

@@ -68,3 +68,87 @@ def test_a_missing_config_file_is_named(tmp_path):
 def test_an_anomaly_rate_out_of_range_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="anomaly_rate"):
         load_settings(overrides={"generate.anomaly_rate": "0.7", "lake.root": str(tmp_path)}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lake.database": "lake score"}, r"lake\.database 'lake score' is not a plain SQL identifier"),
+        ({"spark.arrow_batch_size": "0"}, r"spark\.arrow_batch_size=0 must be a positive number"),
+        ({"spark.shuffle_partitions": "-1"}, r"spark\.shuffle_partitions=-1 must be a positive number"),
+        ({"ray.num_workers": "0"}, r"ray\.num_workers=0 must be a positive number"),
+        ({"ray.cpus_per_worker": "0"}, r"ray\.cpus_per_worker=0.0 must be a positive number"),
+        ({"ray.address": "spark", "ray.spark_worker_nodes": "0"}, r"ray\.spark_worker_nodes=0 must be at least 1"),
+        ({"ray.address": "spark", "ray.spark_head_cpus": "-1"}, r"ray\.spark_head_cpus=-1 at least 0"),
+        ({"ray.max_failures": "-2"}, r"ray\.max_failures=-2 must be >= -1 \(-1: unlimited\)"),
+        ({"generate.format": "csv"}, r"generate\.format='csv' is not one of: delta, parquet"),
+        ({"generate.table": "a b"}, r"generate\.table 'a b' is not a plain SQL identifier"),
+        ({"generate.files_per_day": "0"}, r"generate\.files_per_day=0 must be a positive number"),
+        ({"generate.anomaly_rate": "-0.1"}, r"generate\.anomaly_rate=-0\.1 must be in \[0, 0\.5\)"),
+        ({"train.model_name": "my-model"}, r"train\.model_name 'my-model' is not a plain SQL identifier"),
+        ({"train.threshold_policy": "best"}, r"threshold_policy='best' is not one of: target_precision, alert_rate, fixed"),
+        ({"train.epochs": "0"}, r"train\.epochs=0 must be a positive number"),
+        ({"train.max_pos_weight": "0"}, r"train\.max_pos_weight=0.0 must be a positive number"),
+        ({"train.hidden": "64,0"}, r"train\.hidden=\(64, 0\) must list positive layer sizes"),
+        ({"train.autoencoder_hidden": ""}, r"train\.autoencoder_hidden=\(\) must list positive layer sizes"),
+        ({"train.threshold_value": "1.5"}, r"threshold_value=1\.5 must be in \(0, 1\] for the target_precision policy"),
+        ({"train.threshold_policy": "alert_rate", "train.threshold_value": "0"}, r"in \(0, 1\] for the alert_rate policy"),
+        ({"train.clip_low_quantile": "0.9", "train.clip_high_quantile": "0.1"}, r"must satisfy 0 <= low < high <= 1"),
+        ({"train.clip_margin": "nan"}, r"train\.clip_margin=nan must be a finite number >= 0"),
+        ({"train.first_date": "2026-11-05", "train.last_date": "2026-11-01"}, r"first_date=2026-11-05 is after"),
+        ({"train.test_days": "0"}, r"validation_days and train\.test_days must be at least 1"),
+        ({"train.shuffle_buffer_rows": "-1"}, r"train\.shuffle_buffer_rows=-1 must be >= 0"),
+        ({"train.validation_fraction": "0.5"}, r"train\.validation_fraction=0\.5 must be in \(0, 0\.5\)"),
+        ({"score.sensitive_action": "mask"}, r"score\.sensitive_action='mask' is not one of: hash, drop"),
+        ({"score.allow_columns": "amount,bad column"}, r"a column in score\.allow_columns"),
+        ({"score.date_column": "day-1"}, r"score\.date_column 'day-1' is not a plain SQL identifier"),
+        ({"score.top_reasons": "0"}, r"score\.top_reasons=0 must be a positive number"),
+    ],
+)
+def test_each_rule_refuses_a_bad_value_with_a_message_naming_the_setting(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides={**overrides, "lake.root": str(tmp_path)}, environ={})
+
+
+def test_with_overrides_checks_the_new_values_too(tmp_path):
+    settings = load_settings(overrides={"lake.root": str(tmp_path)}, environ={})
+    assert settings.with_overrides({"train.epochs": "3"}).train.epochs == 3
+    with pytest.raises(ConfigError, match=r"train\.epochs=0 must be a positive number"):
+        settings.with_overrides({"train.epochs": "0"})
+
+
+def test_training_and_scoring_may_name_a_path_where_generate_needs_a_table(tmp_path):
+    settings = load_settings(
+        overrides={"lake.root": str(tmp_path), "train.table": "/data/t", "score.table": "file:/data/t"}, environ={}
+    )
+    assert (settings.train.table, settings.score.table) == ("/data/t", "file:/data/t")
+    with pytest.raises(ConfigError, match=r"generate\.table '/data/t' is not a plain SQL identifier"):
+        load_settings(overrides={"lake.root": str(tmp_path), "generate.table": "/data/t"}, environ={})
+
+
+def test_every_choice_the_code_defines_is_accepted(tmp_path):
+    from lakescore import schemas as S
+
+    choices = {
+        "train.kind": S.MODEL_KINDS,
+        "train.threshold_policy": S.THRESHOLD_POLICIES,
+        "score.sensitive_action": S.SENSITIVE_ACTIONS,
+        "generate.format": S.TABLE_FORMATS,
+    }
+    for name, allowed in choices.items():
+        section, key = name.split(".")
+        for value in allowed:
+            settings = load_settings(overrides={"lake.root": str(tmp_path), name: value}, environ={})
+            assert getattr(getattr(settings, section), key) == value
+
+
+def test_constants_moved_into_lakescore_stay_importable_from_their_old_modules():
+    from lakescore import models
+    from lakescore import schemas as S
+    from training import thresholds
+    from udfs import flagged
+
+    assert models.KINDS is S.MODEL_KINDS and (models.MLP, models.AUTOENCODER) == S.MODEL_KINDS
+    assert thresholds.POLICIES is S.THRESHOLD_POLICIES
+    assert (thresholds.TARGET_PRECISION, thresholds.ALERT_RATE, thresholds.FIXED) == S.THRESHOLD_POLICIES
+    assert (flagged.HASH, flagged.DROP) == S.SENSITIVE_ACTIONS

@@ -76,3 +76,38 @@ def test_a_bundle_replaced_on_disk_after_registration_is_refused(spark, settings
     shutil.copytree(other.path, entry.path)
     with pytest.raises(Exception, match="files were replaced|manifest"):
         registry.load_registered(spark, settings, "reg_c@1")
+
+
+NOTE = "it's \"fine\" \\ really"
+
+
+def test_a_note_with_quotes_and_backslashes_is_stored_exactly_by_promote_and_record_decision(spark, settings):
+    for _ in range(2):
+        _register(spark, settings, "reg_note", {})
+    table = registry.registry_table(settings)
+    before = spark.sql(f"DESCRIBE HISTORY {table}").count()
+    registry.promote(spark, settings, "reg_note@2", note=NOTE)
+    notes = {r["version"]: r["note"] for r in registry.list_models(spark, settings, "reg_note")}
+    assert notes == {1: None, 2: NOTE}
+
+    challenger = _register(spark, settings, "reg_note", {"test_aucpr": 0.5})
+    registry.record_decision(spark, settings, challenger, {"first_gain": 0.25}, NOTE + " kept", promote=False)
+    registry.record_decision(spark, settings, challenger, {"gain": 0.5}, NOTE + " promoted", promote=True)
+    rows = {r["version"]: r for r in registry.list_models(spark, settings, "reg_note")}
+    assert {v: (r["stage"], r["note"]) for v, r in rows.items()} == {
+        1: ("archived", None),
+        2: ("archived", "archived: replaced by reg_note@3"),
+        3: ("champion", NOTE + " promoted"),
+    }
+    assert rows[3]["metrics"] == {"test_aucpr": 0.5, "first_gain": 0.25, "gain": 0.5}
+    # promote, then register (one commit), then each decision: one commit apiece.
+    assert spark.sql(f"DESCRIBE HISTORY {table}").count() == before + 4
+
+
+def test_a_decision_without_promotion_leaves_the_champion_as_it_was(spark, settings):
+    _register(spark, settings, "reg_keep", {})
+    challenger = _register(spark, settings, "reg_keep", {})
+    registry.record_decision(spark, settings, challenger, {}, "not better", promote=False)
+    rows = {r["version"]: r for r in registry.list_models(spark, settings, "reg_keep")}
+    assert {v: (r["stage"], r["note"]) for v, r in rows.items()} == {1: ("champion", None), 2: ("challenger", "not better")}
+    assert rows[2]["metrics"] == {}

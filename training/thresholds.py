@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from lakescore.schemas import ALERT_RATE, TARGET_PRECISION
+from lakescore.schemas import FIXED_THRESHOLD as FIXED
+from lakescore.schemas import THRESHOLD_POLICIES as POLICIES
+
 log = logging.getLogger(__name__)
 
-TARGET_PRECISION = "target_precision"
-ALERT_RATE = "alert_rate"
-FIXED = "fixed"
-POLICIES = (TARGET_PRECISION, ALERT_RATE, FIXED)
 FLAG_RULE = "score >= threshold"
 
 

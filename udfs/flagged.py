@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 # Columns that identify a source row, in output order (the synthetic and benchmark tables' keys).
 KEY_CANDIDATES = (S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS, S.EVENT_DATE, S.RECORD_ID)
-HASH = "hash"
-DROP = "drop"
+HASH = S.SENSITIVE_HASH
+DROP = S.SENSITIVE_DROP
 
 
 @dataclass(frozen=True)
