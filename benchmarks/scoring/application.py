@@ -49,7 +49,9 @@ def run_part(settings: Settings, part: str, runs: int, memory_rows: str, warmup:
     - a Spark workload: {"cold": the first run's stage seconds, "runs": [(stage seconds, action
       seconds, [CPU-s: machine, JVM, Python workers, JIT compiler threads])] of `runs` runs} after
       `warmup` runs (at least one): the first starts the Python workers, which import torch and
-      build the model; the JIT keeps compiling for several more;
+      build the model; the JIT keeps compiling the job's planning and commit code for several
+      more (docs/measurements.md, "Scoring benchmark"), so the measured runs are warm runs: what a
+      long night over billions of rows runs at;
     - a memory workload: [(rows, seconds, peaks in MiB)] at each of `memory_rows`."""
     if part in MEMORY_WORKLOAD_NAMES and MEMORY_WORKLOAD_NAMES[part].java_options:
         settings = with_driver_java_options(settings, MEMORY_WORKLOAD_NAMES[part].java_options)
