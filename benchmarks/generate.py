@@ -17,7 +17,7 @@ import time
 
 from pyspark.sql import functions as F
 
-from jobs.generate_transactions import run_generate
+from benchmarks.library import run_generate
 from lakescore import schemas as S
 from lakescore.config import load_settings
 from lakescore.spark import build_spark_session

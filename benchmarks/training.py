@@ -1,7 +1,7 @@
 """Training quality and throughput: the issue's targets with IsolationForest beside them, and
 rows/s of Ray Train against a plain single-process torch loop.
 
-    python -m benchmarks.training                 # the full table (a generated week, ~7 min on 2 cores)
+    python -m benchmarks.training                 # the full table (a generated week)
     python -m benchmarks.training --days 4 --rows-per-day 5000 --skip shuttle
 
 Quality: each model is trained through the real job entry point (`run_train`) on lake tables:
@@ -55,9 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
-    from jobs.generate_transactions import run_generate
-    from jobs.load_benchmarks import run_load_benchmarks
-    from jobs.train import ray_cluster
+    from benchmarks.library import ray_cluster, run_generate, run_load_benchmarks
     from lakescore.spark import build_spark_session
 
     root = args.lake or Path(tempfile.mkdtemp(prefix="lakescore-bench-training-"))
@@ -104,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _quality(spark, settings: Settings, table: str, kind: str, metric: str, target: float, published: str | None) -> dict:
-    from jobs.train import run_train
+    from benchmarks.library import run_train
 
     overrides = {"train.table": table, "train.kind": kind, "train.model_name": f"bench_{table}_{kind}"}
     if table == "breast_cancer":

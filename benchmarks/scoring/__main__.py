@@ -1,0 +1,3 @@
+from benchmarks.scoring.cli import main
+
+main()
