@@ -167,17 +167,14 @@ def _print_by_type(by_type: dict) -> None:
 
 def _throughput(spark, settings: Settings) -> list[dict]:
     """Rows/s per epoch: a plain torch loop vs Ray Train with 1 and 2 workers, same data and model."""
-    from lakescore import lake
-    from lakescore.features import feature_set_for_table
-    from training.data import TableSource
+    from benchmarks.library import resolve_training_input
     from training.pipeline import prepare_datasets
     from training.trainer import build_loss, fit_model, make_architecture
 
     t = settings.train
-    source = lake.resolve_source(spark, settings, "transactions")
-    types = {f.name: f.dataType.simpleString() for f in lake.read_source(spark, source).schema.fields}
-    feature_set = feature_set_for_table(source.name, list(types))
-    data = prepare_datasets(settings, TableSource(source.name, source.path, source.format, source.version), list(types), feature_set)
+    inputs = resolve_training_input(spark, settings.with_overrides({"train.table": "transactions"}))
+    feature_set = inputs.feature_set
+    data = prepare_datasets(settings, inputs)
     architecture = make_architecture("mlp", len(feature_set.features), t)
     train_rows = data.counts["train"]["rows"]
     pos_weight = min((train_rows - data.counts["train"]["anomalies"]) / data.counts["train"]["anomalies"], t.max_pos_weight)
@@ -193,9 +190,7 @@ def _throughput(spark, settings: Settings) -> list[dict]:
             data.train_xy,
             data.validation_xy,
             architecture=architecture,
-            train_settings=run_settings.train,
-            ray_settings=run_settings.ray,
-            storage_path=settings.lake.checkpoints_dir,
+            settings=run_settings,
             run_name=f"bench-throughput-{workers}w-{int(time.time())}",
             pos_weight=pos_weight,
         )

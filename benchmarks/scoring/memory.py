@@ -82,20 +82,21 @@ def nightly_scoring_stage_over_copies(spark, settings: Settings, rows, output, r
     """(action, totals): the nightly job's scoring stage over `rows` (the job's columns of the
     day, unioned `copies` times), its flagged records written to a scratch Delta path.
 
-    A variant of the job's sequence rather than `run_score`: `run_score` reads one day's
+    A variant of the job's sequence rather than `run_score` (pipelines.nightly): it reads one day's
     partition of the source and writes `flagged` and `run_metrics`, while the memory check needs
     the day ten times over without writing ten times the table, and only the scoring stage.
     It builds the stage from the same library calls the job makes (the broadcast bundle,
     `score_dataframe` with its totals, `flagged_records`)."""
-    from udfs.broadcast import broadcast_bundle
+    from udfs.broadcast import broadcast_model
     from udfs.flagged import flagged_records
     from udfs.metrics import RunIdentity
     from udfs.scoring import new_run_totals, score_dataframe
 
     bundle = registry.load_registered(spark, settings, MODEL)[1]
     run = RunIdentity(f"memory-{copies}", DAY, bundle.name, bundle.version, bundle.sha256, "bench", None, bundle.threshold)
-    totals = new_run_totals(spark, bundle)
-    scored = score_dataframe(rows, broadcast_bundle(spark, bundle), totals=totals, flagged_only=True)
+    model = broadcast_model(spark, bundle)
+    totals = new_run_totals(spark, model)
+    scored = score_dataframe(rows, model, totals=totals, flagged_only=True)
     flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc), run_date_column)
 
     def action() -> None:

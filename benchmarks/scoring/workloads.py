@@ -171,9 +171,9 @@ def _model_only_udf(day, inputs: Sequence[str | Column], bundle: Bundle, setting
     The model comes as the job's does: broadcast, then built once per worker (`load_scoring_model`)."""
     from pyspark.sql.functions import arrow_udf
 
-    from udfs.broadcast import broadcast_bundle, load_scoring_model
+    from udfs.broadcast import broadcast_model, load_scoring_model
 
-    broadcast = broadcast_bundle(day.sparkSession, bundle)
+    broadcast = broadcast_model(day.sparkSession, bundle).files
     sha256 = bundle.sha256
     batch_rows = settings.spark.arrow_batch_size
 
