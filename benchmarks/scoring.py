@@ -653,7 +653,7 @@ def _predict_batch_udf(day, inputs: list[str], bundle: Bundle, settings: Setting
 
     def make_predict_fn():
         from lakescore.bundle import verify_files
-        from udfs.core import build_scoring_model
+        from udfs.scorer import build_scoring_model
 
         torch.set_num_threads(1)
         scoring = build_scoring_model(verify_files(files, "bench bundle"))
@@ -684,7 +684,7 @@ def _parquet_files(path: str) -> list[str]:
 def _single_process(files: list[str], inputs: list[str], bundle: Bundle, batch_size: int, full: bool) -> None:
     import pyarrow.dataset as ds
 
-    from udfs.core import build_scoring_model, score_rows
+    from udfs.scorer import build_scoring_model, score_rows
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -169,9 +169,9 @@ def _score_one(
 ) -> RunSummary:
     started = time.perf_counter()
     scored_at = dt.datetime.now(dt.timezone.utc)
-    from udfs.core import MetricLayout
     from udfs.flagged import flagged_records
     from udfs.metrics import RunIdentity, metric_records
+    from udfs.run_totals import RunTotalsLayout
     from udfs.scoring import new_run_totals, score_dataframe
 
     run = RunIdentity(
@@ -206,7 +206,7 @@ def _score_one(
     if run_totals.rows != rows_read:
         log.warning("run %s: %d rows read but %d scored", run.run_id, rows_read, run_totals.rows)
 
-    layout = MetricLayout.from_bundle(bundle)
+    layout = RunTotalsLayout.from_bundle(bundle)
     records = metric_records(
         run,
         layout,

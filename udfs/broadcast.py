@@ -15,8 +15,9 @@ from pyspark import Broadcast
 from pyspark.sql import SparkSession
 
 from lakescore.bundle import MANIFEST, Bundle, BundleError, sha256_bytes, verify_files
-from udfs.core import ScoringModel, build_scoring_model, configure_torch_for_worker, freeze_worker_heap
 from udfs.model_cache import SCORING_MODELS, ModelCache
+from udfs.scorer import ScoringModel, build_scoring_model
+from udfs.worker import configure_torch_for_worker, freeze_worker_heap
 
 
 def broadcast_bundle(spark: SparkSession, bundle: Bundle) -> Broadcast:

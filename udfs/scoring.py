@@ -24,15 +24,17 @@ from lakescore import schemas as S
 from lakescore.bundle import Bundle, verify_files
 from lakescore.features import FeatureSet, feature_set_from_manifest
 from udfs.broadcast import load_scoring_model
-from udfs.core import FLAGGED_TYPE, SCORED_TYPE, MetricLayout, RunTotals, score_rows
+from udfs.arrow_output import FLAGGED_TYPE, SCORED_TYPE, to_arrow, to_arrow_flagged
 from udfs.metrics import RunTotalsParam
+from udfs.run_totals import RunTotals, RunTotalsLayout
+from udfs.scorer import score_rows
 
 _SCORED = "_lakescore_scored"
 
 
 def new_run_totals(spark: SparkSession, bundle: Bundle) -> Accumulator:
     """A Spark accumulator of `RunTotals` for one run of `bundle` (pass it to `score_dataframe`)."""
-    return spark.sparkContext.accumulator(RunTotals(MetricLayout.from_bundle(bundle).size), RunTotalsParam())
+    return spark.sparkContext.accumulator(RunTotals(RunTotalsLayout.from_bundle(bundle).size), RunTotalsParam())
 
 
 def scoring_udf(
@@ -83,7 +85,7 @@ def scoring_udf(
     - torch runs one thread per worker (Spark already runs one worker per core), which also keeps
       scores bit-identical when a task is retried;
     - once the model is built, the worker's heap is frozen for the garbage collector
-      (`udfs.core.freeze_worker_heap`): PySpark collects after every task, and a full pass over
+      (`udfs.worker.freeze_worker_heap`): PySpark collects after every task, and a full pass over
       torch's objects cost about 0.1 s per task;
     - pass only the input columns the model needs: the JVM -> Arrow transfer is the cost, not the model;
     - `totals` counts every evaluation: use the scored DataFrame in ONE action, with no shuffle
@@ -101,7 +103,7 @@ def scoring_udf(
             batch = score_rows(scoring, raw, top_k=top_k, coded=coded)
             if totals is not None:
                 totals.add(batch.totals)
-            yield batch.to_arrow_flagged() if flagged_only else batch.to_arrow()
+            yield to_arrow_flagged(batch) if flagged_only else to_arrow(batch)
 
     # Marked nondeterministic so that the optimizer evaluates it exactly once per row: a filter on
     # `is_flagged` would otherwise be pushed below the projection and run the model twice. (The
