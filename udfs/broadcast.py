@@ -55,7 +55,7 @@ def load_scoring_model(
     def build() -> ScoringModel:
         configure_torch_for_worker()
         model = build_scoring_model(bundle_from_files(bundle_broadcast.value, sha256))
-        freeze_worker_heap()  # else every task ends with a ~0.1 s full collection over torch
+        freeze_worker_heap()  # else every task ends with a full collection over torch's objects
         return model
 
     return cache.get_or_build(sha256, build)

@@ -3,10 +3,10 @@
 Built on the driver from the `RunTotals` the scoring UDF added to a Spark accumulator during the
 one pass that wrote the flagged rows. Plain Python: unit-tested without Spark.
 
-Why an accumulator and not `DataFrame.observe`: measured on this machine (2 M rows, local[2]),
-observe's CollectMetrics node alone cost 20% of the stage and percentile_approx and friends took
-it to 60%; the UDF already holds every batch in numpy, so it counts there and ships one small
-vector per task. Spark merges a result stage's accumulator updates once per partition
+Why an accumulator and not `DataFrame.observe`: observe's CollectMetrics node and
+percentile_approx cost a large share of the scoring stage (see docs/measurements.md, "Scoring
+worker and UDF"); the UDF already holds every batch in numpy, so it counts there and ships one
+small vector per task. Spark merges a result stage's accumulator updates once per partition
 (successful attempts only), which is the same guarantee observe has (it is built on one).
 
 Rows, as (scope, feature, metric, value):
