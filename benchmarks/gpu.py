@@ -135,7 +135,7 @@ def _model(state_dict: dict, device: str) -> torch.nn.Module:
 
 def compare_scoring(state_dict: dict, rows: list[int]) -> dict:
     model, on_gpu = _model(state_dict, "cpu"), _model(state_dict, "cuda")
-    torch.set_num_threads(1)  # as in a Spark Python worker (udfs.core.configure_torch_for_worker)
+    torch.set_num_threads(1)  # as in a Spark Python worker (udfs.worker.configure_torch_for_worker)
 
     figures: dict = {"rows": {}}
     x, _ = synthetic(rows[0], seed=11)

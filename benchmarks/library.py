@@ -11,6 +11,7 @@ from pipelines.generate import run_generate
 from pipelines.load_benchmarks import run_load_benchmarks
 from pipelines.nightly import run_nightly as run_score
 from pipelines.train import ray_cluster, resolve_training_input, run_train
-from udfs.core import build_scoring_model, score_rows
+from udfs.arrow_output import to_arrow
+from udfs.scorer import build_scoring_model, score_rows
 
-__all__ = ["build_scoring_model", "ray_cluster", "run_generate", "run_load_benchmarks", "resolve_training_input", "run_score", "run_train", "score_rows"]
+__all__ = ["build_scoring_model", "ray_cluster", "run_generate", "run_load_benchmarks", "resolve_training_input", "run_score", "run_train", "score_rows", "to_arrow"]

@@ -1,4 +1,4 @@
-"""Score quantiles for run_metrics: the fixed fine histogram (udfs.core.ScoreGrid) against
+"""Score quantiles for run_metrics: the fixed fine histogram (udfs.run_totals.ScoreGrid) against
 datasketches' KLL and REQ sketches, as the scoring UDF would use them.
 
     python -m benchmarks.quantile_sketches
@@ -21,7 +21,7 @@ import numpy as np
 from datasketches import kll_doubles_sketch, kll_floats_sketch, req_floats_sketch
 
 from lakescore.models import AUTOENCODER, MLP
-from udfs.core import ScoreGrid
+from udfs.run_totals import ScoreGrid
 
 ROWS, BATCH, TASKS = 2_000_000, 5_000, 8
 QUANTILES = (0.5, 0.9, 0.99, 0.999)

@@ -84,7 +84,8 @@ class PandasColumns(RawColumns):
 
 class ArrowColumns(RawColumns):
     """Columns of an Arrow batch, read without a detour through pandas (the scoring UDF's path:
-    converting a batch to pandas cost about a third of Spark's whole transfer)."""
+    converting each batch to pandas costs more than the model; see docs/measurements.md,
+    "Scoring worker and UDF")."""
 
     def __init__(
         self, batch: pa.RecordBatch | pa.Table | pa.StructArray, coded: Mapping[str, tuple[str, ...]] | None = None
@@ -109,7 +110,7 @@ class ArrowColumns(RawColumns):
         if pa.types.is_float64(kind):
             return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)  # nulls -> NaN
         if (pa.types.is_integer(kind) or pa.types.is_boolean(kind)) and column.null_count == 0:
-            return column.to_numpy(zero_copy_only=False).astype(np.float64)  # a third of a cast's time
+            return column.to_numpy(zero_copy_only=False).astype(np.float64)  # faster than an Arrow cast
         if pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind) or pa.types.is_boolean(kind):
             # Nulls become NaN.
             return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -157,7 +158,7 @@ class FeatureSet:
         categories: STRING input -> the categories the function codes it against
             (`RawColumns.codes`). Spark can then send such a column to the UDF as its int codes
             (`udfs.scoring.category_codes`) instead of its text: the JVM writes strings into
-            Arrow far more slowly than ints (benchmarks/scoring.py).
+            Arrow far more slowly than ints (see docs/measurements.md, "Scoring worker and UDF").
     """
 
     name: str

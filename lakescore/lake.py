@@ -166,12 +166,11 @@ def unsorted_partition_writes(spark: SparkSession) -> Iterator[None]:
     open file writer instead of sorting them by the partition columns first.
 
     For writes whose rows share one partition value, as a scoring run's (every row has the run
-    date): there is nothing to sort, and the sort cost a 64 MiB page of execution memory per task
-    (Spark's page size for a 4g heap), allocated and zeroed for the few thousand flagged rows of
-    a 1M-row task (the nightly job's scoring stage on the benchmark table: 64.2 MiB peak
-    execution memory per task with the sort, none without). A task that meets a second value
-    falls back to sorting its remaining rows, so a wider write is still correct. A launcher's
-    own setting above 0 is kept.
+    date): there is nothing to sort, and the sort takes a page of execution memory per task
+    (64 MiB, Spark's page size for a 4g heap), allocated and zeroed for the few thousand flagged
+    rows of a scoring task (see docs/measurements.md, "Spark session and JVM"). A task that meets
+    a second value falls back to sorting its remaining rows, so a wider write is still correct. A
+    launcher's own setting above 0 is kept.
     """
     previous = spark.conf.get(CONCURRENT_WRITERS)
     if int(previous) > 0:

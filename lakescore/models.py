@@ -1,4 +1,4 @@
-"""The torch models and the scoring core, shared by training (evaluation) and scoring (UDFs).
+"""The torch model definitions and their batch scoring and explanations, shared by training and the UDFs.
 
 Two kinds:
 - `mlp`: a supervised classifier producing one logit; score = sigmoid(logit), a probability.
@@ -106,7 +106,7 @@ def _forward_scores(model: nn.Module, kind: str, x: torch.Tensor) -> tuple[torch
 def _as_tensor(x: np.ndarray) -> torch.Tensor:
     """`x` as a float32 tensor, without a copy when it is row- or column-major: the features come
     column-major (lakescore.features), and the first layer's matrix product reads them in place
-    (copying them into rows first cost about 0.15 of 1.3 ms per 10,000 rows)."""
+    (copying them into rows first costs time; see docs/measurements.md, "Scoring worker and UDF")."""
     x = np.asarray(x, dtype=np.float32)
     if not (x.flags.c_contiguous or x.flags.f_contiguous):
         x = np.ascontiguousarray(x)
@@ -114,9 +114,9 @@ def _as_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 # Rows per forward pass on the CPU. A 10,000-row batch's hidden activations (10,000 x 64 floats,
-# 2.5 MB) overflow the core's L2 cache, so each layer streamed them through memory; in slices of
-# 2,048 rows they stay in cache: 0.87 against 1.12 ms per 10,000 rows for the benchmark's MLP
-# (best of 15, benchmarks/scoring.py's model), with identical scores here.
+# 2.5 MB) overflow a core's L2 cache, so each layer streams them through memory; in slices of
+# 2,048 rows they stay in cache, with identical scores (see docs/measurements.md, "Scoring
+# worker and UDF").
 _CPU_FORWARD_ROWS = 2048
 
 

@@ -87,21 +87,19 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         # Spark 4.2 lets a pandas/Arrow UDF take its input straight from the operator below when
         # that yields column batches (on by default). Only Arrow-backed batches pass through
         # as they are; Parquet's and Delta's are read back row by row without generated code,
-        # which cost a no-op pandas UDF over a scan 2.88 JVM CPU-s per 2M rows against 2.29
-        # with the row conversion Spark generates code for (benchmarks/scoring.py's table).
+        # slower than the row conversion Spark generates code for (see docs/measurements.md,
+        # "Spark session and JVM").
         "spark.sql.execution.arrow.pythonUDF.columnarInput.enabled": "false",
         # Batches to Python are bounded by maxRecordsPerBatch alone. With a byte limit (64 MiB
         # by default, far above a scoring batch), Spark sums the size of every Arrow vector after
-        # each row it writes, to see whether the batch is full: about 8% of the task CPU time of a
-        # no-op pandas UDF over benchmarks/scoring.py's table here (medians of 10 stages: 1.70
-        # against 1.85 CPU-s per 2M rows). Int.MaxValue is the value at which Spark skips it.
+        # each row it writes, to see whether the batch is full: a noticeable share of a UDF
+        # task's CPU time (see docs/measurements.md, "Spark session and JVM"). Int.MaxValue is
+        # the value at which Spark skips it.
         "spark.sql.execution.arrow.maxBytesPerBatch": str(ARROW_NO_BYTE_LIMIT),
         # Timestamps lakescore writes (the generated source's event times, flagged's scored_at)
         # are Parquet INT64 microseconds, not Spark's default INT96, which Parquet deprecates:
-        # Spark reads an INT96 value back through a ByteBuffer per row, about 10% of the
-        # scoring stage's JVM samples when the source's event time was INT96 (a Flight Recorder
-        # profile of benchmarks/scoring.py's job); scanning the event time alone into Spark's
-        # noop sink took 0.18-0.20 s per 2M rows as INT96 and 0.10-0.11 s as INT64.
+        # Spark reads an INT96 value back through a ByteBuffer per row, slower than INT64
+        # (see docs/measurements.md, "Spark session and JVM").
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
         # Delta rebuilds a table's snapshot with this many tasks (default 50, which dominates
@@ -178,19 +176,15 @@ def build_spark_session(settings: Settings, app_name: str | None = None) -> Spar
         # Python workers on this machine must use this interpreter (the project's venv), else
         # pandas UDFs fail with "No module named pandas". On a cluster, set spark.pyspark.python.
         defaults["spark.pyspark.python"] = sys.executable
-        # In local mode the driver is the executor. Spark's 1g heap kept G1 collecting: about 12
-        # pauses (200-240 ms) and a concurrent cycle per 2M-row scoring stage, against 3 pauses
-        # (50-90 ms) with 4g (benchmarks/scoring.py's session, GC log). Read at JVM launch only:
-        # under spark-submit, pass --driver-memory.
+        # In local mode the driver is the executor, and Spark's 1g heap kept G1 collecting
+        # through the scoring stage (see docs/measurements.md, "Spark session and JVM"). Read at
+        # JVM launch only: under spark-submit, pass --driver-memory.
         defaults["spark.driver.memory"] = LOCAL_DRIVER_MEMORY
         # G1 cuts a 4g heap into 2 MiB regions and treats any object of 1 MiB or more as
         # humongous: it goes straight to the old generation, and each such allocation may start a
-        # concurrent marking cycle. The scoring stage allocates such objects. Eleven runs of the
-        # nightly job over benchmarks/scoring.py's 2M rows (GC logs, two applications): humongous
-        # allocations started 108 and 128 concurrent cycles, 48 and 8 of them marked through,
-        # followed by 86 and 4 mixed collections; in the first, G1's threads took 0.30 of the
-        # scoring stage's 3.35 CPU-s (medians). With 16 MiB regions: 8 started, 10-11 marked
-        # through, 2-4 mixed collections, 0.05 CPU-s. Read at JVM launch only.
+        # concurrent marking cycle. The scoring stage allocates such objects; with 16 MiB regions
+        # they are ordinary ones (see docs/measurements.md, "Spark session and JVM"). Read at JVM
+        # launch only.
         defaults["spark.driver.extraJavaOptions"] += f" -XX:G1HeapRegionSize={LOCAL_G1_REGION_SIZE}"
     for key, value in defaults.items():
         if not launched.contains(key):

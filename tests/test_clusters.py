@@ -29,7 +29,7 @@ from lakescore.features import TRANSACTIONS_V1
 from lakescore.config import SparkSettings
 from localclusters import VENV_BIN, bare_python, ray_two_nodes, read_spark_properties, run_job, spark_standalone
 from scoring_bundles import build_test_bundle
-from udfs.core import build_scoring_model, score_rows
+from udfs.scorer import build_scoring_model, score_rows
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,7 @@ from lakescore.features import TRANSACTIONS_V1
 from lakescore.spark import default_spark_conf, delta_jars
 from localclusters import session_processes
 from scoring_bundles import AUTOENCODER, build_test_bundle
-from udfs.core import build_scoring_model, score_rows
+from udfs.scorer import build_scoring_model, score_rows
 
 DAY = dt.date(2026, 11, 4)
 MLP_NAME = "scoretest"
@@ -172,7 +172,7 @@ def test_the_model_runs_once_per_input_row_and_the_metrics_come_from_that_same_p
     scores = expected["all_scores"]
     for metric, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99_9", 0.999)):
         exact = np.quantile(scores, q, method="inverted_cdf")
-        # Read from a histogram with bins 0.01 wide on the logit scale (udfs.core.ScoreGrid).
+        # Read from a histogram with bins 0.01 wide on the logit scale (udfs.run_totals.ScoreGrid).
         assert abs(_logit(m[("score", None, metric)]) - _logit(exact)) <= 0.005 + 1e-9
     assert m[("score", None, "mean")] == pytest.approx(scores.mean())
     assert m[("score", None, "max")] == pytest.approx(scores.max(), rel=1e-6)

@@ -18,8 +18,10 @@ from pyspark.sql import SparkSession
 
 from lakescore.bundle import MANIFEST, Bundle, BundleError, sha256_bytes, verify_files
 from lakescore.features import FeatureSet
-from udfs.core import MetricLayout, ScoringModel, build_scoring_model, configure_torch_for_worker, freeze_worker_heap
 from udfs.model_cache import SCORING_MODELS, ModelCache
+from udfs.run_totals import RunTotalsLayout
+from udfs.scorer import ScoringModel, build_scoring_model
+from udfs.worker import configure_torch_for_worker, freeze_worker_heap
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,8 @@ class BroadcastModel:
         return self.bundle.feature_set
 
     @cached_property
-    def layout(self) -> MetricLayout:
-        return MetricLayout.from_bundle(self.bundle)
+    def layout(self) -> RunTotalsLayout:
+        return RunTotalsLayout.from_bundle(self.bundle)
 
 
 def broadcast_model(spark: SparkSession, bundle: Bundle) -> BroadcastModel:
@@ -78,7 +80,7 @@ def load_scoring_model(
     def build() -> ScoringModel:
         configure_torch_for_worker()
         model = build_scoring_model(bundle_from_files(bundle_broadcast.value, sha256))
-        freeze_worker_heap()  # else every task ends with a ~0.1 s full collection over torch
+        freeze_worker_heap()  # else every task ends with a full collection over torch's objects
         return model
 
     return cache.get_or_build(sha256, build)

@@ -92,10 +92,10 @@ def scan_columns(
 
     `inputs`: the model's input columns. `date_column`: the column a dated run selects its date
     on, None for an undated run. Every row of a dated run holds the run date there, so when it
-    is a date and not a model input it is not read at all. Carried through the scoring stage,
-    a date partition column cost the JVM 0.6-1.4 of some 4.5-6 CPU-seconds per 2M rows here
-    (benchmarks/scoring.py's (b) against (b0)), more than four key and text columns together.
-    A date held as text or a timestamp is read: the run date would not reproduce its values.
+    is a date and not a model input it is not read at all: carried through the scoring stage, a
+    date partition column cost the JVM more than four key and text columns together (see
+    docs/measurements.md, "Scoring worker and UDF"). A date held as text or a timestamp is
+    read: the run date would not reproduce its values.
     """
     run_date_column = None
     if date_column is not None and date_column not in inputs and date_column in output.copied:
@@ -133,11 +133,11 @@ def flagged_records(
     scanned = [c for c in output.copied if c != run_date_column]
     # The run's values come from a broadcast one-row table, not from literals in the projection
     # of the flagged rows: Spark's generated code spells a date, timestamp or number literal out
-    # in its source, so a new scored_at made the scoring stage's code new on every run, to be
-    # compiled and warmed up again while the stage ran (about 0.3-0.45 JVM CPU-s per 2M rows in
-    # benchmarks/scoring.py's repeated runs, and once per date of a --from/--to range). Joined,
-    # they are data, and the stage's code is the same from run to run. (A one-row range with
-    # literal columns would not do: the optimizer propagates them through the join.)
+    # in its source, so a new scored_at made the scoring stage's code new on every run (and on
+    # every date of a --from/--to range), to be compiled and warmed up again while the stage ran
+    # (see docs/measurements.md, "Scoring worker and UDF"). Joined, they are data, and the
+    # stage's code is the same from run to run. (A one-row range with literal columns would not
+    # do: the optimizer propagates them through the join.)
     provenance = scored.sparkSession.createDataFrame(
         [(run.threshold, run.model_name, run.model_version, run.model_sha256, run.source, run.run_id, run.run_date, scored_at)],
         _PROVENANCE_SCHEMA,

@@ -3,10 +3,10 @@
 Built on the driver from the `RunTotals` the scoring UDF added to a Spark accumulator during the
 one pass that wrote the flagged rows. Plain Python: unit-tested without Spark.
 
-Why an accumulator and not `DataFrame.observe`: measured on this machine (2 M rows, local[2]),
-observe's CollectMetrics node alone cost 20% of the stage and percentile_approx and friends took
-it to 60%; the UDF already holds every batch in numpy, so it counts there and ships one small
-vector per task. Spark merges a result stage's accumulator updates once per partition
+Why an accumulator and not `DataFrame.observe`: observe's CollectMetrics node and
+percentile_approx cost a large share of the scoring stage (see docs/measurements.md, "Scoring
+worker and UDF"); the UDF already holds every batch in numpy, so it counts there and ships one
+small vector per task. Spark merges a result stage's accumulator updates once per partition
 (successful attempts only), which is the same guarantee observe has (it is built on one).
 
 Rows, as (scope, feature, metric, value):
@@ -16,7 +16,7 @@ Rows, as (scope, feature, metric, value):
     source   <source>      source_version   (Delta version read; NULL for Parquet)
     model    <sha256>      model_sha256     (value: the model version)
     feature  <feature>     invalid_values   (null/NaN/inf/unknown values imputed), psi
-    score    NULL          p50, p90, p99, p99_9 (from a fine histogram, see udfs.core.ScoreGrid),
+    score    NULL          p50, p90, p99, p99_9 (from a fine histogram, see udfs.run_totals.ScoreGrid),
                            mean, min, max, psi
     score    <bin label>   histogram_count  (bins of the bundle's reference score histogram;
                                              the first and last bins are open-ended)
@@ -34,7 +34,7 @@ from pyspark.accumulators import AccumulatorParam
 
 from lakescore import schemas as S
 from lakescore.drift import psi
-from udfs.core import MetricLayout, RunTotals
+from udfs.run_totals import RunTotals, RunTotalsLayout
 
 RUN = "run"
 SOURCE = "source"
@@ -72,7 +72,7 @@ class RunTotalsParam(AccumulatorParam):
 
 def metric_records(
     run: RunIdentity,
-    layout: MetricLayout,
+    layout: RunTotalsLayout,
     totals: RunTotals,
     *,
     rows_read: int,
@@ -85,35 +85,39 @@ def metric_records(
 
     Undefined values (the flag rate of zero rows, quantiles of no scores, PSI without rows) are
     NULL, never NaN, so SQL aggregates over runs stay meaningful.
+
+    Eight arguments, the last five keyword-only: each is the source of some of the rows (the
+    run's identity, its totals read through `layout`, and the figures only the job knows), and
+    grouping them would only move the list into another class.
     """
-    counts = layout.split(totals.counts)
-    scored = counts.rows > 0
+    parts = layout.split(totals.counts)
+    scored = parts.rows > 0
     rows: list[tuple[str, str | None, str, float | None]] = [
         (RUN, None, "rows_read", rows_read),
-        (RUN, None, "rows_scored", counts.rows),
-        (RUN, None, "rows_flagged", counts.rows_flagged),
-        (RUN, None, "flag_rate", counts.rows_flagged / counts.rows if counts.rows else None),
-        (RUN, None, "rows_with_invalid", counts.rows_with_invalid),
+        (RUN, None, "rows_scored", parts.rows),
+        (RUN, None, "rows_flagged", parts.rows_flagged),
+        (RUN, None, "flag_rate", parts.rows_flagged / parts.rows if parts.rows else None),
+        (RUN, None, "rows_with_invalid", parts.rows_with_invalid),
         (RUN, None, "threshold", run.threshold),
         (SOURCE, run.source, "source_version", run.source_version),
         (MODEL, run.model_sha256, "model_sha256", run.model_version),
     ]
     reference_features = reference.get("features", {})
     for name in layout.features:
-        rows.append((FEATURE, name, "invalid_values", counts.invalid[name]))
-        if name in counts.feature_bins and name in reference_features:
-            rows.append((FEATURE, name, "psi", psi(reference_features[name]["fractions"], counts.feature_bins[name])))
+        rows.append((FEATURE, name, "invalid_values", parts.invalid[name]))
+        if name in parts.feature_bins and name in reference_features:
+            rows.append((FEATURE, name, "psi", psi(reference_features[name]["fractions"], parts.feature_bins[name])))
     for metric, q in SCORE_QUANTILES.items():
-        rows.append((SCORE, None, metric, layout.grid.quantile(counts.score_grid, q)))
+        rows.append((SCORE, None, metric, layout.grid.quantile(parts.score_grid, q)))
     rows += [
-        (SCORE, None, "mean", totals.score_sum / counts.rows if scored else None),
+        (SCORE, None, "mean", totals.score_sum / parts.rows if scored else None),
         (SCORE, None, "min", totals.score_min if scored else None),
         (SCORE, None, "max", totals.score_max if scored else None),
     ]
     if "score" in reference:
-        rows.append((SCORE, None, "psi", psi(reference["score"]["fractions"], counts.score_bins)))
+        rows.append((SCORE, None, "psi", psi(reference["score"]["fractions"], parts.score_bins)))
     edges = layout.score_edges
-    for i, count in enumerate(counts.score_bins.tolist()):
+    for i, count in enumerate(parts.score_bins.tolist()):
         rows.append((SCORE, histogram_bin_label(i, edges[i], edges[i + 1]), "histogram_count", count))
     rows.append((RUN, None, "scoring_seconds", scoring_seconds))
     rows.append((RUN, None, "duration_seconds", duration_seconds))

@@ -23,9 +23,11 @@ from pyspark.sql.functions import arrow_udf
 
 from lakescore import schemas as S
 from lakescore.features import FeatureSet
+from udfs.arrow_output import FLAGGED_TYPE, SCORED_TYPE, to_arrow, to_arrow_flagged
 from udfs.broadcast import BroadcastModel, load_scoring_model
-from udfs.core import FLAGGED_TYPE, SCORED_TYPE, RunTotals, score_rows
 from udfs.metrics import RunTotalsParam
+from udfs.run_totals import RunTotals
+from udfs.scorer import score_rows
 
 _SCORED = "_lakescore_scored"
 
@@ -50,19 +52,19 @@ def scoring_udf(
     `FeatureSet.inputs` (see `score_dataframe`), with `coded` the `FeatureSet.categories`
     inputs as their codes (`category_codes`), and returns `struct<score, is_flagged, reasons>`
     (see `SCORED_TYPE`), reasons for flagged rows only. Separate columns, not one struct of
-    them: building a struct per row in the JVM and nesting it in Arrow cost about a sixth of
-    the whole stage's CPU time here (benchmarks/scoring.py).
+    them: building a struct per row in the JVM and nesting it in Arrow is costly.
 
     With `flagged_only`, it returns `struct<score, reasons>` (see `FLAGGED_TYPE`) for a flagged
-    row and null for every other: the JVM then only checks a null for the ~99% of rows that
-    are not flagged, instead of copying a score, a flag and an empty reasons list out of Arrow
-    into each row (about a quarter of the JVM's time in the scoring stage, benchmarks/scoring.py).
+    row and null for every other: the JVM then only checks a null for the rows that are not
+    flagged (nearly all of them), instead of copying a score, a flag and an empty reasons list
+    out of Arrow into each row.
 
     It is a pandas UDF without the pandas: `pyspark.sql.functions.arrow_udf` (Spark >= 4.1) runs
     in the same Python workers on the same Arrow batches (`maxRecordsPerBatch`), but hands them
-    over as pyarrow arrays. The scoring core reads the columns straight from Arrow and builds the
-    result in Arrow; converting each batch to and from pandas cost about a third of Spark's whole
-    transfer here (benchmarks/scoring.py), more than the model.
+    over as pyarrow arrays. `udfs.scorer` reads the columns straight from Arrow and
+    `udfs.arrow_output` builds the result in Arrow: converting each batch to and from pandas
+    cost more than the model. (Figures for all three: see docs/measurements.md, "Scoring worker
+    and UDF".)
 
     Args:
         bundle_broadcast: the bundle's files, `udfs.broadcast.broadcast_model(...).files`.
@@ -83,8 +85,8 @@ def scoring_udf(
     - torch runs one thread per worker (Spark already runs one worker per core), which also keeps
       scores bit-identical when a task is retried;
     - once the model is built, the worker's heap is frozen for the garbage collector
-      (`udfs.core.freeze_worker_heap`): PySpark collects after every task, and a full pass over
-      torch's objects cost about 0.1 s per task;
+      (`udfs.worker.freeze_worker_heap`): PySpark collects after every task, and would walk all
+      of torch's objects each time;
     - pass only the input columns the model needs: the JVM -> Arrow transfer is the cost, not the model;
     - `totals` counts every evaluation: use the scored DataFrame in ONE action, with no shuffle
       between the scan and that action's output (Spark then merges each partition's update once,
@@ -101,7 +103,7 @@ def scoring_udf(
             batch = score_rows(scoring, raw, top_k=top_k, coded=coded)
             if totals is not None:
                 totals.add(batch.totals)
-            yield batch.to_arrow_flagged() if flagged_only else batch.to_arrow()
+            yield to_arrow_flagged(batch) if flagged_only else to_arrow(batch)
 
     # Marked nondeterministic so that the optimizer evaluates it exactly once per row: a filter on
     # `is_flagged` would otherwise be pushed below the projection and run the model twice. (The
@@ -117,8 +119,8 @@ def _column_list(columns: Union[pa.Array, Tuple[pa.Array, ...]]) -> list[pa.Arra
 def category_codes(column: str, categories: tuple[str, ...]) -> Column:
     """`column`'s index in `categories` as an int, -1 for null or a value not listed: the codes
     `RawColumns.codes` gives for the text (exact, case-sensitive match), computed in the JVM.
-    Sending a category to the UDF as this int instead of its text cost the JVM about 0.7 fewer
-    CPU-seconds per 2M rows here (benchmarks/scoring.py): writing strings into Arrow is slow."""
+    Sending a category to the UDF as this int instead of its text saves the JVM time: writing
+    strings into Arrow is slow (see docs/measurements.md, "Scoring worker and UDF")."""
     position = F.array_position(F.array(*[F.lit(c) for c in categories]), F.col(column))
     return F.coalesce((position - 1).cast("int"), F.lit(-1))
 

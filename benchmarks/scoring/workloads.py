@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 from pyspark.sql import Column, DataFrame, SparkSession
 
-from benchmarks.library import build_scoring_model, run_score, score_rows
+from benchmarks.library import build_scoring_model, run_score, score_rows, to_arrow
 from benchmarks.scoring.fixtures import DAY, MODEL
 from lakescore import registry
 from lakescore import schemas as S
@@ -235,7 +235,7 @@ def _single_process(files: list[str], inputs: list[str], bundle: Bundle, batch_s
         # The scoring core reads Arrow batches as they come (the job's UDF gets the same).
         for batch in ds.dataset(files, format="parquet").to_batches(columns=inputs, batch_size=batch_size):
             if full:
-                score_rows(scoring, batch, top_k=3).to_arrow()
+                to_arrow(score_rows(scoring, batch, top_k=3))
             else:
                 x, _ = scoring.preprocessing.apply(scoring.feature_set.transform(batch))
                 score_batch(scoring.model, scoring.kind, x)

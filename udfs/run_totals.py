@@ -1,39 +1,22 @@
-"""The scoring core: raw source rows (Arrow or pandas) -> scores, flags, reasons and metric counts.
+"""A scoring run's totals: the counts and score sums every batch adds to one mergeable `RunTotals`.
 
-Plain numpy/torch/pyarrow, no Spark session: the Arrow UDF in `udfs.scoring` calls `score_rows`
-once per Arrow batch, and the tests call it directly. Everything a batch needs is built once per
-Python worker into a `ScoringModel` (see `udfs.broadcast` for the per-worker cache).
-
-Per batch:
-    raw columns --FeatureSet.transform--> raw features (NaN for null/NaN/inf/unknown values)
-                --Preprocessing.apply--> model input (imputed, clipped, centred, scaled)
-                --score_batch--> score; flagged = score >= threshold
-                --explain_batch (flagged rows only)--> top-k reasons
-and the totals `run_metrics` needs (rows, invalid values per feature, reference-histogram bin
-counts per feature and for the score, a fine score histogram for quantiles, the score's sum, min
-and max) as a `RunTotals`: the UDF adds each batch's totals to a Spark accumulator, so the run's
-metrics come from the same pass that writes the flagged rows, and the model runs once per row.
+`udfs.scorer.score_rows` counts each batch (`batch_totals`); the scoring UDF adds every batch's
+`RunTotals` to a Spark accumulator; the driver reads the sum back by name through the bundle's
+`RunTotalsLayout` (`udfs.metrics.metric_records`). What is counted, in one int64 vector: rows,
+flagged rows, rows with an invalid value, invalid values per feature, reference-histogram bin
+counts per feature and for the score, and a fine score histogram (`ScoreGrid`) for quantiles.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import pyarrow as pa
-import torch
-from pyspark.sql import types as T
-from pyspark.sql.pandas.types import to_arrow_type
-from torch import nn
 
-from lakescore import schemas as S
 from lakescore.bundle import Bundle
-from lakescore.features import FeatureSet, RawRows, feature_set_from_manifest
-from lakescore.models import MLP, explain_batch, model_from_bundle, score_batch
-from lakescore.preprocess import Preprocessing
+from lakescore.models import MLP
 
 # Score histogram edges when the bundle's reference.json has no score histogram: a probability
 # lies in [0, 1]; a reconstruction error is spread over decades.
@@ -113,8 +96,8 @@ class _Binning:
 
 
 @dataclass(frozen=True)
-class MetricLayout:
-    """How the per-batch counts are laid out in one int64 vector, and the edges they count with.
+class RunTotalsLayout:
+    """How a `RunTotals` count vector is laid out, and the edges its histograms count with.
 
     The vector is: [rows, rows_flagged, rows_with_invalid, invalid values per feature (F),
     bin counts of each feature that has a reference histogram (in `binned` order), score bin
@@ -129,7 +112,7 @@ class MetricLayout:
     grid: ScoreGrid
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle) -> "MetricLayout":
+    def from_bundle(cls, bundle: Bundle) -> "RunTotalsLayout":
         features = tuple(bundle.manifest["feature_set"]["features"])
         reference = bundle.reference.get("features", {})
         binned = tuple(f for f in features if f in reference)
@@ -176,7 +159,7 @@ class MetricLayout:
     def _score_inner_edges(self) -> np.ndarray:
         return np.asarray(self.score_edges[1:-1], dtype=np.float64)
 
-    def split(self, vector: np.ndarray) -> "RunCounts":
+    def split(self, vector: np.ndarray) -> "RunTotalsParts":
         """Read a (summed) count vector back into named parts."""
         vector = np.asarray(vector, dtype=np.int64)
         if vector.shape != (self.size,):
@@ -188,7 +171,7 @@ class MetricLayout:
             bins[name] = vector[at : at + len(edges) - 1]
             at += len(edges) - 1
         score_bins = len(self.score_edges) - 1
-        return RunCounts(
+        return RunTotalsParts(
             rows=int(vector[0]),
             rows_flagged=int(vector[1]),
             rows_with_invalid=int(vector[2]),
@@ -200,8 +183,8 @@ class MetricLayout:
 
 
 @dataclass(frozen=True)
-class RunCounts:
-    """Counts summed over every batch of a run (see `MetricLayout`)."""
+class RunTotalsParts:
+    """A `RunTotals` count vector read back by name (`RunTotalsLayout.split`)."""
 
     rows: int
     rows_flagged: int
@@ -213,8 +196,9 @@ class RunCounts:
 
 
 class RunTotals:
-    """What a run adds up over its batches: the count vector of a `MetricLayout`, and the sum,
-    minimum and maximum of the scores. Picklable and mergeable (the value of a Spark accumulator)."""
+    """What a run adds up over its batches: the count vector of a `RunTotalsLayout`, and the sum,
+    minimum and maximum of the scores. Picklable and mergeable (the value of a Spark accumulator,
+    see `udfs.metrics.RunTotalsParam`)."""
 
     def __init__(self, size: int):
         self.counts = np.zeros(size, dtype=np.int64)
@@ -235,185 +219,32 @@ class RunTotals:
         return int(self.counts[0])
 
 
-@dataclass(frozen=True)
-class ScoringModel:
-    """Everything needed to score raw rows, built once per Python worker from a verified bundle."""
-
-    sha256: str
-    name: str
-    version: int
-    kind: str
-    threshold: float
-    feature_set: FeatureSet
-    preprocessing: Preprocessing
-    model: nn.Module
-    layout: MetricLayout
-
-
-def build_scoring_model(bundle: Bundle) -> ScoringModel:
-    """Build the model (CPU, eval mode) and its feature/preprocessing steps from a verified bundle.
-
-    Raises ValueError if the bundle's feature set and preprocessing disagree.
-    """
-    manifest = bundle.manifest
-    feature_set = feature_set_from_manifest(manifest["feature_set"])
-    preprocessing = Preprocessing.from_manifest(manifest["preprocessing"])
-    if preprocessing.features != feature_set.features:
-        raise ValueError(
-            f"bundle {bundle.label}: preprocessing lists features {list(preprocessing.features)}, "
-            f"the feature set {feature_set.name} builds {list(feature_set.features)}; re-export the model"
-        )
-    return ScoringModel(
-        sha256=bundle.sha256,
-        name=bundle.name,
-        version=bundle.version,
-        kind=bundle.kind,
-        threshold=bundle.threshold,
-        feature_set=feature_set,
-        preprocessing=preprocessing,
-        model=model_from_bundle(bundle),
-        layout=MetricLayout.from_bundle(bundle),
-    )
-
-
-# What the scoring UDF returns, in Spark's terms and (derived, so the two cannot differ) Arrow's.
-SCORED_TYPE = T.StructType(
-    [
-        # Nullable as Arrow batches carry them; the values are never null.
-        T.StructField(S.SCORE, T.DoubleType(), True),
-        T.StructField(S.IS_FLAGGED, T.BooleanType(), True),
-        T.StructField(S.REASONS, S.REASONS_TYPE, True),
-    ]
-)
-SCORED_ARROW_TYPE = to_arrow_type(SCORED_TYPE)
-_REASONS_ARROW_TYPE = SCORED_ARROW_TYPE.field(S.REASONS).type  # list<struct<feature, contribution, value>>
-# What the UDF returns when only flagged rows are wanted: `struct<score, reasons>` for a flagged
-# row, null for every other row (the flag is "not null").
-FLAGGED_TYPE = T.StructType([SCORED_TYPE[S.SCORE], SCORED_TYPE[S.REASONS]])
-FLAGGED_ARROW_TYPE = to_arrow_type(FLAGGED_TYPE)
-
-
-@dataclass(frozen=True)
-class ScoredBatch:
-    """What `score_rows` returns for one batch of n rows, m of them flagged.
-
-    Reasons are kept compact (m x k arrays, for the flagged rows only); `reasons` gives them as
-    Python lists of dicts, `to_arrow` as the `struct<score, is_flagged, reasons>` the UDF returns
-    for every row, `to_arrow_flagged` as the `struct<score, reasons>` it returns for flagged rows
-    only (null for the others).
-    """
-
-    scores: np.ndarray  # float64 (n,)
-    flagged: np.ndarray  # bool (n,)
-    explained: np.ndarray  # int64 (m,): the flagged rows, ascending
-    reason_features: np.ndarray  # int64 (m, k): feature index, largest contribution first
-    reason_contributions: np.ndarray  # float64 (m, k)
-    reason_values: np.ndarray  # float64 (m, k): the raw feature value; NaN where it was invalid
-    feature_names: tuple[str, ...]
-    totals: RunTotals
-
-    @property
-    def reasons(self) -> np.ndarray:
-        """object (n,): None, or a list of {feature, contribution, value} dicts (value None if invalid)."""
-        reasons = np.full(len(self.scores), None, dtype=object)
-        for j, row in enumerate(self.explained.tolist()):
-            reasons[row] = [
-                {
-                    S.REASON_FEATURE: self.feature_names[i],
-                    S.REASON_CONTRIBUTION: float(c),
-                    S.REASON_VALUE: _finite_or_none(v),
-                }
-                for i, c, v in zip(
-                    self.reason_features[j].tolist(), self.reason_contributions[j].tolist(), self.reason_values[j].tolist()
-                )
-            ]
-        return reasons
-
-    def to_arrow(self) -> pa.StructArray:
-        """The batch as Arrow `SCORED_ARROW_TYPE`, built from the arrays (no Python objects per row)."""
-        scores, flags = pa.array(self.scores, type=pa.float64()), pa.array(self.flagged, type=pa.bool_())
-        return pa.StructArray.from_arrays(
-            [scores, flags, self._reasons_arrow(self._not_flagged())], fields=list(SCORED_ARROW_TYPE)
-        )
-
-    def to_arrow_flagged(self) -> pa.StructArray:
-        """The batch as Arrow `FLAGGED_ARROW_TYPE`: `struct<score, reasons>` where a row is
-        flagged, null where it is not."""
-        not_flagged = self._not_flagged()
-        return pa.StructArray.from_arrays(
-            [pa.array(self.scores, type=pa.float64()), self._reasons_arrow(not_flagged)],
-            fields=list(FLAGGED_ARROW_TYPE),
-            mask=not_flagged,
-        )
-
-    def _not_flagged(self) -> pa.BooleanArray | None:
-        """The null mask of the rows not flagged (None when every row is)."""
-        return pa.array(~self.flagged) if len(self.explained) < len(self.scores) else None
-
-    def _reasons_arrow(self, not_flagged: pa.BooleanArray | None) -> pa.ListArray:
-        """`list<struct<feature, contribution, value>>` per row: k reasons where flagged, null elsewhere."""
-        n = len(self.scores)
-        k = self.reason_features.shape[1]
-        names = pa.array(self.feature_names, type=pa.string())
-        reason = pa.StructArray.from_arrays(
-            [
-                names.take(pa.array(self.reason_features.ravel(), type=pa.int64())),
-                pa.array(self.reason_contributions.ravel(), type=pa.float64()),
-                pa.array(self.reason_values.ravel(), type=pa.float64(), from_pandas=True),  # NaN -> null
-            ],
-            fields=list(_REASONS_ARROW_TYPE.value_type),
-        )
-        per_row = np.zeros(n, dtype=np.int32)
-        per_row[self.explained] = k
-        offsets = np.zeros(n + 1, dtype=np.int32)
-        np.cumsum(per_row, out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets), reason, type=_REASONS_ARROW_TYPE, mask=not_flagged)
-
-
-def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int, coded: bool = False) -> ScoredBatch:
-    """Score one batch of raw source rows.
-
-    Args:
-        scoring: the worker's model (see `build_scoring_model`).
-        raw: at least the feature set's input columns: a pandas DataFrame, or an Arrow record
-            batch or struct array (what the Spark UDF passes; no pandas conversion).
-        top_k: reasons per flagged row.
-        coded: an Arrow `raw`'s category inputs hold their codes (see `FeatureSet.transform`).
-
-    Deterministic: the same rows in the same batch give bit-identical output (CPU, one thread).
-    """
-    raw_features = scoring.feature_set.transform(raw, coded=coded)
-    x, invalid_counts = scoring.preprocessing.apply(raw_features)
-    scores = score_batch(scoring.model, scoring.kind, x)
-    flagged = scores >= scoring.threshold
-    rows = np.flatnonzero(flagged)
-    order, contributions = explain_batch(scoring.model, scoring.kind, x[rows], top_k)
-    values = raw_features[rows[:, None], order].astype(np.float64)
-    totals = RunTotals(scoring.layout.size)
-    totals.counts = count_batch(scoring.layout, x, raw_features, scores, flagged, invalid_counts)
+def batch_totals(
+    layout: RunTotalsLayout,
+    x: np.ndarray,
+    raw_features: np.ndarray,
+    scores: np.ndarray,
+    flagged: np.ndarray,
+    invalid_counts: np.ndarray,
+) -> RunTotals:
+    """What one batch adds to its run's totals: `count_batch`'s vector and the scores' sum,
+    minimum and maximum."""
+    totals = RunTotals(layout.size)
+    totals.counts = count_batch(layout, x, raw_features, scores, flagged, invalid_counts)
     if len(scores):
         totals.score_sum, totals.score_min, totals.score_max = float(scores.sum()), float(scores.min()), float(scores.max())
-    return ScoredBatch(
-        scores=scores,
-        flagged=flagged,
-        explained=rows.astype(np.int64),
-        reason_features=order.astype(np.int64),
-        reason_contributions=contributions,
-        reason_values=values,
-        feature_names=scoring.feature_set.features,
-        totals=totals,
-    )
+    return totals
 
 
 def count_batch(
-    layout: MetricLayout,
+    layout: RunTotalsLayout,
     x: np.ndarray,
     raw_features: np.ndarray,
     scores: np.ndarray,
     flagged: np.ndarray,
     invalid_counts: np.ndarray,
 ) -> np.ndarray:
-    """The batch's count vector (see `MetricLayout`); histograms are over preprocessed `x`."""
+    """The batch's count vector (see `RunTotalsLayout`); histograms are over preprocessed `x`."""
     # Rows with any invalid value: only the features that counted one are looked at.
     with_invalid = np.zeros(len(scores), dtype=bool)
     for j in np.flatnonzero(np.asarray(invalid_counts)):
@@ -435,7 +266,7 @@ def count_batch(
     ).astype(np.int64)
 
 
-def _feature_bins(layout: MetricLayout, x: np.ndarray) -> np.ndarray:
+def _feature_bins(layout: RunTotalsLayout, x: np.ndarray) -> np.ndarray:
     """Bin counts of every binned feature of `x`, in layout order, with the bins of
     lakescore.drift.bin_index (below the first edge -> first bin, from the last edge up -> last
     bin, NaN -> first bin). A column with several edges is sorted once and the edges are looked up
@@ -474,30 +305,3 @@ def _fill_bins(at_least: np.ndarray, n: int, out: np.ndarray) -> None:
     out[0] = n
     out[1:] = at_least
     out[:-1] -= at_least
-
-
-def _finite_or_none(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def freeze_worker_heap() -> None:
-    """Put every object this Python worker holds now beyond the garbage collector's reach.
-
-    Call it once, after the first task has imported torch and built the model: about 240,000
-    objects (torch, pyarrow, pyspark, the model) that live as long as the worker. PySpark's
-    daemon runs a full `gc.collect()` after every task of a reused worker, and over those objects
-    it took about 110 ms here, every time; frozen, the collection only looks at what later tasks
-    create (well under 1 ms). Garbage from the build is collected first, so nothing collectable
-    is frozen. Scoring a day's table in 16 tasks on the benchmark's two cores
-    (spark.sql.files.maxPartitionBytes=4m) took 1.57 and 1.87 s with this, against 2.51 and
-    2.57 s without it (median of each application's last six runs, benchmarks/scoring.py's table).
-    """
-    gc.collect()
-    gc.freeze()
-
-
-def configure_torch_for_worker() -> None:
-    """One intra-op thread per Python worker: Spark already runs one worker per core, and a
-    single thread keeps reductions in a fixed order, so scores are bit-identical on retry."""
-    torch.set_num_threads(1)

@@ -1,0 +1,95 @@
+"""udfs.scorer: scores, flags, reasons and invalid-value counts of a batch of raw rows, without Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lakescore import schemas as S
+from lakescore.features import TRANSACTIONS_V1
+from lakescore.models import explain_batch, score_batch
+from scoring_bundles import AUTOENCODER, MLP
+from transactions_rows import N_FEATURES, raw_transactions, transactions_bundle
+from udfs.scorer import build_scoring_model, score_rows
+
+
+@pytest.fixture(scope="module")
+def mlp_bundle(tmp_path_factory):
+    return transactions_bundle(tmp_path_factory.mktemp("b") / "mlp")
+
+
+@pytest.fixture(scope="module")
+def ae_bundle(tmp_path_factory):
+    return transactions_bundle(tmp_path_factory.mktemp("b") / "ae", AUTOENCODER)
+
+
+def test_scores_are_the_models_scores_of_the_preprocessed_features_and_flags_are_score_at_or_above_threshold(mlp_bundle):
+    scoring = build_scoring_model(mlp_bundle)
+    raw, _ = raw_transactions(500, seed=2)
+    batch = score_rows(scoring, raw, top_k=3)
+    x, _ = scoring.preprocessing.apply(TRANSACTIONS_V1.transform(raw))
+    np.testing.assert_array_equal(batch.scores, score_batch(scoring.model, MLP, x))
+    np.testing.assert_array_equal(batch.flagged, batch.scores >= mlp_bundle.threshold)
+    assert 0 < batch.flagged.sum() < 100  # the fixture's threshold flags a few percent
+
+
+def test_the_same_batch_scores_bit_identically_twice(mlp_bundle):
+    raw, _ = raw_transactions(400, seed=3)
+    first = score_rows(build_scoring_model(mlp_bundle), raw, top_k=3)
+    second = score_rows(build_scoring_model(mlp_bundle), raw, top_k=3)
+    assert first.scores.tobytes() == second.scores.tobytes()
+    assert list(first.reasons) == list(second.reasons)
+
+
+def test_reasons_are_the_top_k_contributions_of_flagged_rows_only_with_raw_feature_values(mlp_bundle):
+    scoring = build_scoring_model(mlp_bundle)
+    raw, _ = raw_transactions(500, seed=4)
+    batch = score_rows(scoring, raw, top_k=3)
+    features = TRANSACTIONS_V1.transform(raw)
+    x, _ = scoring.preprocessing.apply(features)
+    flagged = np.flatnonzero(batch.flagged)
+    assert all(batch.reasons[i] is None for i in np.flatnonzero(~batch.flagged))
+    order, contributions = explain_batch(scoring.model, MLP, x[flagged], 3)
+    for j, row in enumerate(flagged):
+        reasons = batch.reasons[row]
+        assert [r[S.REASON_FEATURE] for r in reasons] == [TRANSACTIONS_V1.features[i] for i in order[j]]
+        assert [r[S.REASON_CONTRIBUTION] for r in reasons] == pytest.approx(contributions[j].tolist())
+        assert [r[S.REASON_CONTRIBUTION] for r in reasons] == sorted((r[S.REASON_CONTRIBUTION] for r in reasons), reverse=True)
+        assert [r[S.REASON_VALUE] for r in reasons] == pytest.approx([float(features[row, i]) for i in order[j]])
+
+
+def test_autoencoder_contributions_over_all_features_add_up_to_the_score(ae_bundle):
+    scoring = build_scoring_model(ae_bundle)
+    raw, _ = raw_transactions(300, seed=5)
+    batch = score_rows(scoring, raw, top_k=N_FEATURES)
+    flagged = np.flatnonzero(batch.flagged)
+    assert flagged.size > 0
+    for row in flagged:
+        total = sum(r[S.REASON_CONTRIBUTION] for r in batch.reasons[row])
+        assert total == pytest.approx(batch.scores[row], rel=1e-5)
+
+
+def test_null_nan_inf_and_unknown_values_are_imputed_and_counted_per_feature(mlp_bundle):
+    scoring = build_scoring_model(mlp_bundle)
+    raw, _ = raw_transactions(6, seed=6)
+    raw[S.AMOUNT] = [None, np.nan, np.inf, 5.0, 10.0, -np.inf]  # -inf clips to 0 before the log: valid
+    raw[S.MERCHANT_CATEGORY] = [None, "spaceships", "grocery", "fuel", "online", "travel"]
+    raw[S.NEW_DEVICE] = pd.array([True, None, False, False, True, False], dtype="boolean")
+    batch = score_rows(scoring, raw, top_k=3)
+    parts = scoring.layout.split(batch.totals.counts)
+    assert np.isfinite(batch.scores).all()
+    assert parts.invalid["log_amount"] == 3
+    assert parts.invalid["log_amount_vs_account"] == 3
+    assert parts.invalid["new_device"] == 1
+    assert all(parts.invalid[f"category_{c}"] == 2 for c in S.MERCHANT_CATEGORIES)
+    assert parts.invalid["hour_sin"] == 0
+    assert parts.rows == 6 and parts.rows_with_invalid == 3  # rows 0, 1, 2
+
+
+def test_an_empty_batch_scores_nothing_and_counts_zero(mlp_bundle):
+    scoring = build_scoring_model(mlp_bundle)
+    raw, _ = raw_transactions(5, seed=8)
+    batch = score_rows(scoring, raw.iloc[:0], top_k=3)
+    assert batch.scores.shape == (0,) and len(batch.reasons) == 0
+    assert not batch.totals.counts.any() and batch.totals.counts.shape == (scoring.layout.size,)
