@@ -119,7 +119,7 @@ def run_score(
     where = f"source {resolved.name}"
 
     # Every check that can fail on the input runs here, before the first write.
-    feature_set = feature_set_from_manifest(bundle.manifest["feature_set"])
+    feature_set = bundle.manifest.feature_set.build()
     check_source_columns(df, feature_set, where)
     output = choose_output_columns(df.columns, score, where)
     days, dated = _run_dates(df, settings, run_date, last_date, where)

@@ -16,6 +16,7 @@ reference histograms.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -32,6 +33,16 @@ import torch
 from lakescore import drift
 from lakescore import schemas as S
 from lakescore.bundle import Bundle, write_bundle
+from lakescore.manifest import (
+    Architecture,
+    FeatureSetSpec,
+    Lineage,
+    Manifest,
+    PreprocessingRecord,
+    ScoreDefinition,
+    ThresholdRecord,
+    TrainingRecord,
+)
 from lakescore.config import Settings
 from lakescore.feedback_keys import RECORD_KEY_COLUMNS, record_key_column
 from lakescore.features import FeatureSet
@@ -188,23 +199,11 @@ def train_from_source(
         "rows": int(len(sample)),
     }
     manifest = build_manifest(
-        settings,
-        source,
-        feature_set,
-        preprocessing,
-        data.statistics,
-        architecture,
-        trained,
-        threshold,
-        evaluation,
-        counts,
-        plan,
-        version=version,
-        pos_weight=pos_weight,
-        run_name=run_name,
-        storage=storage,
+        settings, source, feature_set, data, trained, threshold, evaluation,
+        version=version, pos_weight=pos_weight, run_name=run_name,
     )
-    manifest["lineage"].update(lineage_extra or {})
+    if lineage_extra:
+        manifest = dataclasses.replace(manifest, lineage=manifest.lineage.with_extra(lineage_extra))
     bundle = write_bundle(bundle_dir, manifest, trained.state_dict, reference, extra_files)
     clock.lap("evaluated; bundle written to %s", bundle_dir)
     table = E.format_table({t.kind: evaluation["test"][MODEL], BASELINE: evaluation["test"][BASELINE]})
@@ -436,23 +435,26 @@ def build_manifest(
     settings: Settings,
     source: SourceLike,
     feature_set: FeatureSet,
-    preprocessing: Preprocessing,
-    statistics: Mapping[str, Any],
-    architecture: Mapping[str, Any],
+    data: PreparedData,
     trained: TrainedModel,
     threshold: Threshold,
     evaluation: Mapping[str, Any],
-    counts: Mapping[str, Any],
-    plan: SplitPlan,
     *,
     version: int,
     pos_weight: float | None,
     run_name: str,
-    storage: Path,
-) -> dict[str, Any]:
-    """Everything DESIGN.md lists for manifest.json except format_version and files (added on write)."""
+) -> Manifest:
+    """Everything DESIGN.md lists for manifest.json except format_version and files (added on write).
+
+    Args:
+        data: the prepared data (counts, split plan, preprocessing and its statistics).
+        trained: the trained model (architecture, history, checkpoint).
+        threshold, evaluation: the threshold chosen on validation and the evaluation report.
+        pos_weight, run_name: what the run used beyond the settings (the mlp's positive-class
+            weight, the Ray Train run name).
+    """
     t = settings.train
-    kind = architecture["kind"]
+    kind = trained.architecture["kind"]
     test, val = evaluation["test"], evaluation["validation"]
     metrics = {
         "validation_aucpr": val[MODEL]["aucpr"],
@@ -467,75 +469,64 @@ def build_manifest(
         "baseline_test_aucroc": test[BASELINE]["aucroc"],
         "threshold": threshold.value,
     }
-    return _finite(
-        {
-            "name": t.model_name,
-            "version": version,
-            "kind": kind,
-            "architecture": dict(architecture),
-            "feature_set": feature_set.to_manifest(),
-            "preprocessing": {**preprocessing.to_manifest(), "fitted_on": TRAIN, "statistics": statistics,
-                              "clip_quantiles": [t.clip_low_quantile, t.clip_high_quantile],
-                              "clip_margin": t.clip_margin},
-            "score": _score_definition(kind),
-            "threshold": threshold.to_manifest(),
-            "metrics": metrics,
-            "evaluation": evaluation,
-            "lineage": {
-                "source_table": source.name,
-                "source_path": source.path,
-                "source_format": source.format,
-                "source_version": source.version,
-                "split": "time" if plan.dated else "stratified hash of record_id",
-                "date_window": plan.window(),
-                "counts": counts,
-            },
-            "training": {
-                "epochs_run": len(trained.history),
-                "best_epoch": trained.best_epoch,
-                "best_validation_aucpr": trained.best_validation_aucpr,
-                "history": trained.history,
-                "attempts": trained.attempts,
-                "num_workers": settings.ray.num_workers,
-                "use_gpu": settings.ray.use_gpu,
-                "pos_weight": pos_weight,
-                "batch_size": t.batch_size,
-                "learning_rate": t.learning_rate,
-                "weight_decay": t.weight_decay,
-                "epochs": t.epochs,
-                "patience": t.patience,
-                "seed": t.seed,
-                "validation_days": t.validation_days,
-                "test_days": t.test_days,
-                "validation_fraction": t.validation_fraction,
-                "test_fraction": t.test_fraction,
-                "clip_quantiles": [t.clip_low_quantile, t.clip_high_quantile],
-                "clip_margin": t.clip_margin,
-                "max_pos_weight": t.max_pos_weight,
-                "ray_run": run_name,
-                "checkpoint": trained.checkpoint_path,
-            },
-            "code_version": code_version(),
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+    clip_quantiles = (t.clip_low_quantile, t.clip_high_quantile)
+    return Manifest(
+        name=t.model_name,
+        version=version,
+        kind=kind,
+        architecture=Architecture.from_json(_finite(dict(trained.architecture))),
+        feature_set=FeatureSetSpec.of(feature_set),
+        preprocessing=PreprocessingRecord(
+            data.preprocessing,
+            fitted_on=TRAIN,
+            statistics=_finite(dict(data.statistics)),
+            clip_quantiles=clip_quantiles,
+            clip_margin=t.clip_margin,
+        ),
+        score=ScoreDefinition.for_kind(kind),
+        threshold=ThresholdRecord.from_json(_finite(threshold.to_manifest())),
+        metrics=_finite(metrics),
+        evaluation=_finite(evaluation),
+        lineage=Lineage(
+            source_table=source.name,
+            source_path=source.path,
+            source_format=source.format,
+            source_version=source.version,
+            split="time" if data.plan.dated else "stratified hash of record_id",
+            date_window=data.plan.window(),
+            counts=_finite(data.counts),
+        ),
+        training=TrainingRecord(
+            epochs_run=len(trained.history),
+            best_epoch=trained.best_epoch,
+            best_validation_aucpr=_finite(trained.best_validation_aucpr),
+            history=tuple(_finite(trained.history)),
+            attempts=tuple(_finite(trained.attempts)),
+            num_workers=settings.ray.num_workers,
+            use_gpu=settings.ray.use_gpu,
+            pos_weight=pos_weight,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            weight_decay=t.weight_decay,
+            epochs=t.epochs,
+            patience=t.patience,
+            seed=t.seed,
+            validation_days=t.validation_days,
+            test_days=t.test_days,
+            validation_fraction=t.validation_fraction,
+            test_fraction=t.test_fraction,
+            clip_quantiles=clip_quantiles,
+            clip_margin=t.clip_margin,
+            max_pos_weight=t.max_pos_weight,
+            shuffle_buffer_rows=t.shuffle_buffer_rows,
+            precision_at_k=t.precision_at_k,
+            sample_rows=t.sample_rows,
+            ray_run=run_name,
+            checkpoint=trained.checkpoint_path,
+        ),
+        code_version=code_version(),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
-
-
-def _score_definition(kind: str) -> dict[str, Any]:
-    if kind == MLP:
-        return {
-            "type": "probability",
-            "definition": "sigmoid of the mlp's single logit",
-            "higher_is_more_anomalous": True,
-            "calibration": None,
-        }
-    return {
-        "type": "reconstruction_error",
-        "definition": "mean over features of (reconstruction - input)^2, in the preprocessed space",
-        "higher_is_more_anomalous": True,
-        "calibration": None,
-        "explanation": "per-feature squared reconstruction error / number of features",
-    }
 
 
 def code_version() -> dict[str, str | None]:

@@ -16,9 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lakescore.bundle import Bundle
-from lakescore.features import feature_set_from_manifest
 from lakescore.models import model_from_bundle, score_batch
-from lakescore.preprocess import Preprocessing
 from training import evaluation as E
 from training.data import LABEL_COLUMN, SPLIT_COLUMN
 from training.preprocessing import feature_matrix
@@ -37,7 +35,7 @@ def score_bundle_on_split(featured: "ray.data.Dataset", split: str, bundle: Bund
     `featured` holds the features of the challenger's feature set; the champion must use the same
     features (any order), else ChampionMismatchError says so.
     """
-    features = feature_set_from_manifest(bundle.manifest["feature_set"]).features
+    features = bundle.manifest.feature_set.features
     available = set(featured.schema().names)
     missing = [f for f in features if f not in available]
     if missing:
@@ -53,7 +51,7 @@ def score_bundle_on_split(featured: "ray.data.Dataset", split: str, bundle: Bund
 
         champion = verify_files(files, "champion bundle")
         batch = batch[batch[SPLIT_COLUMN] == split]
-        preprocessing = Preprocessing.from_manifest(champion.manifest["preprocessing"])
+        preprocessing = champion.manifest.preprocessing.steps
         x, _ = preprocessing.apply(feature_matrix(batch, features))
         return pd.DataFrame(
             {

@@ -130,7 +130,7 @@ class MetricLayout:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "MetricLayout":
-        features = tuple(bundle.manifest["feature_set"]["features"])
+        features = bundle.manifest.feature_set.features
         reference = bundle.reference.get("features", {})
         binned = tuple(f for f in features if f in reference)
         score_reference = bundle.reference.get("score")
@@ -256,8 +256,8 @@ def build_scoring_model(bundle: Bundle) -> ScoringModel:
     Raises ValueError if the bundle's feature set and preprocessing disagree.
     """
     manifest = bundle.manifest
-    feature_set = feature_set_from_manifest(manifest["feature_set"])
-    preprocessing = Preprocessing.from_manifest(manifest["preprocessing"])
+    feature_set = manifest.feature_set.build()
+    preprocessing = manifest.preprocessing.steps
     if preprocessing.features != feature_set.features:
         raise ValueError(
             f"bundle {bundle.label}: preprocessing lists features {list(preprocessing.features)}, "

@@ -164,7 +164,7 @@ def score_dataframe(
     input column; nothing runs in that case.
     """
     bundle = bundle_of(bundle_broadcast)
-    feature_set = feature_set_from_manifest(bundle.manifest["feature_set"])
+    feature_set = bundle.manifest.feature_set.build()
     check_source_columns(df, feature_set, where)
     udf = scoring_udf(
         bundle_broadcast, sha256=bundle.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only, coded=True
