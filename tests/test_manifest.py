@@ -1,6 +1,7 @@
 """The typed manifest: bundles already written still load, byte for byte; bad manifests are named."""
 
 import copy
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -129,7 +130,7 @@ def test_training_builds_the_manifest_it_always_wrote_plus_the_settings_recorded
 
     settings, *inputs = _training_inputs()
     manifest = build_manifest(settings, *inputs, version=3, pos_weight=49.0, run_name="transactions-v3-20261201T000000")
-    manifest = B.dataclasses.replace(
+    manifest = dataclasses.replace(
         manifest,
         lineage=manifest.lineage.with_extra({"feedback_table": "lakescore.feedback", "feedback_version": 4, "feedback_labels": 2}),
         code_version={"lakescore": "0.1.0", "git_commit": "55079bb0000000000000000000000000deadbeef"},

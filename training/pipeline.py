@@ -33,6 +33,9 @@ import torch
 from lakescore import drift
 from lakescore import schemas as S
 from lakescore.bundle import Bundle, write_bundle
+from lakescore.config import Settings
+from lakescore.feedback_keys import RECORD_KEY_COLUMNS, record_key_column
+from lakescore.features import FeatureSet
 from lakescore.manifest import (
     Architecture,
     FeatureSetSpec,
@@ -43,9 +46,6 @@ from lakescore.manifest import (
     ThresholdRecord,
     TrainingRecord,
 )
-from lakescore.config import Settings
-from lakescore.feedback_keys import RECORD_KEY_COLUMNS, record_key_column
-from lakescore.features import FeatureSet
 from lakescore.models import AUTOENCODER, MLP, build_model, score_batch
 from lakescore.preprocess import Preprocessing
 from training import evaluation as E
