@@ -528,7 +528,7 @@ class Manifest:
     """
 
     name: str
-    version: int
+    version: int  # the registry's version; 0 for a bundle written without registering (a reproduction)
     kind: str  # lakescore.models.MLP or AUTOENCODER
     architecture: Architecture
     feature_set: FeatureSetSpec
@@ -620,7 +620,7 @@ class Manifest:
         created_at = o.get("created_at", _timestamp, required=False)
         return cls(
             name=o.get("name", _text),
-            version=o.get("version", _int(1)),
+            version=o.get("version", _int(0)),  # 0: an unregistered bundle (a reproduction)
             kind=kind,
             architecture=architecture,
             feature_set=FeatureSetSpec.from_json(o.data["feature_set"], where),

@@ -190,7 +190,7 @@ def _drop(path: str):
 @pytest.mark.parametrize(
     "change, field, problem",
     [
-        (_set("version", -1), "version", "integer >= 1"),
+        (_set("version", -1), "version", "integer >= 0"),
         (_set("version", "3"), "version", "expected an integer"),
         (_set("kind", "forest"), "kind", "one of: mlp, autoencoder"),
         (_set("architecture.kind", "autoencoder"), "architecture.kind", "manifest's kind is 'mlp'"),
