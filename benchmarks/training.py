@@ -112,7 +112,7 @@ def _quality(spark, settings: Settings, table: str, kind: str, metric: str, targ
     started = time.perf_counter()
     run, _ = run_train(spark, settings.with_overrides(overrides))
     test = run.evaluation["test"]
-    history = run.bundle.manifest["training"]["history"]
+    history = run.bundle.manifest.training.history
     return {
         "table": table,
         "kind": kind,

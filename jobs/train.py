@@ -72,28 +72,26 @@ def train(
 def print_summary(bundle: Bundle, entry: registry.ModelEntry, table: str, elapsed: float) -> None:
     """Print what was trained, the per-epoch metrics and the evaluation table."""
     m = bundle.manifest
-    training = m["training"]
-    lineage = m["lineage"]
-    threshold = m["threshold"]
-    counts = lineage["counts"]
+    training, lineage, threshold = m.training, m.lineage, m.threshold
+    counts = lineage.counts
     typer.echo(
-        f"{bundle.label} ({bundle.kind}, {entry.stage}) trained on {lineage['source_table']} "
-        f"(version {lineage['source_version']}) in {elapsed:.0f}s: "
-        f"{training['epochs_run']} epochs, best {training['best_epoch']}, "
-        f"{len(training['attempts'])} worker-group start(s)"
+        f"{bundle.label} ({bundle.kind}, {entry.stage}) trained on {lineage.source_table} "
+        f"(version {lineage.source_version}) in {elapsed:.0f}s: "
+        f"{training.epochs_run} epochs, best {training.best_epoch}, "
+        f"{len(training.attempts)} worker-group start(s)"
     )
     typer.echo(
         "rows (anomalies): "
         + ", ".join(f"{split} {c['rows']:,} ({c['anomalies']:,})" for split, c in counts.items())
     )
-    for epoch in training["history"]:
+    for epoch in training.history:
         typer.echo(
             f"  epoch {epoch['epoch']:>3}  loss {epoch['train_loss']:.4f}  validation AUCPR "
             f"{_num(epoch['validation_aucpr'])}  {epoch['train_rows_per_s']:,.0f} rows/s"
         )
     typer.echo(
-        f"threshold {threshold['value']:.6g} ({threshold['policy']} {threshold['target']})"
-        + (f": {threshold['fallback']}" if threshold.get("fallback") else "")
+        f"threshold {threshold.value:.6g} ({threshold.policy} {threshold.target})"
+        + (f": {threshold.fallback}" if threshold.fallback else "")
     )
     typer.echo("test split:")
     typer.echo(table)

@@ -1,7 +1,7 @@
 """The model bundle: the one thing that crosses from training to scoring.
 
 A bundle is a directory:
-    manifest.json         format version, model name/version/kind, architecture, feature set
+    manifest.json         `lakescore.manifest.Manifest`: format version, model name/version/kind, architecture, feature set
                           (raw inputs with types, ordered features), preprocessing, score
                           definition, threshold (policy, target, value), metrics, lineage, code
                           version, creation time, and the sha256 of every other file;
@@ -18,38 +18,27 @@ hash of every other file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from lakescore.manifest import FORMAT_VERSION, BundleError, Manifest
+
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 REFERENCE = "reference.json"
-_REQUIRED_KEYS = (
-    "format_version",
-    "name",
-    "version",
-    "kind",
-    "architecture",
-    "feature_set",
-    "preprocessing",
-    "score",
-    "threshold",
-    "files",
-)
 
-
-class BundleError(ValueError):
-    """A bundle is missing, altered, or of a format this code does not read."""
+__all__ = ["FORMAT_VERSION", "MANIFEST", "REFERENCE", "WEIGHTS", "Bundle", "BundleError", "Manifest", "load_bundle",
+           "read_bundle_files", "sha256_bytes", "verify_files", "write_bundle"]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -58,13 +47,13 @@ def sha256_bytes(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle held in memory (small: a manifest, weights, reference statistics)."""
+    """A verified bundle held in memory (small: a manifest, weights, reference statistics).
+
+    Build it with `verify_files` (or `load_bundle`): `manifest` is the parsed, checked manifest.json.
+    """
 
     files: Mapping[str, bytes]
-
-    @cached_property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads(self.files[MANIFEST])
+    manifest: Manifest = field(compare=False)
 
     @property
     def sha256(self) -> str:
@@ -72,26 +61,24 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return self.manifest.name
 
     @property
     def version(self) -> int:
-        return int(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def kind(self) -> str:
-        return self.manifest["kind"]
+        return self.manifest.kind
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest["threshold"]["value"])
+        return float(self.manifest.threshold.value)
 
     @cached_property
     def feature_set(self):
         """The bundle's `lakescore.features.FeatureSet`, built once."""
-        from lakescore.features import feature_set_from_manifest
-
-        return feature_set_from_manifest(self.manifest["feature_set"])
+        return self.manifest.feature_set.build()
 
     @cached_property
     def reference(self) -> dict[str, Any]:
@@ -116,19 +103,8 @@ def verify_files(files: Mapping[str, bytes], where: str) -> Bundle:
         manifest = json.loads(files[MANIFEST])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{where}/{MANIFEST} is not valid JSON ({exc}); re-export the model") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{where}/{MANIFEST} is not a JSON object; re-export the model")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(
-            f"{where} has bundle format version {version!r}; this lakescore reads version "
-            f"{FORMAT_VERSION}. Re-export the model with this lakescore, or score with the "
-            "lakescore version that wrote it"
-        )
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{where}/{MANIFEST} lacks {', '.join(missing)}; re-export the model")
-    listed = manifest["files"]
+    manifest = Manifest.from_json(manifest, f"{where}/{MANIFEST}")
+    listed = manifest.files
     if WEIGHTS not in listed:
         raise BundleError(f"{where}/{MANIFEST} lists no {WEIGHTS}; re-export the model")
     for name, expected in listed.items():
@@ -143,7 +119,7 @@ def verify_files(files: Mapping[str, bytes], where: str) -> Bundle:
     unlisted = sorted(set(files) - set(listed) - {MANIFEST})
     if unlisted:
         raise BundleError(f"{where} holds files its manifest does not list ({', '.join(unlisted)}); remove them or re-export")
-    return Bundle(files=dict(files))
+    return Bundle(files=dict(files), manifest=manifest)
 
 
 def read_bundle_files(directory: str | os.PathLike) -> dict[str, bytes]:
@@ -161,7 +137,7 @@ def load_bundle(directory: str | os.PathLike) -> Bundle:
 
 def write_bundle(
     directory: str | os.PathLike,
-    manifest: Mapping[str, Any],
+    manifest: Manifest,
     state_dict: Mapping[str, Any],
     reference: Mapping[str, Any],
     extra_files: Mapping[str, bytes] | None = None,
@@ -170,7 +146,7 @@ def write_bundle(
 
     Args:
         directory: must not exist yet (bundles are immutable once written).
-        manifest: everything but `format_version` and `files`, which are filled in here.
+        manifest: its `format_version` and `files` are filled in here.
         state_dict: torch tensors, written with safetensors.
         reference: JSON-serialisable reference statistics.
         extra_files: more files (plots), hashed like the rest.
@@ -190,10 +166,9 @@ def write_bundle(
         if name in (MANIFEST, WEIGHTS, REFERENCE) or "/" in name:
             raise BundleError(f"extra bundle file name {name!r} is reserved or not a plain file name")
         files[name] = data
-    full = dict(manifest)
-    full["format_version"] = FORMAT_VERSION
-    full["files"] = {name: sha256_bytes(data) for name, data in sorted(files.items())}
-    files[MANIFEST] = _json_bytes(full)
+    hashes = {name: sha256_bytes(data) for name, data in sorted(files.items())}
+    full = dataclasses.replace(manifest, format_version=FORMAT_VERSION, files=hashes)
+    files[MANIFEST] = _json_bytes(full.to_json())
     verify_files(files, str(directory))
 
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ def build_model(architecture: Mapping[str, Any]) -> nn.Module:
 
 def model_from_bundle(bundle) -> nn.Module:
     """Build the bundle's model on CPU, load its weights strictly, switch to eval mode."""
-    model = build_model(bundle.manifest["architecture"])
+    model = build_model(bundle.manifest.architecture.to_json())
     model.load_state_dict(bundle.state_dict(), strict=True)
     return model.eval()
 

@@ -103,8 +103,7 @@ def register_bundle(spark: SparkSession, settings: Settings, bundle: Bundle, pat
     has_champion = not _versions_of(spark, table, bundle.name).where(F.col("stage") == S.CHAMPION).isEmpty()
     stage = S.CHALLENGER if has_champion else S.CHAMPION
     manifest = bundle.manifest
-    lineage = manifest.get("lineage", {})
-    metrics = {k: float(v) for k, v in manifest.get("metrics", {}).items() if isinstance(v, (int, float))}
+    metrics = {k: float(v) for k, v in (manifest.metrics or {}).items() if v is not None}
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     row = Row(
         name=bundle.name,
@@ -114,8 +113,8 @@ def register_bundle(spark: SparkSession, settings: Settings, bundle: Bundle, pat
         kind=bundle.kind,
         sha256=bundle.sha256,
         metrics=metrics,
-        source_table=lineage.get("source_table"),
-        source_version=lineage.get("source_version"),
+        source_table=manifest.lineage.source_table if manifest.lineage else None,
+        source_version=manifest.lineage.source_version if manifest.lineage else None,
         note=note,
         created_at=now,
         updated_at=now,

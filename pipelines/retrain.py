@@ -114,33 +114,7 @@ def run_retrain(spark: SparkSession, settings: Settings) -> RetrainResult:
 
 def reproduction_settings(settings: Settings, bundle: Bundle) -> tuple[Settings, int | None]:
     """Settings that train `bundle` again: its source, window, architecture and hyper-parameters."""
-    m = bundle.manifest
-    lineage, training, arch = m["lineage"], m["training"], m["architecture"]
-    overrides: dict[str, Any] = {
-        "train.table": lineage["source_path"],
-        "train.kind": m["kind"],
-        "train.model_name": m["name"],
-        "train.epochs": training["epochs"],
-        "train.batch_size": training["batch_size"],
-        "train.learning_rate": training["learning_rate"],
-        "train.weight_decay": training["weight_decay"],
-        "train.patience": training["patience"],
-        "train.seed": training["seed"],
-        "train.dropout": arch.get("dropout", 0.0),
-        "train.threshold_policy": m["threshold"]["policy"],
-        "train.threshold_value": m["threshold"]["target"],
-        "ray.num_workers": training["num_workers"],
-    }
-    hidden_key = "train.autoencoder_hidden" if m["kind"] == "autoencoder" else "train.hidden"
-    overrides[hidden_key] = ",".join(str(h) for h in arch["hidden"])
-    window = lineage.get("date_window") or {}
-    if window.get("first"):
-        overrides["train.first_date"] = window["first"]
-        overrides["train.last_date"] = window["last"]
-    for key in ("validation_days", "test_days", "validation_fraction", "test_fraction"):
-        if key in training:
-            overrides[f"train.{key}"] = training[key]
-    return settings.with_overrides(overrides), lineage.get("source_version")
+    return settings.with_overrides(bundle.manifest.train_overrides()), bundle.manifest.lineage.source_version
 
 
 def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str, Any]:
@@ -149,11 +123,11 @@ def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str
 
     entry, bundle = registry.load_registered(spark, settings, ref)
     again_settings, version = reproduction_settings(settings, bundle)
-    lineage = bundle.manifest["lineage"]
+    lineage = bundle.manifest.lineage
     verdicts = None
-    if lineage.get("feedback_version") is not None:
+    if lineage.feedback is not None and lineage.feedback.version is not None:
         # The same analyst verdicts as then: the feedback table at the version it had.
-        verdicts = verdicts_for(spark, settings, lineage["source_table"], lineage["feedback_version"])
+        verdicts = verdicts_for(spark, settings, lineage.source_table, lineage.feedback.version)
     scratch = Path(tempfile.mkdtemp(prefix="lakescore-reproduce-"))
     try:
         run, _ = run_train(
@@ -161,12 +135,13 @@ def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    original = {k: bundle.manifest["metrics"][k] for k in REPRODUCED_METRICS if k in bundle.manifest["metrics"]}
-    again = {k: run.bundle.manifest["metrics"][k] for k in original}
+    recorded = bundle.manifest.metrics or {}
+    original = {k: recorded[k] for k in REPRODUCED_METRICS if k in recorded}
+    again = {k: run.bundle.manifest.metrics[k] for k in original}
     result = metrics_match(original, again, settings.retrain.reproduce_tolerance)
     # Same data version, window and verdicts must give the very same rows and labels per split.
-    counts_match = run.bundle.manifest["lineage"]["counts"] == lineage["counts"]
-    result.update(model=entry.label, source=lineage["source_path"], source_version=version,
+    counts_match = run.bundle.manifest.lineage.counts == lineage.counts
+    result.update(model=entry.label, source=lineage.source_path, source_version=version,
                   original=original, reproduced=again, counts_match=counts_match)
     result["match"] = result["match"] and counts_match
     return result

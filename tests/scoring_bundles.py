@@ -17,6 +17,7 @@ import torch
 from lakescore.bundle import Bundle, write_bundle
 from lakescore.drift import reference_histogram
 from lakescore.features import FeatureSet
+from lakescore.manifest import Architecture, FeatureSetSpec, Lineage, Manifest, PreprocessingRecord, ScoreDefinition, ThresholdRecord
 from lakescore.models import AUTOENCODER, MLP, build_model, score_batch
 from lakescore.preprocess import Preprocessing
 
@@ -72,20 +73,20 @@ def build_test_bundle(
     model.eval()
     scores = score_batch(model, kind, x)
     threshold = float(np.quantile(scores, 1.0 - ALERT_RATE))
-    manifest = {
-        "name": name,
-        "version": version,
-        "kind": kind,
-        "architecture": architecture,
-        "feature_set": feature_set.to_manifest(),
-        "preprocessing": preprocessing.to_manifest(),
-        "score": {"type": "probability" if kind == MLP else "reconstruction_error"},
-        "threshold": {"policy": "alert_rate", "target": ALERT_RATE, "value": threshold},
-        "metrics": {},
-        "lineage": {"source_table": "test fixture", "rows": len(raw)},
-        "created_at": dt.datetime(2026, 1, 1).isoformat(),
-        "note": "test fixture (tests/scoring_bundles.py), not a trained model",
-    }
+    manifest = Manifest(
+        name=name,
+        version=version,
+        kind=kind,
+        architecture=Architecture.from_json(architecture),
+        feature_set=FeatureSetSpec.of(feature_set),
+        preprocessing=PreprocessingRecord(preprocessing),
+        score=ScoreDefinition.for_kind(kind),
+        threshold=ThresholdRecord("alert_rate", ALERT_RATE, threshold),
+        metrics={},
+        lineage=Lineage(source_table="test fixture", extra={"rows": len(raw)}),
+        created_at=dt.datetime(2026, 1, 1).isoformat(),
+        note="test fixture (tests/scoring_bundles.py), not a trained model",
+    )
     reference = {
         "features": {f: reference_histogram(x[:, i]) for i, f in enumerate(feature_set.features)},
         "score": reference_histogram(scores),

@@ -5,26 +5,29 @@ import pytest
 import torch
 
 from lakescore import bundle as B
+from lakescore.features import numeric_feature_set
+from lakescore.manifest import Architecture, FeatureSetSpec, Manifest, PreprocessingRecord, ScoreDefinition, ThresholdRecord
 from lakescore.models import _CPU_FORWARD_ROWS, AUTOENCODER, MLP, build_model, explain_batch, model_from_bundle, score_batch
 from lakescore.preprocess import Preprocessing
 
 
 def _manifest(kind="mlp", n=3):
-    return {
-        "name": "m",
-        "version": 1,
-        "kind": kind,
-        "architecture": {"kind": kind, "n_features": n, "hidden": [4, 2], "dropout": 0.0},
-        "feature_set": {"name": "numeric_v1", "inputs": {}, "features": ["a", "b", "c"][:n]},
-        "preprocessing": {},
-        "score": {"type": "probability"},
-        "threshold": {"policy": "fixed", "target": 0.5, "value": 0.5},
-    }
+    features = ["a", "b", "c"][:n]
+    return Manifest(
+        name="m",
+        version=1,
+        kind=kind,
+        architecture=Architecture(kind, n, (4, 2)),
+        feature_set=FeatureSetSpec.of(numeric_feature_set(features)),
+        preprocessing=PreprocessingRecord(Preprocessing.from_statistics(features, *[np.zeros(n)] * 4, np.ones(n))),
+        score=ScoreDefinition.for_kind(kind),
+        threshold=ThresholdRecord("fixed", 0.5, 0.5),
+    )
 
 
 def _write(tmp_path, kind="mlp"):
     torch.manual_seed(0)
-    model = build_model(_manifest(kind)["architecture"])
+    model = build_model(_manifest(kind).architecture.to_json())
     return B.write_bundle(tmp_path / "b", _manifest(kind), model.state_dict(), {"h": [1, 2]}, {"plot.png": b"png"})
 
 
@@ -32,8 +35,9 @@ def test_a_written_bundle_loads_back_verified_with_every_file_hashed(tmp_path):
     bundle = _write(tmp_path)
     loaded = B.load_bundle(tmp_path / "b")
     assert loaded.sha256 == bundle.sha256
-    assert set(loaded.manifest["files"]) == {"weights.safetensors", "reference.json", "plot.png"}
-    assert loaded.manifest["format_version"] == B.FORMAT_VERSION
+    assert set(loaded.manifest.files) == {"weights.safetensors", "reference.json", "plot.png"}
+    assert loaded.manifest.format_version == B.FORMAT_VERSION
+    assert (loaded.label, loaded.kind, loaded.threshold) == ("m@1", MLP, 0.5)
     assert loaded.reference == {"h": [1, 2]}
     assert sorted(p.name for p in (tmp_path).iterdir()) == ["b"]  # no staging folder left
 

@@ -1,28 +1,32 @@
 """The model registry: first model is champion, promotion and rollback in one commit, clear errors."""
 
+import numpy as np
 import pytest
 import torch
 
 from lakescore import registry
 from lakescore.bundle import write_bundle
+from lakescore.features import numeric_feature_set
+from lakescore.manifest import Architecture, FeatureSetSpec, Lineage, Manifest, PreprocessingRecord, ScoreDefinition, ThresholdRecord
+from lakescore.preprocess import Preprocessing
 from lakescore.models import build_model
 
 
 def _register(spark, settings, name, metrics):
     version = registry.next_version(spark, settings, name)
     arch = {"kind": "mlp", "n_features": 2, "hidden": [2], "dropout": 0.0}
-    manifest = {
-        "name": name,
-        "version": version,
-        "kind": "mlp",
-        "architecture": arch,
-        "feature_set": {"name": "numeric_v1", "inputs": {"a": "numeric", "b": "numeric"}, "features": ["a", "b"]},
-        "preprocessing": {},
-        "score": {"type": "probability"},
-        "threshold": {"policy": "fixed", "target": 0.5, "value": 0.5},
-        "metrics": metrics,
-        "lineage": {"source_table": "lakescore.t", "source_version": 3},
-    }
+    manifest = Manifest(
+        name=name,
+        version=version,
+        kind="mlp",
+        architecture=Architecture.from_json(arch),
+        feature_set=FeatureSetSpec.of(numeric_feature_set(["a", "b"])),
+        preprocessing=PreprocessingRecord(Preprocessing.from_statistics(["a", "b"], *[np.zeros(2)] * 4, np.ones(2))),
+        score=ScoreDefinition.for_kind("mlp"),
+        threshold=ThresholdRecord("fixed", 0.5, 0.5),
+        metrics=metrics,
+        lineage=Lineage(source_table="lakescore.t", source_version=3),
+    )
     torch.manual_seed(version)
     path = registry.bundle_dir(settings, name, version)
     bundle = write_bundle(path, manifest, build_model(arch).state_dict(), {})

@@ -118,8 +118,8 @@ def test_a_better_challenger_trained_with_feedback_is_promoted_in_one_commit(spa
     source_anomalies = spark.sql(
         f"SELECT COUNT(*) FROM lakescore.transactions WHERE {S.IS_ANOMALY} AND {S.EVENT_DATE} = DATE'2026-11-04'"
     ).collect()[0][0]
-    assert bundle.manifest["lineage"]["counts"]["test"]["anomalies"] == source_anomalies + len(verdicts)
-    assert bundle.manifest["evaluation"]["champion"]["model"] == f"{NAME}@{weak_champion.version}"
+    assert bundle.manifest.lineage.counts["test"]["anomalies"] == source_anomalies + len(verdicts)
+    assert bundle.manifest.evaluation["champion"]["model"] == f"{NAME}@{weak_champion.version}"
 
 
 @pytest.mark.slow
@@ -153,4 +153,4 @@ def test_reproducing_a_version_from_its_recorded_data_gives_the_same_metrics(spa
     assert result["counts_match"], result  # the same rows and labels, feedback verdicts included
     assert result["match"], result
     _, bundle = registry.load_registered(spark, settings, entry.label)
-    assert result["source_version"] == bundle.manifest["lineage"]["source_version"]
+    assert result["source_version"] == bundle.manifest.lineage.source_version

@@ -52,40 +52,42 @@ def test_training_on_the_transactions_table_registers_a_verified_champion_bundle
     loaded = B.load_bundle(entry.path)  # verifies every sha256 and the format version
     assert loaded.sha256 == run.bundle.sha256 == entry.sha256
     assert entry.path == str(registry.bundle_dir(settings, "transactions_test", 1))
-    assert set(loaded.manifest["files"]) == {"weights.safetensors", "reference.json", "pr_curve.png", "score_histogram.png"}
+    assert set(loaded.manifest.files) == {"weights.safetensors", "reference.json", "pr_curve.png", "score_histogram.png"}
     assert loaded.files["pr_curve.png"][:4] == b"\x89PNG"
 
     m = loaded.manifest
-    lineage = m["lineage"]
-    assert lineage["source_table"] == "transactions" and lineage["source_format"] == "delta"
+    lineage = m.lineage
+    assert lineage.source_table == "transactions" and lineage.source_format == "delta"
     version = spark.sql(f"DESCRIBE HISTORY {settings.table('transactions')}").agg({"version": "max"}).collect()[0][0]
-    assert lineage["source_version"] == version
-    assert lineage["date_window"] == {
+    assert lineage.source_version == version
+    assert lineage.date_window == {
         "first": "2026-11-01",
         "last": "2026-11-04",
         "train": "2026-11-01..2026-11-02",
         "validation": "2026-11-03..2026-11-03",
         "test": "2026-11-04..2026-11-04",
     }
-    counts = lineage["counts"]
+    counts = lineage.counts
     total = spark.sql(f"SELECT COUNT(*) AS n, SUM(CAST(is_anomaly AS INT)) AS a FROM {settings.table('transactions')}").collect()[0]
     assert sum(c["rows"] for c in counts.values()) == total["n"]
     assert sum(c["anomalies"] for c in counts.values()) == total["a"]
-    assert m["feature_set"]["name"] == "transactions_v1" and m["architecture"]["n_features"] == 21
-    assert m["preprocessing"]["fitted_on"] == "train" and len(m["preprocessing"]["impute"]) == 21
-    assert m["score"]["type"] == "probability"
-    assert m["threshold"]["policy"] == "target_precision" and m["threshold"]["target"] == 0.9
+    assert m.feature_set.name == "transactions_v1" and m.architecture.n_features == 21
+    assert m.preprocessing.fitted_on == "train" and len(m.preprocessing.steps.impute) == 21
+    assert m.score.type == "probability"
+    assert m.threshold.policy == "target_precision" and m.threshold.target == 0.9
+    # Every setting that shapes training is recorded, so a reproduction can set it again.
+    assert (m.training.shuffle_buffer_rows, m.training.clip_margin) == (settings.train.shuffle_buffer_rows, settings.train.clip_margin)
 
     # One metrics entry per epoch run, in order; early stopping keeps the best epoch's weights.
-    history = m["training"]["history"]
+    history = m.training.history
     assert [h["epoch"] for h in history] == list(range(len(history)))
-    assert m["training"]["best_validation_aucpr"] == max(h["validation_aucpr"] for h in history)
+    assert m.training.best_validation_aucpr == max(h["validation_aucpr"] for h in history)
     # Equal shards: Ray Data drops at most one row per worker beyond an equal split.
     assert all(h["workers"] == 2 and 0 <= counts["train"]["rows"] - h["train_rows"] < 2 for h in history)
 
     # The registry row carries the manifest's metrics.
     row = spark.sql(f"SELECT * FROM {registry.registry_table(settings)} WHERE name = 'transactions_test'").collect()[0]
-    assert row["metrics"]["test_aucpr"] == pytest.approx(m["metrics"]["test_aucpr"])
+    assert row["metrics"]["test_aucpr"] == pytest.approx(m.metrics["test_aucpr"])
     assert row["source_version"] == version
 
 
@@ -93,27 +95,22 @@ def test_training_on_the_transactions_table_registers_a_verified_champion_bundle
 def test_the_reference_statistics_follow_the_drift_layout(mlp_run):
     _, run, _ = mlp_run
     reference = run.bundle.reference
-    features = run.bundle.manifest["feature_set"]["features"]
+    features = run.bundle.manifest.feature_set.features
     assert sorted(reference["features"]) == sorted(features)
     for histogram in [*reference["features"].values(), reference["score"]]:
         assert np.all(np.diff(histogram["edges"]) > 0)
         assert len(histogram["fractions"]) == len(histogram["edges"]) - 1
         assert sum(histogram["fractions"]) == pytest.approx(1.0)
-    assert reference["rows"] == run.bundle.manifest["lineage"]["counts"]["train"]["rows"]
+    assert reference["rows"] == run.bundle.manifest.lineage.counts["train"]["rows"]
 
 
 @pytest.mark.slow
 def test_the_bundle_scores_the_test_window_as_evaluation_did(mlp_run, spark, settings):
     """The bundle alone (manifest + weights, as scoring loads it) reproduces the evaluation."""
-    from lakescore.features import feature_set_from_manifest
-    from lakescore.preprocess import Preprocessing
-
     _, run, _ = mlp_run
     bundle = run.bundle
     raw = spark.sql(f"SELECT * FROM {settings.table('transactions')} WHERE event_date = DATE'2026-11-04'").toPandas()
-    x, _ = Preprocessing.from_manifest(bundle.manifest["preprocessing"]).apply(
-        feature_set_from_manifest(bundle.manifest["feature_set"]).transform(raw)
-    )
+    x, _ = bundle.manifest.preprocessing.steps.apply(bundle.manifest.feature_set.build().transform(raw))
     scores = score_batch(model_from_bundle(bundle), bundle.kind, x)
     flagged = int(np.sum(scores >= bundle.threshold))
     test = run.evaluation["test"]["model"]
@@ -218,14 +215,14 @@ def test_the_real_benchmarks_reach_the_issue_targets(settings, benchmark_tables,
     test = run.evaluation["test"]
     assert test["model"][metric] >= target - ALLOWED_AUCPR_DELTA, run.table
     # Undated tables are split per class by the record_id hash: every split holds anomalies.
-    counts = run.bundle.manifest["lineage"]["counts"]
-    assert run.bundle.manifest["lineage"]["split"] == "stratified hash of record_id"
+    counts = run.bundle.manifest.lineage.counts
+    assert run.bundle.manifest.lineage.split == "stratified hash of record_id"
     assert all(c["anomalies"] > 0 for c in counts.values())
     assert counts["test"]["anomalies"] / counts["test"]["rows"] == pytest.approx(
         counts["train"]["anomalies"] / counts["train"]["rows"], rel=0.25
     )
     if kind == "autoencoder":
-        assert run.bundle.manifest["score"]["type"] == "reconstruction_error"
+        assert run.bundle.manifest.score.type == "reconstruction_error"
         # The autoencoder trained on the rows labelled normal only.
-        history = run.bundle.manifest["training"]["history"]
+        history = run.bundle.manifest.training.history
         assert history[0]["train_rows"] == counts["train"]["rows"] - counts["train"]["anomalies"]

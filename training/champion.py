@@ -18,7 +18,6 @@ import pandas as pd
 
 from lakescore.bundle import Bundle, verify_files
 from lakescore.models import model_from_bundle, score_batch
-from lakescore.preprocess import Preprocessing
 from training import evaluation as E
 from training.data import LABEL_COLUMN, SPLIT_COLUMN
 from training.feature_batches import feature_matrix
@@ -60,7 +59,7 @@ class _BundleScorer:
         self.split = split
         self.kind = bundle.kind
         self.features = bundle.feature_set.features
-        self.preprocessing = Preprocessing.from_manifest(bundle.manifest["preprocessing"])
+        self.preprocessing = bundle.manifest.preprocessing.steps
         self.model = model_from_bundle(bundle)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

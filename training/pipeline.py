@@ -36,6 +36,16 @@ from lakescore.bundle import Bundle, write_bundle
 from lakescore.config import Settings
 from lakescore.feedback_keys import RECORD_KEY_COLUMNS, record_key_column
 from lakescore.features import FeatureSet
+from lakescore.manifest import (
+    Architecture,
+    FeatureSetSpec,
+    Lineage,
+    Manifest,
+    PreprocessingRecord,
+    ScoreDefinition,
+    ThresholdRecord,
+    TrainingRecord,
+)
 from lakescore.models import AUTOENCODER, MLP, build_model, score_batch
 from lakescore.preprocess import Preprocessing
 from training import evaluation as E
@@ -169,6 +179,8 @@ def train_candidate(
     clock.lap("Ray Train: %d epochs", len(fitted.trained.history))
     evaluation = evaluate(settings, data, fitted)
     clock.lap("IsolationForest fitted on %d rows; validation and test scored", len(evaluation.sample))
+    if inputs.label_overrides:
+        evaluation = dataclasses.replace(evaluation, report={**evaluation.report, "feedback_labels": len(inputs.label_overrides)})
     return Candidate(inputs, data, fitted, evaluation)
 
 
@@ -241,9 +253,7 @@ def export(
     inputs, data, fitted, evaluation = candidate.inputs, candidate.data, candidate.fitted, candidate.evaluation
     features, trained, threshold = data.features, fitted.trained, evaluation.threshold
     val, test, sample = evaluation.validation, evaluation.test, evaluation.sample
-    report = dict(evaluation.report)
-    if inputs.label_overrides:
-        report["feedback_labels"] = len(inputs.label_overrides)
+    report = evaluation.report
     label = f"{t.model_name} v{version} ({t.kind}) on {inputs.source.name}, test split"
     extra_files = {
         PR_CURVE_PNG: E.plot_pr_curve(
@@ -257,24 +267,9 @@ def export(
         "score": drift.reference_histogram(val["score"].to_numpy()),
         "rows": int(len(sample)),
     }
-    manifest = build_manifest(
-        settings,
-        inputs.source,
-        inputs.feature_set,
-        data.preprocessing,
-        data.statistics,
-        fitted.architecture,
-        trained,
-        threshold,
-        report,
-        data.counts,
-        data.plan,
-        version=version,
-        pos_weight=fitted.pos_weight,
-        run_name=fitted.run_name,
-        storage=fitted.storage,
-    )
-    manifest["lineage"].update(lineage_extra or {})
+    manifest = build_manifest(settings, candidate, version=version)
+    if lineage_extra:
+        manifest = dataclasses.replace(manifest, lineage=manifest.lineage.with_extra(lineage_extra))
     bundle = write_bundle(bundle_dir, manifest, trained.state_dict, reference, extra_files)
     log.info("bundle written to %s", bundle_dir)
     table = E.format_table({t.kind: report["test"][MODEL], BASELINE: report["test"][BASELINE]})
@@ -519,27 +514,15 @@ class _SplitScorer:
 # --- the manifest ---------------------------------------------------------------------------
 
 
-def build_manifest(
-    settings: Settings,
-    source: SourceLike,
-    feature_set: FeatureSet,
-    preprocessing: Preprocessing,
-    statistics: Mapping[str, Any],
-    architecture: Mapping[str, Any],
-    trained: TrainedModel,
-    threshold: Threshold,
-    evaluation: Mapping[str, Any],
-    counts: Mapping[str, Any],
-    plan: SplitPlan,
-    *,
-    version: int,
-    pos_weight: float | None,
-    run_name: str,
-    storage: Path,
-) -> dict[str, Any]:
-    """Everything DESIGN.md lists for manifest.json except format_version and files (added on write)."""
+def build_manifest(settings: Settings, candidate: Candidate, *, version: int) -> Manifest:
+    """Everything DESIGN.md lists for manifest.json except format_version and files (added on
+    write), from the settings and what the run read, fitted and evaluated."""
+    source, feature_set = candidate.inputs.source, candidate.inputs.feature_set
+    data, trained = candidate.data, candidate.fitted.trained
+    pos_weight, run_name = candidate.fitted.pos_weight, candidate.fitted.run_name
+    threshold, evaluation = candidate.evaluation.threshold, candidate.evaluation.report
     t = settings.train
-    kind = architecture["kind"]
+    kind = trained.architecture["kind"]
     test, val = evaluation["test"], evaluation["validation"]
     metrics = {
         "validation_aucpr": val[MODEL]["aucpr"],
@@ -554,75 +537,64 @@ def build_manifest(
         "baseline_test_aucroc": test[BASELINE]["aucroc"],
         "threshold": threshold.value,
     }
-    return _finite(
-        {
-            "name": t.model_name,
-            "version": version,
-            "kind": kind,
-            "architecture": dict(architecture),
-            "feature_set": feature_set.to_manifest(),
-            "preprocessing": {**preprocessing.to_manifest(), "fitted_on": TRAIN, "statistics": statistics,
-                              "clip_quantiles": [t.clip_low_quantile, t.clip_high_quantile],
-                              "clip_margin": t.clip_margin},
-            "score": _score_definition(kind),
-            "threshold": threshold.to_manifest(),
-            "metrics": metrics,
-            "evaluation": evaluation,
-            "lineage": {
-                "source_table": source.name,
-                "source_path": source.path,
-                "source_format": source.format,
-                "source_version": source.version,
-                "split": "time" if plan.dated else "stratified hash of record_id",
-                "date_window": plan.window(),
-                "counts": counts,
-            },
-            "training": {
-                "epochs_run": len(trained.history),
-                "best_epoch": trained.best_epoch,
-                "best_validation_aucpr": trained.best_validation_aucpr,
-                "history": trained.history,
-                "attempts": trained.attempts,
-                "num_workers": settings.ray.num_workers,
-                "use_gpu": settings.ray.use_gpu,
-                "pos_weight": pos_weight,
-                "batch_size": t.batch_size,
-                "learning_rate": t.learning_rate,
-                "weight_decay": t.weight_decay,
-                "epochs": t.epochs,
-                "patience": t.patience,
-                "seed": t.seed,
-                "validation_days": t.validation_days,
-                "test_days": t.test_days,
-                "validation_fraction": t.validation_fraction,
-                "test_fraction": t.test_fraction,
-                "clip_quantiles": [t.clip_low_quantile, t.clip_high_quantile],
-                "clip_margin": t.clip_margin,
-                "max_pos_weight": t.max_pos_weight,
-                "ray_run": run_name,
-                "checkpoint": trained.checkpoint_path,
-            },
-            "code_version": code_version(),
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+    clip_quantiles = (t.clip_low_quantile, t.clip_high_quantile)
+    return Manifest(
+        name=t.model_name,
+        version=version,
+        kind=kind,
+        architecture=Architecture.from_json(_finite(dict(trained.architecture))),
+        feature_set=FeatureSetSpec.of(feature_set),
+        preprocessing=PreprocessingRecord(
+            data.preprocessing,
+            fitted_on=TRAIN,
+            statistics=_finite(dict(data.statistics)),
+            clip_quantiles=clip_quantiles,
+            clip_margin=t.clip_margin,
+        ),
+        score=ScoreDefinition.for_kind(kind),
+        threshold=ThresholdRecord.from_json(_finite(threshold.to_manifest())),
+        metrics=_finite(metrics),
+        evaluation=_finite(evaluation),
+        lineage=Lineage(
+            source_table=source.name,
+            source_path=source.path,
+            source_format=source.format,
+            source_version=source.version,
+            split="time" if data.plan.dated else "stratified hash of record_id",
+            date_window=data.plan.window(),
+            counts=_finite(data.counts),
+        ),
+        training=TrainingRecord(
+            epochs_run=len(trained.history),
+            best_epoch=trained.best_epoch,
+            best_validation_aucpr=_finite(trained.best_validation_aucpr),
+            history=tuple(_finite(trained.history)),
+            attempts=tuple(_finite(trained.attempts)),
+            num_workers=settings.ray.num_workers,
+            use_gpu=settings.ray.use_gpu,
+            pos_weight=pos_weight,
+            batch_size=t.batch_size,
+            learning_rate=t.learning_rate,
+            weight_decay=t.weight_decay,
+            epochs=t.epochs,
+            patience=t.patience,
+            seed=t.seed,
+            validation_days=t.validation_days,
+            test_days=t.test_days,
+            validation_fraction=t.validation_fraction,
+            test_fraction=t.test_fraction,
+            clip_quantiles=clip_quantiles,
+            clip_margin=t.clip_margin,
+            max_pos_weight=t.max_pos_weight,
+            shuffle_buffer_rows=t.shuffle_buffer_rows,
+            precision_at_k=t.precision_at_k,
+            sample_rows=t.sample_rows,
+            ray_run=run_name,
+            checkpoint=trained.checkpoint_path,
+        ),
+        code_version=code_version(),
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
-
-
-def _score_definition(kind: str) -> dict[str, Any]:
-    if kind == MLP:
-        return {
-            "type": "probability",
-            "definition": "sigmoid of the mlp's single logit",
-            "higher_is_more_anomalous": True,
-            "calibration": None,
-        }
-    return {
-        "type": "reconstruction_error",
-        "definition": "mean over features of (reconstruction - input)^2, in the preprocessed space",
-        "higher_is_more_anomalous": True,
-        "calibration": None,
-        "explanation": "per-feature squared reconstruction error / number of features",
-    }
 
 
 def code_version() -> dict[str, str | None]:

@@ -113,7 +113,7 @@ class RunTotalsLayout:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "RunTotalsLayout":
-        features = tuple(bundle.manifest["feature_set"]["features"])
+        features = bundle.manifest.feature_set.features
         reference = bundle.reference.get("features", {})
         binned = tuple(f for f in features if f in reference)
         score_reference = bundle.reference.get("score")

@@ -25,7 +25,7 @@ from torch import nn
 
 from lakescore import schemas as S
 from lakescore.bundle import Bundle
-from lakescore.features import FeatureSet, RawRows, feature_set_from_manifest
+from lakescore.features import FeatureSet, RawRows
 from lakescore.models import explain_batch, model_from_bundle, score_batch
 from lakescore.preprocess import Preprocessing
 from udfs.run_totals import RunTotals, RunTotalsLayout, batch_totals
@@ -52,8 +52,8 @@ def build_scoring_model(bundle: Bundle) -> ScoringModel:
     Raises ValueError if the bundle's feature set and preprocessing disagree.
     """
     manifest = bundle.manifest
-    feature_set = feature_set_from_manifest(manifest["feature_set"])
-    preprocessing = Preprocessing.from_manifest(manifest["preprocessing"])
+    feature_set = bundle.feature_set
+    preprocessing = manifest.preprocessing.steps
     if preprocessing.features != feature_set.features:
         raise ValueError(
             f"bundle {bundle.label}: preprocessing lists features {list(preprocessing.features)}, "

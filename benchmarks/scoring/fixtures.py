@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from benchmarks.library import run_generate
+from lakescore.manifest import Architecture, FeatureSetSpec, Manifest, PreprocessingRecord, ScoreDefinition, ThresholdRecord
 from lakescore import lake, registry
 from lakescore import schemas as S
 from lakescore.bundle import Bundle, write_bundle
@@ -119,17 +120,17 @@ def _bench_bundle(spark, settings: Settings, day) -> Bundle:
     model.eval()
     scores = score_batch(model, "mlp", x)
     threshold = float(np.quantile(scores, 1.0 - ALERT_RATE))
-    manifest = {
-        "name": MODEL,
-        "version": 1,
-        "kind": "mlp",
-        "architecture": architecture,
-        "feature_set": TRANSACTIONS_V1.to_manifest(),
-        "preprocessing": preprocessing.to_manifest(),
-        "score": {"type": "probability"},
-        "threshold": {"policy": "alert_rate", "target": ALERT_RATE, "value": threshold},
-        "note": "benchmark model (benchmarks/scoring)",
-    }
+    manifest = Manifest(
+        name=MODEL,
+        version=1,
+        kind="mlp",
+        architecture=Architecture.from_json(architecture),
+        feature_set=FeatureSetSpec.of(TRANSACTIONS_V1),
+        preprocessing=PreprocessingRecord(preprocessing),
+        score=ScoreDefinition.for_kind("mlp"),
+        threshold=ThresholdRecord("alert_rate", ALERT_RATE, threshold),
+        note="benchmark model (benchmarks/scoring)",
+    )
     reference = {
         "features": {f: reference_histogram(x[:, i]) for i, f in enumerate(TRANSACTIONS_V1.features)},
         "score": reference_histogram(scores),
