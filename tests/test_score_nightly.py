@@ -65,7 +65,7 @@ def bundles(spark, settings, transactions):
 
 @pytest.fixture(scope="module")
 def day_rows(spark, transactions):
-    """The raw rows of DAY, as the scoring core sees them."""
+    """The raw rows of DAY, as `udfs.scorer` sees them."""
     return spark.table(transactions).where(F.col(S.EVENT_DATE) == F.lit(DAY)).toPandas()
 
 

@@ -468,7 +468,7 @@ def score_splits(
     weights: Mapping[str, np.ndarray],
     forest,
 ) -> pd.DataFrame:
-    """Score the rows of `splits` with the model (through the scoring core the nightly job uses)
+    """Score the rows of `splits` with the model (`lakescore.models.score_batch`, as the nightly job does)
     and the IsolationForest, distributed; return split, score, baseline, y and type per row.
 
     Seven arguments: the model is built in each Ray Data worker from its parts (architecture,

@@ -31,7 +31,7 @@ def print_throughput(results: dict[str, float], samples: int) -> None:
               f"{results[key + '_cpu']:>12.2f}{results[key + '_jvm_cpu']:>7.2f}{results[key + '_python_cpu']:>8.2f}"
               f"{results[key + '_jit']:>11.2f}"
               f"{results[key + '_cold']:>15,.0f}")
-    print(f"{'(d) one process: pyarrow + the same scoring core':<62}{results['one_process_scoring_core']:>12,.0f}")
+    print(f"{'(d) one process: pyarrow + the same scorer (udfs.scorer)':<62}{results['one_process_scoring_core']:>12,.0f}")
     print(f"{'(d0) one process: pyarrow + features + model only':<62}{results['one_process_features_and_model']:>12,.0f}")
 
 

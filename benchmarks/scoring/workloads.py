@@ -232,7 +232,7 @@ def _single_process(files: list[str], inputs: list[str], bundle: Bundle, batch_s
     torch.set_num_threads(1)
     try:
         scoring = build_scoring_model(bundle)
-        # The scoring core reads Arrow batches as they come (the job's UDF gets the same).
+        # udfs.scorer reads Arrow batches as they come (the job's UDF gets the same).
         for batch in ds.dataset(files, format="parquet").to_batches(columns=inputs, batch_size=batch_size):
             if full:
                 to_arrow(score_rows(scoring, batch, top_k=3))
