@@ -516,7 +516,9 @@ class _SplitScorer:
 
 def build_manifest(settings: Settings, candidate: Candidate, *, version: int) -> Manifest:
     """Everything DESIGN.md lists for manifest.json except format_version and files (added on
-    write), from the settings and what the run read, fitted and evaluated."""
+    write), from the settings and what the run read, fitted and evaluated.
+
+    Long on purpose: every field a bundle records is filled here, in one place, in manifest order."""
     source, feature_set = candidate.inputs.source, candidate.inputs.feature_set
     data, trained = candidate.data, candidate.fitted.trained
     pos_weight, run_name = candidate.fitted.pos_weight, candidate.fitted.run_name
