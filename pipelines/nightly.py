@@ -106,15 +106,15 @@ def run_nightly(
     from udfs.broadcast import broadcast_model
 
     plan = plan_run(spark, settings, run_date, last_date, source=source, model=model, bundle_path=bundle_path)
-    broadcast = broadcast_model(spark, plan.bundle)
-    return [score_date(spark, settings, plan, broadcast, day) for day in plan.run_dates]
+    model_broadcast = broadcast_model(spark, plan.bundle)
+    return [score_date(spark, settings, plan, model_broadcast, date) for date in plan.run_dates]
 
 
 def plan_run(
     spark: SparkSession,
     settings: Settings,
-    first: dt.date | None,
-    last: dt.date | None,
+    run_date: dt.date | None,
+    last_date: dt.date | None,
     *,
     source: str | None = None,
     model: str | None = None,
@@ -132,7 +132,7 @@ def plan_run(
     feature_set = bundle.feature_set
     check_source_columns(df, feature_set, where)
     output = choose_output_columns(df.columns, score, where)
-    run_dates, dated = _run_dates(df, score.date_column, first, last, where)
+    run_dates, dated = _run_dates(df, score.date_column, run_date, last_date, where)
     # Only what flagged and the model need leaves the scan (the date column only if flagged
     # cannot take it from the run).
     columns, run_date_column = scan_columns(
@@ -152,19 +152,19 @@ def plan_run(
 
 
 def _run_dates(
-    df: DataFrame, column: str, first: dt.date | None, last: dt.date | None, where: str
+    df: DataFrame, column: str, run_date: dt.date | None, last_date: dt.date | None, where: str
 ) -> tuple[list[dt.date], bool]:
     """(dates to run, whether to filter on the date column)."""
-    first = first or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
+    first = run_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
     if column not in df.columns:
-        if last is not None:
+        if last_date is not None:
             raise ValueError(
                 f"{where} has no date column {column!r}, so a date range cannot be scored; "
                 "score it whole with --run-date only, or set score.date_column"
             )
         log.info("%s has no %s column: scoring every row as the run of %s", where, column, first)
         return [first], False
-    last = last or first
+    last = last_date or first
     if last < first:
         raise ValueError(f"--to {last} is before --from {first}; give the range in order")
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)], True
