@@ -74,6 +74,23 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def mlp_bundle(tmp_path_factory):
+    """An mlp bundle on the transactions features (tests/transactions_rows.py), one per test module."""
+    from transactions_rows import transactions_bundle
+
+    return transactions_bundle(tmp_path_factory.mktemp("b") / "mlp")
+
+
+@pytest.fixture(scope="module")
+def ae_bundle(tmp_path_factory):
+    """The autoencoder beside `mlp_bundle`, one per test module."""
+    from scoring_bundles import AUTOENCODER
+    from transactions_rows import transactions_bundle
+
+    return transactions_bundle(tmp_path_factory.mktemp("b") / "ae", AUTOENCODER)
+
+
 @pytest.fixture
 def day():
     return dt.date(2026, 11, 4)

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from lakescore import schemas as S
-from transactions_rows import raw_transactions, transactions_bundle
+from transactions_rows import raw_transactions
 from udfs.arrow_output import FLAGGED_ARROW_TYPE, SCORED_ARROW_TYPE, to_arrow, to_arrow_flagged
 from udfs.scorer import build_scoring_model, score_rows
-
-
-@pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory):
-    return transactions_bundle(tmp_path_factory.mktemp("b") / "mlp")
 
 
 def test_arrow_rows_score_bit_identically_to_pandas_rows_and_the_arrow_result_holds_the_same_reasons(mlp_bundle):

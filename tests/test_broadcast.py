@@ -11,19 +11,8 @@ import torch
 from lakescore.bundle import WEIGHTS, BundleError
 from lakescore.models import score_batch
 from scoring_bundles import AUTOENCODER
-from transactions_rows import transactions_bundle
 from udfs.broadcast import bundle_from_files, load_scoring_model
 from udfs.model_cache import ModelCache
-
-
-@pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory):
-    return transactions_bundle(tmp_path_factory.mktemp("b") / "mlp")
-
-
-@pytest.fixture(scope="module")
-def ae_bundle(tmp_path_factory):
-    return transactions_bundle(tmp_path_factory.mktemp("b") / "ae", AUTOENCODER)
 
 
 @pytest.fixture(autouse=True)

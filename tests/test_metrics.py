@@ -9,15 +9,10 @@ import pytest
 
 from lakescore import schemas as S
 from lakescore.drift import psi
-from transactions_rows import raw_transactions, transactions_bundle
+from transactions_rows import raw_transactions
 from udfs.metrics import RunIdentity, metric_records
 from udfs.run_totals import RunTotals, RunTotalsLayout
 from udfs.scorer import build_scoring_model, score_rows
-
-
-@pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory):
-    return transactions_bundle(tmp_path_factory.mktemp("b") / "mlp")
 
 
 def _run(bundle) -> RunIdentity:

@@ -8,15 +8,10 @@ import pytest
 from lakescore.drift import bin_index
 from lakescore.features import TRANSACTIONS_V1
 from scoring_bundles import AUTOENCODER, MLP
-from transactions_rows import N_FEATURES, raw_transactions, transactions_bundle
+from transactions_rows import N_FEATURES, raw_transactions
 from udfs.metrics import RunTotalsParam
 from udfs.run_totals import RunTotalsLayout, ScoreGrid, count_batch
 from udfs.scorer import build_scoring_model, score_rows
-
-
-@pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory):
-    return transactions_bundle(tmp_path_factory.mktemp("b") / "mlp")
 
 
 def test_batch_totals_add_up_to_the_totals_of_the_whole_and_every_histogram_counts_every_row(mlp_bundle):

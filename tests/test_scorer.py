@@ -9,19 +9,9 @@ import pytest
 from lakescore import schemas as S
 from lakescore.features import TRANSACTIONS_V1
 from lakescore.models import explain_batch, score_batch
-from scoring_bundles import AUTOENCODER, MLP
-from transactions_rows import N_FEATURES, raw_transactions, transactions_bundle
+from scoring_bundles import MLP
+from transactions_rows import N_FEATURES, raw_transactions
 from udfs.scorer import build_scoring_model, score_rows
-
-
-@pytest.fixture(scope="module")
-def mlp_bundle(tmp_path_factory):
-    return transactions_bundle(tmp_path_factory.mktemp("b") / "mlp")
-
-
-@pytest.fixture(scope="module")
-def ae_bundle(tmp_path_factory):
-    return transactions_bundle(tmp_path_factory.mktemp("b") / "ae", AUTOENCODER)
 
 
 def test_scores_are_the_models_scores_of_the_preprocessed_features_and_flags_are_score_at_or_above_threshold(mlp_bundle):
