@@ -258,7 +258,9 @@ def spark_standalone(base: Path, cores: int = 2, memory: str = "1g") -> Iterator
         def worker_alive() -> bool:
             try:
                 return cluster.master_state().get("aliveworkers") == 1
-            except OSError:
+            # Not up yet: no listener, or (seen on a quiet host) the UI's HTML page served
+            # before its /json/ endpoint is attached.
+            except (OSError, json.JSONDecodeError):
                 return False
 
         wait_until(worker_alive, 90, "the Spark worker did not register with the master", cluster.logs)
