@@ -188,7 +188,61 @@ def read_source(spark: SparkSession, source: Source, version: int | None = None)
     if source.format == "delta":
         pinned = source.version if version is None else version
         return spark.read.format("delta").option("versionAsOf", pinned).load(source.path)
-    return spark.read.parquet(source.path)
+    try:
+        return _nanosecond_timestamps_as_timestamps(spark.read.parquet(source.path))
+    except Exception as exc:  # AnalysisException: pyspark's class differs between Classic and Connect
+        if "PARQUET_TYPE_ILLEGAL" not in str(exc):
+            raise
+        raise SourceError(
+            f"{source.name} holds a Parquet type Spark cannot read ({str(exc).splitlines()[0]}). For "
+            "nanosecond timestamps (pandas' and pyarrow's default), leave "
+            "spark.sql.legacy.parquet.nanosAsLong at lakescore's true, or write the table with "
+            "microsecond timestamps (pandas: df.to_parquet(..., coerce_timestamps='us'))"
+        ) from None
+
+
+def _nanosecond_timestamps_as_timestamps(df: DataFrame) -> DataFrame:
+    """Read TIMESTAMP(NANOS) columns (pandas' and pyarrow's default when they write Parquet) as
+    Spark timestamps, truncated to Spark's microseconds.
+
+    Spark has no nanosecond timestamp type: it refuses such a column (PARQUET_TYPE_ILLEGAL)
+    unless `spark.sql.legacy.parquet.nanosAsLong` is on (lakescore's session sets it), and then
+    reads it as a bigint of nanoseconds. Which bigints are such timestamps is in the files'
+    Parquet schema, read here from one file's footer: a timestamp with a time zone (adjusted to
+    UTC) becomes TIMESTAMP, one without becomes TIMESTAMP_NTZ (the session time zone is UTC,
+    so its wall-clock value is kept).
+    """
+    nanos = _nanosecond_columns(df)
+    if not nanos:
+        return df
+    from pyspark.sql import functions as F
+
+    def column(name: str):
+        if name not in nanos:
+            return F.col(f"`{name}`")
+        instant = F.timestamp_micros(F.expr(f"`{name}` div 1000"))
+        return (instant if nanos[name] else instant.cast("timestamp_ntz")).alias(name)
+
+    return df.select(*[column(c) for c in df.columns])
+
+
+def _nanosecond_columns(df: DataFrame) -> dict[str, bool]:
+    """{column: has a time zone} for the TIMESTAMP(NANOS) columns Spark read as bigint."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    longs = {f.name for f in df.schema.fields if f.dataType.simpleString() == "bigint"}
+    files = df.inputFiles()
+    if not longs or not files:
+        return {}
+    filesystem, path = fs.FileSystem.from_uri(files[0])
+    schema = pq.read_schema(path, filesystem=filesystem)
+    return {
+        f.name: f.type.tz is not None
+        for f in schema
+        if f.name in longs and pa.types.is_timestamp(f.type) and f.type.unit == "ns"
+    }
 
 
 __all__ = [

@@ -106,6 +106,10 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         # small tables on one machine); it follows shuffle_partitions unless set with --conf.
         "spark.databricks.delta.snapshotPartitions": str(spark.shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
+        # Parquet written by pandas or pyarrow holds nanosecond timestamps, which Spark refuses to
+        # read unless it reads them as bigint nanoseconds (lake.read_source turns them back into
+        # timestamps).
+        "spark.sql.legacy.parquet.nanosAsLong": "true",
         # Tables stay readable by delta-rs and Ray Data, which cannot honour deletion vectors.
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
         "spark.ui.showConsoleProgress": "false",

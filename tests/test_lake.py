@@ -201,3 +201,38 @@ def test_a_catalog_name_resolves_to_its_delta_path_and_version(spark, settings, 
     assert source.path == str(lake.table_path(settings, "transactions"))
     assert source.version == lake.delta_version(spark, source.path)
     assert lake.resolve_source(spark, settings, source.path).format == "delta"
+
+
+def test_nanosecond_timestamps_written_by_pandas_read_as_timestamps_truncated_to_microseconds(spark, settings, tmp_path):
+    import datetime as dt
+
+    import pandas as pd
+
+    path = tmp_path / "readings"
+    path.mkdir()
+    pd.DataFrame(
+        {
+            "reading_id": ["a", "b", None],
+            "ts": pd.to_datetime(["2026-01-01 10:00:00.123456789", None, "1969-12-31 23:59:59.5"], format="ISO8601"),
+            "ts_utc": pd.to_datetime(["2026-01-01 10:00:00", "2026-01-02 00:00:00.000001999", None], format="ISO8601").tz_localize("UTC"),
+            "count": pd.array([1, None, 3], dtype="Int64"),  # a real bigint stays a bigint
+        }
+    ).to_parquet(path / "part-0.parquet")  # pandas' default: TIMESTAMP(NANOS)
+
+    df = lake.read_source(spark, lake.resolve_source(spark, settings, str(path)))
+
+    assert [(f.name, f.dataType.simpleString()) for f in df.schema.fields] == [
+        ("reading_id", "string"),
+        ("ts", "timestamp_ntz"),
+        ("ts_utc", "timestamp"),
+        ("count", "bigint"),
+    ]
+    rows = [r.asDict() for r in df.collect()]
+    assert [r["ts"] for r in rows] == [
+        dt.datetime(2026, 1, 1, 10, 0, 0, 123456),
+        None,
+        dt.datetime(1969, 12, 31, 23, 59, 59, 500000),
+    ]
+    utc = [r["ts_utc"] for r in df.selectExpr("CAST(ts_utc AS STRING) AS ts_utc").collect()]
+    assert utc == ["2026-01-01 10:00:00", "2026-01-02 00:00:00.000001", None]
+    assert [r["count"] for r in rows] == [1, None, 3]
