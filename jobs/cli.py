@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from jobs.catalog import catalog_app
 from jobs.feedback import feedback
 from jobs.generate_transactions import generate
 from jobs.load_benchmarks import load_benchmarks
@@ -34,6 +35,7 @@ app.command("feedback")(feedback)
 app.command("models")(models)
 app.command("promote")(promote_command)
 app.command("retrain")(retrain)
+app.add_typer(catalog_app, name="catalog")
 
 
 if __name__ == "__main__":

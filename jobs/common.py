@@ -12,6 +12,7 @@ import typer
 from pyspark.sql import SparkSession
 
 from lakescore.config import ConfigError, Settings, load_settings
+from lakescore.catalog import CatalogMismatch, check_catalog
 from lakescore.spark import build_spark_session
 
 ConfigOption = typer.Option(
@@ -76,11 +77,24 @@ def _fmt(value) -> str:
     return "NULL" if value is None else str(value)
 
 
+def lake_session(settings: Settings, app_name: str) -> SparkSession:
+    """The Spark session of a job that reads or writes the lake, once the catalog is checked to
+    agree with `lake.root` (lakescore.catalog): on a mismatch the job stops here, before it reads
+    or writes anything, with the message naming the table, both locations and the fix."""
+    spark = build_spark_session(settings, app_name=app_name)
+    try:
+        check_catalog(spark, settings)
+    except CatalogMismatch as exc:
+        spark.stop()
+        fail(str(exc))
+    return spark
+
+
 def training_job_session(settings: Settings, app_name: str, verbose: bool) -> SparkSession:
     """The Spark session of a job that trains with Ray (train, retrain): Ray's own loggers at
     WARNING unless --verbose, Spark's at ERROR."""
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    spark = build_spark_session(settings, app_name=app_name)
+    spark = lake_session(settings, app_name)
     spark.sparkContext.setLogLevel("ERROR")
     return spark

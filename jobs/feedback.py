@@ -19,10 +19,9 @@ from typing import Optional
 
 import typer
 
-from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup
+from jobs.common import ConfigOption, SetOption, VerboseOption, fail, lake_session, setup
 from lakescore import schemas as S
 from lakescore.feedback import FeedbackError
-from lakescore.spark import build_spark_session
 from pipelines.feedback import VerdictSource, run_feedback
 
 
@@ -44,7 +43,7 @@ def feedback(
     Each parameter is one command-line option (typer reads them from this signature), hence more than seven.
     """
     settings = setup(config, set_, None, verbose)
-    spark = build_spark_session(settings, app_name="lakescore-feedback")
+    spark = lake_session(settings, "lakescore-feedback")
     try:
         verdicts = VerdictSource(key, verdict, analyst, comment, file, from_table)
         count = run_feedback(spark, settings, verdicts, table or settings.score.table)

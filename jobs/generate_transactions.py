@@ -15,10 +15,9 @@ from typing import Optional
 
 import typer
 
-from jobs.common import ConfigOption, SetOption, VerboseOption, print_rows, setup
+from jobs.common import ConfigOption, SetOption, VerboseOption, lake_session, print_rows, setup
 from lakescore import lake
 from lakescore import schemas as S
-from lakescore.spark import build_spark_session
 from pipelines.generate import run_generate
 
 
@@ -55,7 +54,7 @@ def generate(
         },
         verbose,
     )
-    spark = build_spark_session(settings, app_name="lakescore-generate")
+    spark = lake_session(settings, "lakescore-generate")
     try:
         started = time.perf_counter()
         summary = run_generate(spark, settings)

@@ -14,8 +14,7 @@ from typing import Optional
 
 import typer
 
-from jobs.common import ConfigOption, SetOption, VerboseOption, print_rows, setup
-from lakescore.spark import build_spark_session
+from jobs.common import ConfigOption, SetOption, VerboseOption, lake_session, print_rows, setup
 from pipelines.load_benchmarks import run_load_benchmarks
 
 
@@ -27,7 +26,7 @@ def load_benchmarks(
 ) -> None:
     """Write the bundled real benchmarks (river Shuttle, sklearn breast cancer) as lake tables."""
     settings = setup(config, set_, None, verbose)
-    spark = build_spark_session(settings, app_name="lakescore-load-benchmarks")
+    spark = lake_session(settings, "lakescore-load-benchmarks")
     try:
         print_rows(run_load_benchmarks(spark, settings, name), ["table_name", "rows", "anomalies"])
     finally:

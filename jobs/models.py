@@ -11,9 +11,8 @@ from typing import Optional
 
 import typer
 
-from jobs.common import ConfigOption, SetOption, VerboseOption, fail, print_rows, setup
+from jobs.common import ConfigOption, SetOption, VerboseOption, fail, lake_session, print_rows, setup
 from lakescore.registry import RegistryError, list_models, promote
-from lakescore.spark import build_spark_session
 
 _SHOWN_METRICS = ("test_aucpr", "test_aucroc", "test_precision", "test_recall", "holdout_aucpr")
 
@@ -26,7 +25,7 @@ def models(
 ) -> None:
     """List model versions with their stage and headline metrics."""
     settings = setup(config, set_, None, verbose)
-    spark = build_spark_session(settings, app_name="lakescore-models")
+    spark = lake_session(settings, "lakescore-models")
     try:
         rows = list_models(spark, settings, name)
     except (RegistryError, ValueError) as exc:
@@ -57,7 +56,7 @@ def promote_command(
 ) -> None:
     """Make name@version the champion in one commit; the previous champion is archived."""
     settings = setup(config, set_, None, verbose)
-    spark = build_spark_session(settings, app_name="lakescore-promote")
+    spark = lake_session(settings, "lakescore-promote")
     try:
         entry = promote(spark, settings, ref, note=note or "promoted by hand")
     except (RegistryError, ValueError) as exc:

@@ -38,11 +38,10 @@ from typing import Optional
 
 import typer
 
-from jobs.common import ConfigOption, SetOption, VerboseOption, fail, print_rows, setup
+from jobs.common import ConfigOption, SetOption, VerboseOption, fail, lake_session, print_rows, setup
 from lakescore import lake
 from lakescore.bundle import BundleError
 from lakescore.registry import RegistryError
-from lakescore.spark import build_spark_session
 from pipelines.nightly import run_nightly
 
 
@@ -72,7 +71,7 @@ def score(
         end = dt.date.fromisoformat(last) if last else None
     except ValueError as exc:
         fail(str(exc))
-    spark = build_spark_session(settings, app_name="lakescore-score")
+    spark = lake_session(settings, "lakescore-score")
     try:
         summaries = run_nightly(spark, settings, start, last_date=end, bundle_path=bundle)
     except (BundleError, RegistryError, lake.SourceError, ValueError) as exc:

@@ -19,8 +19,7 @@ from typing import Optional
 import typer
 from pyspark.errors import AnalysisException, ParseException
 
-from jobs.common import ConfigOption, SetOption, VerboseOption, fail, print_rows, setup
-from lakescore.spark import build_spark_session
+from jobs.common import ConfigOption, SetOption, VerboseOption, fail, lake_session, print_rows, setup
 from lakescore.sql_policy import StatementRefused
 from pipelines.sql import run_sql
 
@@ -35,7 +34,7 @@ def sql(
 ) -> None:
     """Query the lake's tables with Spark SQL (flagged, run_metrics, model_registry, feedback, ...)."""
     settings = setup(config, set_, None, verbose)
-    spark = build_spark_session(settings, app_name="lakescore-sql")
+    spark = lake_session(settings, "lakescore-sql")
     spark.sparkContext.setLogLevel("ERROR")
     try:
         columns, rows = run_sql(spark, settings, query, limit, write=write)

@@ -33,13 +33,8 @@ def source_name(settings: Settings, source: str) -> str:
 
 
 def ensure_feedback_table(spark: SparkSession, settings: Settings) -> str:
-    table = settings.table(S.FEEDBACK)
-    if not spark.catalog.tableExists(table):
-        path = lake.table_path(settings, S.FEEDBACK)
-        if not (path / "_delta_log").is_dir():
-            spark.createDataFrame([], S.FEEDBACK_SCHEMA).write.format("delta").mode("ignore").save(str(path))
-        lake.register_table(spark, settings, S.FEEDBACK, path, "delta")
-    return table
+    """Create the feedback table if needed; return its path (read and written by path)."""
+    return lake.ensure_own_table(spark, settings, S.FEEDBACK, S.FEEDBACK_SCHEMA)
 
 
 def normalise_verdicts(df: DataFrame, settings: Settings, source_table: str | None) -> DataFrame:
@@ -100,7 +95,7 @@ def record_feedback(spark: SparkSession, settings: Settings, verdicts: DataFrame
     latest = latest_verdicts(verdicts)
     count = latest.count()
     (
-        DeltaTable.forName(spark, table)
+        DeltaTable.forPath(spark, table)
         .alias("t")
         .merge(latest.alias("n"), "t.source_table = n.source_table AND t.record_key = n.record_key")
         .whenMatchedUpdateAll()

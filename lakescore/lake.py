@@ -55,6 +55,18 @@ def register_table(spark: SparkSession, settings: Settings, table: str, path: Pa
         raise ValueError(f"unknown format {fmt!r}; use delta or parquet")
 
 
+def ensure_own_table(spark: SparkSession, settings: Settings, table: str, schema) -> str:
+    """Create one of lakescore's Delta tables if needed (empty, with `schema`) and register it in
+    the catalog; return its path, by which lakescore reads and writes it (the catalog entry is
+    for SQL, and lakescore.catalog checks that it names the same place)."""
+    path = table_path(settings, table)
+    if not (path / "_delta_log").is_dir():
+        spark.createDataFrame([], schema).write.format("delta").mode("ignore").save(str(path))
+    if not spark.catalog.tableExists(settings.table(table)):
+        register_table(spark, settings, table, path, "delta")
+    return str(path)
+
+
 @dataclass(frozen=True)
 class Source:
     """A resolved source: how to read it and which version was read."""
@@ -252,6 +264,7 @@ __all__ = [
     "delta_version",
     "write_date_partitions",
     "ensure_database",
+    "ensure_own_table",
     "read_source",
     "register_table",
     "resolve_source",

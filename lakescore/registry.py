@@ -67,18 +67,18 @@ def registry_table(settings: Settings) -> str:
 
 
 def ensure_registry(spark: SparkSession, settings: Settings) -> str:
-    """Create the registry table if needed (empty, with its schema); return its qualified name."""
-    table = registry_table(settings)
-    if not spark.catalog.tableExists(table):
-        path = lake.table_path(settings, S.MODEL_REGISTRY)
-        if not (path / "_delta_log").is_dir():
-            spark.createDataFrame([], S.MODEL_REGISTRY_SCHEMA).write.format("delta").mode("ignore").save(str(path))
-        lake.register_table(spark, settings, S.MODEL_REGISTRY, path, "delta")
-    return table
+    """Create the registry table if needed (empty, with its schema) and register it in the
+    catalog; return its path. The registry is read and written by this path, under `lake.root`
+    (the catalog entry is for SQL; lakescore.catalog checks that it agrees)."""
+    return lake.ensure_own_table(spark, settings, S.MODEL_REGISTRY, S.MODEL_REGISTRY_SCHEMA)
 
 
-def _versions_of(spark: SparkSession, table: str, name: str) -> DataFrame:
-    return spark.table(table).where(F.col("name") == name)
+def _rows(spark: SparkSession, path: str) -> DataFrame:
+    return spark.read.format("delta").load(path)
+
+
+def _versions_of(spark: SparkSession, path: str, name: str) -> DataFrame:
+    return _rows(spark, path).where(F.col("name") == name)
 
 
 def bundle_dir(settings: Settings, name: str, version: int) -> Path:
@@ -121,7 +121,7 @@ def register_bundle(spark: SparkSession, settings: Settings, bundle: Bundle, pat
     )
     new = spark.createDataFrame([row], S.MODEL_REGISTRY_SCHEMA)
     (
-        DeltaTable.forName(spark, table)
+        DeltaTable.forPath(spark, table)
         .alias("t")
         .merge(new.alias("n"), "t.name = n.name AND t.version = n.version")
         .whenNotMatchedInsertAll()
@@ -139,7 +139,7 @@ def get_entry(spark: SparkSession, settings: Settings, ref: str) -> ModelEntry:
     wanted = F.col("version") == version if version is not None else F.col("stage") == S.CHAMPION
     rows = _versions_of(spark, table, name).where(wanted).collect()
     if not rows:
-        registered = spark.table(table).select("name", "version", "stage").orderBy("name", "version").collect()
+        registered = _rows(spark, table).select("name", "version", "stage").orderBy("name", "version").collect()
         known = [f"{r['name']}@{r['version']} ({r['stage']})" for r in registered]
         what = f"version {version} of {name}" if version is not None else f"a champion for {name}"
         raise RegistryError(
@@ -164,7 +164,7 @@ def load_registered(spark: SparkSession, settings: Settings, ref: str) -> tuple[
 
 def list_models(spark: SparkSession, settings: Settings, name: str | None = None) -> list[Row]:
     table = ensure_registry(spark, settings)
-    rows = _versions_of(spark, table, check_identifier(name, "model name")) if name else spark.table(table)
+    rows = _versions_of(spark, table, check_identifier(name, "model name")) if name else _rows(spark, table)
     return rows.orderBy("name", "version").collect()
 
 
@@ -175,7 +175,7 @@ def promote(spark: SparkSession, settings: Settings, ref: str, note: str | None 
         raise RegistryError(f"promote needs an explicit version, e.g. {name}@3")
     entry = get_entry(spark, settings, ref)
     promoted = F.col("version") == version
-    DeltaTable.forName(spark, registry_table(settings)).update(
+    DeltaTable.forPath(spark, ensure_registry(spark, settings)).update(
         condition=(F.col("name") == name) & ((F.col("stage") == S.CHAMPION) | promoted),
         set={
             "stage": F.when(promoted, F.lit(S.CHAMPION)).otherwise(F.lit(S.ARCHIVED)),
@@ -217,7 +217,7 @@ def record_decision(
         other_note = F.lit(f"archived: replaced by {name}@{v}")
     else:
         stage, other_note = F.col("stage"), F.col("note")
-    DeltaTable.forName(spark, registry_table(settings)).update(
+    DeltaTable.forPath(spark, ensure_registry(spark, settings)).update(
         condition=(F.col("name") == name) & (decided | (F.col("stage") == S.CHAMPION)),
         set={
             "stage": stage,

@@ -28,8 +28,10 @@ def test_a_verdict_inserted_with_sql_is_read_like_any_other(spark, settings):
 def test_a_batch_with_an_unknown_verdict_writes_nothing(spark, settings, tmp_path):
     from lakescore.feedback import ensure_feedback_table
 
-    table = ensure_feedback_table(spark, settings)
-    before = spark.sql(f"DESCRIBE HISTORY {table}").count()
+    from delta.tables import DeltaTable
+
+    feedback = DeltaTable.forPath(spark, ensure_feedback_table(spark, settings))
+    before = feedback.history().count()
     csv = tmp_path / "bad.csv"
     csv.write_text("record_key,verdict\n1,confirmed_anomaly\n2,maybe\n")
     with pytest.raises(FeedbackError, match="unknown verdict.*'maybe'.*Nothing was written"):
@@ -37,4 +39,4 @@ def test_a_batch_with_an_unknown_verdict_writes_nothing(spark, settings, tmp_pat
     spark.createDataFrame([(1, "x")], "id INT, label STRING").createOrReplaceTempView("not_verdicts")
     with pytest.raises(FeedbackError, match="lack column"):
         run_feedback(spark, settings, VerdictSource(from_table="not_verdicts"), table="fb_bad")
-    assert spark.sql(f"DESCRIBE HISTORY {table}").count() == before
+    assert feedback.history().count() == before
