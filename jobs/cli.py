@@ -15,6 +15,7 @@ from jobs.models import models, promote_command
 from jobs.package import package
 from jobs.retrain import retrain
 from jobs.score_nightly import score
+from jobs.spec import spec_app
 from jobs.sql import sql
 from jobs.train import train
 
@@ -34,6 +35,7 @@ app.command("feedback")(feedback)
 app.command("models")(models)
 app.command("promote")(promote_command)
 app.command("retrain")(retrain)
+app.add_typer(spec_app, name="spec")
 
 
 if __name__ == "__main__":

@@ -406,3 +406,33 @@ def test_a_suggestion_without_a_label_or_a_unique_column_says_so_and_still_parse
     assert "unsupervised" in suggestion.notes["label"] and "name the key column" in suggestion.notes["keys"]
     text = render_suggestion(suggestion.spec, suggestion.notes, suggestion.left_out)
     assert parse_spec(text) == suggestion.spec
+
+
+def test_lakescore_spec_suggest_drafts_a_spec_from_a_parquet_table(spark, settings, tmp_path):
+    import datetime as dt
+
+    from pipelines.spec import suggest_for_table
+
+    rows = [(f"r{i}", dt.datetime(2026, 3, 1, i % 24), ["Plant-7", "Plant-2", None][i % 3], float(i % 7) if i % 5 else None,
+             i % 11 == 0, dt.date(2026, 3, 1 + i % 2)) for i in range(40)]
+    path = tmp_path / "sensors"
+    spark.createDataFrame(rows, "reading_id STRING, ts TIMESTAMP, site STRING, `Temp C` DOUBLE, fault BOOLEAN, day DATE") \
+        .write.parquet(str(path))
+    text = suggest_for_table(spark, settings, str(path), sample_rows=1000)
+    spec = parse_spec(text, "suggested.toml")
+    assert spec.name == "sensors_v1" and spec.keys == ("reading_id",) and spec.label == "fault"
+    assert spec.date_column == "day" and spec.event_time == "ts"
+    assert "# keys: unique in the sample of 40 rows" in text
+    assert {f.name: f.kind for f in spec.features} == {"ts hour": "timestamp", "ts weekday": "timestamp",
+                                                       "site": "categorical", "Temp C": "numeric"}
+    with pytest.raises(ValueError, match="does not exist"):
+        suggest_for_table(spark, settings, str(tmp_path / "missing"), sample_rows=10)
+
+
+def test_the_spec_command_is_part_of_the_cli():
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    result = CliRunner().invoke(app, ["spec", "suggest", "--help"])
+    assert result.exit_code == 0 and "--sample-rows" in result.output and "--table" in result.output
