@@ -61,7 +61,6 @@ from lakescore.features import (
     FeatureSet,
     RawColumns,
     _circle,
-    _log1p_of_positive,
     spark_type_kind,
 )
 
@@ -554,22 +553,73 @@ def _names(data: dict, key: str, where: str, *, path: str = "", default: list | 
 
 
 class _Reads:
-    """One batch's raw columns, each read (and log-scaled) at most once however many features use it."""
+    """One batch's raw columns as the steps read them. Only what more than one step needs (`keep`,
+    known at compile time) is held for the batch: holding every intermediate array made the
+    transactions features markedly slower than computing them without a cache (more memory to
+    fault in and stream through on every batch)."""
 
-    def __init__(self, raw: RawColumns):
+    def __init__(self, raw: RawColumns, keep: frozenset[tuple[str, str]]):
         self.raw = raw
-        self._numbers: dict[str, np.ndarray] = {}
-        self._log1p: dict[str, np.ndarray] = {}
+        self.keep = keep
+        self.held: dict[tuple[str, str], np.ndarray] = {}
+
+    def _get(self, key: tuple[str, str], compute: Callable[[], np.ndarray]) -> np.ndarray:
+        if key in self.held:
+            return self.held[key]
+        value = compute()
+        if key in self.keep:
+            self.held[key] = value
+        return value
 
     def numbers(self, column: str) -> np.ndarray:
-        if column not in self._numbers:
-            self._numbers[column] = self.raw.numbers(column)
-        return self._numbers[column]
+        return self._get(("numbers", column), lambda: self.raw.numbers(column))
+
+    def positive(self, column: str) -> np.ndarray:
+        """max(v, 0); NaN stays NaN."""
+        return self._get(("positive", column), lambda: np.maximum(self.numbers(column), 0.0))
 
     def log1p(self, column: str) -> np.ndarray:
-        if column not in self._log1p:
-            self._log1p[column] = _log1p_of_positive(self.numbers(column))
-        return self._log1p[column]
+        """log(1 + max(v, 0)), as `lakescore.features._log1p_of_positive` computes it."""
+        return self._get(("log1p", column), lambda: np.log1p(self.positive(column)))
+
+
+# What each read needs in turn: log1p reads positive, which reads numbers.
+_READ_CHAIN = {"numbers": ("numbers",), "positive": ("positive", "numbers"), "log1p": ("log1p", "positive", "numbers")}
+
+
+def _reads_of(f: FeatureSpec) -> list[tuple[str, str]]:
+    """The `_Reads` calls a numeric or boolean feature's step makes."""
+    if f.kind == BOOLEAN_KIND or f.transform in ("none", "cyclic"):
+        return [("numbers", f.columns[0])]
+    if f.transform == "log1p":
+        return [("log1p", f.columns[0])]
+    if f.transform == "log1p_difference":
+        return [("log1p", c) for c in f.columns]
+    if f.transform == "log1p_ratio":
+        return [("positive", f.columns[0]), ("numbers", f.columns[1])]
+    if f.transform == "ratio":
+        return [("numbers", c) for c in f.columns]
+    return []
+
+
+def _shared_reads(spec: SourceSpec) -> frozenset[tuple[str, str]]:
+    """The reads more than one step needs, directly or through another read that is not held."""
+    requests: dict[tuple[str, str], int] = {}
+    for f in spec.features:
+        for key in _reads_of(f):
+            requests[key] = requests.get(key, 0) + 1
+    keep = {k for k, n in requests.items() if n > 1}
+    while True:
+        demand = {k: 1 for k in requests}
+        for read, column in requests:
+            for step in _READ_CHAIN[read][1:]:
+                demand[(step, column)] = demand.get((step, column), 0) + 1
+                if (step, column) in keep:
+                    break
+        more = {k for k, n in demand.items() if n > 1} - keep
+        if not more:
+            return frozenset(keep)
+        keep |= more
 
 
 _Step = Callable[[_Reads], Mapping[str, np.ndarray]]
@@ -597,9 +647,7 @@ def _numeric_step(f: FeatureSpec) -> _Step:
     divide_by, floor, log = f.denominator_divide_by, f.denominator_floor, f.transform == "log1p_ratio"
 
     def ratio(r: _Reads) -> Mapping[str, np.ndarray]:
-        numerator, denominator = r.numbers(first), r.numbers(second)
-        if log:
-            numerator = np.maximum(numerator, 0.0)
+        numerator, denominator = (r.positive(first) if log else r.numbers(first)), r.numbers(second)
         if divide_by is not None:
             denominator = denominator / divide_by
         if floor is not None:
@@ -658,6 +706,7 @@ class _SpecFunction:
 
     def __init__(self, fitted: FittedSpec):
         self.fitted = fitted
+        self.keep = _shared_reads(fitted.spec)
         self.steps: list[_Step] = []
         for f in fitted.spec.features:
             if f.kind == NUMERIC_KIND:
@@ -670,7 +719,7 @@ class _SpecFunction:
                 self.steps.append(_timestamp_step(f))
 
     def __call__(self, raw: RawColumns) -> dict[str, np.ndarray]:
-        reads = _Reads(raw)
+        reads = _Reads(raw, self.keep)
         out: dict[str, np.ndarray] = {}
         with np.errstate(invalid="ignore", divide="ignore"):
             for step in self.steps:
