@@ -555,8 +555,8 @@ def _names(data: dict, key: str, where: str, *, path: str = "", default: list | 
 class _Reads:
     """One batch's raw columns as the steps read them. Only what more than one step needs (`keep`,
     known at compile time) is held for the batch: holding every intermediate array made the
-    transactions features markedly slower than computing them without a cache (more memory to
-    fault in and stream through on every batch)."""
+    transactions features slower than the function they replaced (more memory to fault in and
+    stream through on every batch; see docs/measurements.md, "Scoring worker and UDF")."""
 
     def __init__(self, raw: RawColumns, keep: frozenset[tuple[str, str]]):
         self.raw = raw
