@@ -91,7 +91,6 @@ _FEATURE_KEYS = ("name", "kind", "column", "columns", "transform", "period", "de
                  "denominator_floor", "vocabulary", "top_n", "other", "output")
 _SPEC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _INTEGER_TYPES = ("tinyint", "smallint", "int", "bigint")
-_FLOAT_TYPES = ("float", "double")
 _TIME_TYPES = ("timestamp", "timestamp_ntz", "date")
 
 
