@@ -191,6 +191,7 @@ class SourceSpec:
             where: the table's name, for the message.
         """
         problems: list[str] = []
+        listed = ", ".join(list(types)[:40]) + (f", ... ({len(types)} columns)" if len(types) > 40 else "")
 
         def need(key: str, column: str | None, allowed: Callable[[str], bool], wanted: str, fix: str) -> None:
             if column is None:
@@ -202,7 +203,7 @@ class SourceSpec:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(
                     f"`{key}` names column {column!r}, which {where} does not have{hint}; "
-                    f"fix the name (the table has: {', '.join(types)})"
+                    f"fix the name (the table has: {listed})"
                 )
             elif not allowed(types[column]):
                 problems.append(f"`{key}` needs {wanted}, but {column!r} is {types[column]}; {fix}")
