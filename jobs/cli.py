@@ -16,6 +16,7 @@ from jobs.models import models, promote_command
 from jobs.package import package
 from jobs.retrain import retrain
 from jobs.score_nightly import score
+from jobs.spec import spec_app
 from jobs.sql import sql
 from jobs.train import train
 
@@ -36,6 +37,7 @@ app.command("models")(models)
 app.command("promote")(promote_command)
 app.command("retrain")(retrain)
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(spec_app, name="spec")
 
 
 if __name__ == "__main__":

@@ -14,19 +14,22 @@ preprocessing imputes them (and counts them for `run_metrics`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, Union
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakescore import schemas as S
+if TYPE_CHECKING:
+    from lakescore.specs import FittedSpec
 
 # Kinds of Spark type a raw input column may have; the check accepts any type of the kind.
 NUMERIC = "numeric"
 BOOLEAN = "boolean"
 STRING = "string"
+TIMESTAMP = "timestamp"
 _SPARK_KINDS = {
     "tinyint": NUMERIC,
     "smallint": NUMERIC,
@@ -36,11 +39,14 @@ _SPARK_KINDS = {
     "double": NUMERIC,
     "boolean": BOOLEAN,
     "string": STRING,
+    "timestamp": TIMESTAMP,
+    "timestamp_ntz": TIMESTAMP,
+    "date": TIMESTAMP,
 }
 
 
 def spark_type_kind(simple_string: str) -> str | None:
-    """Map a Spark simpleString (`double`, `decimal(10,2)`, ...) to NUMERIC/BOOLEAN/STRING."""
+    """Map a Spark simpleString (`double`, `decimal(10,2)`, ...) to NUMERIC/BOOLEAN/STRING/TIMESTAMP."""
     if simple_string.startswith("decimal"):
         return NUMERIC
     return _SPARK_KINDS.get(simple_string)
@@ -56,6 +62,9 @@ class RawColumns:
 
     `numbers(name)`: float64, NaN for null and for values that are not numbers (booleans read as
     0/1). `codes(name, categories)`: int64 index into `categories`, -1 for null or unknown.
+    `missing(name)`: bool, true where the value is null (or NaN). `timestamps(name)`: float64
+    microseconds since 1970-01-01 UTC (exact: below 2**53), NaN for null; a timestamp without a
+    time zone (Spark's TIMESTAMP_NTZ, a naive pandas column) is read as UTC, a date as its midnight.
     """
 
     def __len__(self) -> int:
@@ -65,6 +74,12 @@ class RawColumns:
         raise NotImplementedError
 
     def codes(self, name: str, categories: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def missing(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def timestamps(self, name: str) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -80,6 +95,12 @@ class PandasColumns(RawColumns):
 
     def codes(self, name: str, categories: Sequence[str]) -> np.ndarray:
         return pd.Categorical(self.frame[name].astype("object"), categories=list(categories)).codes.astype(np.int64)
+
+    def missing(self, name: str) -> np.ndarray:
+        return self.frame[name].isna().to_numpy(dtype=bool)
+
+    def timestamps(self, name: str) -> np.ndarray:
+        return _epoch_microseconds(self.frame[name])
 
 
 class ArrowColumns(RawColumns):
@@ -134,6 +155,24 @@ class ArrowColumns(RawColumns):
         index = pc.index_in(column, value_set=pa.array(list(categories), type=column.type))
         return np.asarray(index.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
+    def missing(self, name: str) -> np.ndarray:
+        column = self._column(name)
+        return np.asarray(pc.is_null(column, nan_is_null=True).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def timestamps(self, name: str) -> np.ndarray:
+        column = self._column(name)
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            column, kind = column.cast(kind.value_type), kind.value_type
+        if pa.types.is_date(kind):
+            column, kind = pc.cast(column, pa.timestamp("us")), pa.timestamp("us")
+        if not pa.types.is_timestamp(kind):
+            return _epoch_microseconds(column.to_pandas())  # text and the like: parsed as pandas would
+        # A zoned timestamp holds UTC instants already; a naive one is read as UTC. Sub-microsecond
+        # digits are cut, as pandas' conversion cuts them.
+        micros = pc.cast(pc.cast(column, pa.timestamp("us", kind.tz), safe=False), pa.int64())
+        return np.asarray(pc.cast(micros, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
 
 def raw_columns(raw: RawRows, coded: Mapping[str, tuple[str, ...]] | None = None) -> RawColumns:
     """The `RawColumns` view of a pandas DataFrame or an Arrow batch, table or struct array
@@ -153,7 +192,7 @@ class FeatureSet:
 
     Attributes:
         name: recorded in the bundle; `feature_set_from_manifest` rebuilds it by this name.
-        inputs: raw column -> kind (NUMERIC, BOOLEAN or STRING), in a fixed order.
+        inputs: raw column -> kind (NUMERIC, BOOLEAN, STRING or TIMESTAMP), in a fixed order.
         features: output feature names, in model input order.
         categories: STRING input -> the categories the function codes it against
             (`RawColumns.codes`). Spark can then send such a column to the UDF as its int codes
@@ -166,6 +205,9 @@ class FeatureSet:
     features: tuple[str, ...]
     _fn: Callable[[RawColumns], Mapping[str, np.ndarray]]
     categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The feature spec (lakescore.specs.FittedSpec) this set was compiled from; None for the
+    # numeric pass-through. It goes into the bundle so scoring needs nothing else.
+    fitted: "FittedSpec | None" = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         not_text = [c for c in self.categories if self.inputs.get(c) != STRING]
@@ -218,7 +260,20 @@ class FeatureSet:
             )
 
     def to_manifest(self) -> dict:
-        return {"name": self.name, "inputs": dict(self.inputs), "features": list(self.features)}
+        out = {"name": self.name, "inputs": dict(self.inputs), "features": list(self.features)}
+        return out if self.fitted is None else {**out, **self.fitted.to_json()}
+
+
+def _epoch_microseconds(series: pd.Series) -> np.ndarray:
+    """Timestamps (zoned, naive as UTC, dates, or text pandas parses) -> float64 us since the epoch, NaN for null."""
+    if not pd.api.types.is_datetime64_any_dtype(series):
+        series = pd.to_datetime(series, errors="coerce", utc=True)
+    if series.dt.tz is not None:
+        series = series.dt.tz_convert("UTC").dt.tz_localize(None)
+    values = series.to_numpy(dtype="datetime64[us]")
+    out = values.astype(np.int64).astype(np.float64)
+    out[np.isnat(values)] = np.nan
+    return out
 
 
 def _as_float(series: pd.Series) -> np.ndarray:
@@ -227,20 +282,29 @@ def _as_float(series: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-_HOURS = np.arange(24, dtype=np.float64)
-_HOUR_SIN = np.sin(2.0 * np.pi * _HOURS / 24.0)
-_HOUR_COS = np.cos(2.0 * np.pi * _HOURS / 24.0)
+@lru_cache(maxsize=16)
+def _circle_table(period: int) -> tuple[np.ndarray, np.ndarray]:
+    whole = np.arange(period, dtype=np.float64)
+    return np.sin(2.0 * np.pi * whole / float(period)), np.cos(2.0 * np.pi * whole / float(period))
+
+
+def _circle(values: np.ndarray, period: float) -> tuple[np.ndarray, np.ndarray]:
+    """sin and cos of `values` on a circle of length `period` (24 for hours of the day). Whole
+    values 0..period-1 (the usual hour column) are looked up in a table computed by the very same
+    expression, so the values are identical and ten times cheaper than sin/cos per row; anything
+    else (fractions, NaN) is computed."""
+    if float(period).is_integer() and 0 < period <= 1024 and len(values) and np.isfinite(values).all():
+        whole = values.astype(np.int64)
+        if whole.min() >= 0 and whole.max() < period and np.array_equal(whole, values):
+            sin, cos = _circle_table(int(period))
+            return sin[whole], cos[whole]
+    angle = 2.0 * np.pi * values / float(period)
+    return np.sin(angle), np.cos(angle)
 
 
 def _hour_circle(hour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sin and cos of the hour on the 24-hour circle. Whole hours 0..23 (the usual column) are
-    looked up in a table computed by the very same expression, so the values are identical and
-    ten times cheaper than sin/cos per row; anything else (fractions, NaN) is computed."""
-    whole = hour.astype(np.int64) if np.isfinite(hour).all() else None
-    if whole is not None and len(hour) and whole.min() >= 0 and whole.max() < 24 and np.array_equal(whole, hour):
-        return _HOUR_SIN[whole], _HOUR_COS[whole]
-    angle = 2.0 * np.pi * hour / 24.0
-    return np.sin(angle), np.cos(angle)
+    """sin and cos of the hour on the 24-hour circle (see `_circle`)."""
+    return _circle(hour, 24)
 
 
 def _log1p_of_positive(values: np.ndarray) -> np.ndarray:
@@ -248,75 +312,17 @@ def _log1p_of_positive(values: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(values, 0.0))
 
 
-def _transactions(raw: RawColumns) -> dict[str, np.ndarray]:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # Heavy tails: amounts, distances and gaps are compared on a log scale.
-        log_amount = _log1p_of_positive(raw.numbers(S.AMOUNT))
-        km_prev = np.maximum(raw.numbers(S.KM_FROM_PREV), 0.0)
-        gap = raw.numbers(S.SECONDS_SINCE_PREV)
-        hour_sin, hour_cos = _hour_circle(raw.numbers(S.HOUR_OF_DAY))
-        out = {
-            "log_amount": log_amount,
-            "log_amount_vs_account": log_amount - _log1p_of_positive(raw.numbers(S.ACCOUNT_AVG_AMOUNT)),
-            "hour_sin": hour_sin,
-            "hour_cos": hour_cos,
-            "log_distance_km": _log1p_of_positive(raw.numbers(S.DISTANCE_FROM_HOME_KM)),
-            "log_seconds_since_prev": _log1p_of_positive(gap),
-            "log_km_from_prev": np.log1p(km_prev),
-            # Implied travel speed since the previous payment; gaps under a minute count as one.
-            "log_speed_kmh": np.log1p(km_prev / np.maximum(gap / 3600.0, 1.0 / 60.0)),
-            "log_txn_count_1h": _log1p_of_positive(raw.numbers(S.TXN_COUNT_1H)),
-            "log_txn_count_24h": _log1p_of_positive(raw.numbers(S.TXN_COUNT_24H)),
-            "new_device": raw.numbers(S.NEW_DEVICE),
-            "card_present": raw.numbers(S.CARD_PRESENT),
-            "country_changed": raw.numbers(S.COUNTRY_CHANGED),
-        }
-    # One hashing pass to category codes (-1: null or unknown), then one integer compare per
-    # category: comparing the strings once per category cost more than the model in the UDF.
-    codes = raw.codes(S.MERCHANT_CATEGORY, S.MERCHANT_CATEGORIES)
-    one_hot = (codes == np.arange(len(S.MERCHANT_CATEGORIES))[:, None]).astype(np.float32)
-    # An unknown or null category is NaN in every slot, so it is imputed, not read as "none".
-    one_hot[:, codes < 0] = np.nan
-    for i, name in enumerate(S.MERCHANT_CATEGORIES):
-        out[f"category_{name}"] = one_hot[i]
-    return out
+def __getattr__(name: str) -> Any:
+    # TRANSACTIONS_V1 is the builtin spec lakescore/specs/transactions_v1.toml, compiled on first
+    # use: lakescore.specs builds on this module, so it cannot be built at import time here.
+    if name == "TRANSACTIONS_V1":
+        from lakescore.specs import builtin_spec
 
+        value = builtin_spec("transactions_v1").fit().feature_set()
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-TRANSACTIONS_V1 = FeatureSet(
-    name="transactions_v1",
-    inputs={
-        S.AMOUNT: NUMERIC,
-        S.ACCOUNT_AVG_AMOUNT: NUMERIC,
-        S.HOUR_OF_DAY: NUMERIC,
-        S.DISTANCE_FROM_HOME_KM: NUMERIC,
-        S.SECONDS_SINCE_PREV: NUMERIC,
-        S.KM_FROM_PREV: NUMERIC,
-        S.TXN_COUNT_1H: NUMERIC,
-        S.TXN_COUNT_24H: NUMERIC,
-        S.NEW_DEVICE: BOOLEAN,
-        S.CARD_PRESENT: BOOLEAN,
-        S.COUNTRY_CHANGED: BOOLEAN,
-        S.MERCHANT_CATEGORY: STRING,
-    },
-    features=(
-        "log_amount",
-        "log_amount_vs_account",
-        "hour_sin",
-        "hour_cos",
-        "log_distance_km",
-        "log_seconds_since_prev",
-        "log_km_from_prev",
-        "log_speed_kmh",
-        "log_txn_count_1h",
-        "log_txn_count_24h",
-        "new_device",
-        "card_present",
-        "country_changed",
-    )
-    + tuple(f"category_{c}" for c in S.MERCHANT_CATEGORIES),
-    _fn=_transactions,
-    categories={S.MERCHANT_CATEGORY: S.MERCHANT_CATEGORIES},
-)
 
 NUMERIC_PASSTHROUGH = "numeric_v1"
 
@@ -339,8 +345,11 @@ def numeric_feature_set(columns: Sequence[str]) -> FeatureSet:
 def feature_set_for_table(table: str, columns: Sequence[str]) -> FeatureSet:
     """The feature set a source table is trained with: transactions_v1 if it has those
     columns, else every numeric column except keys and labels."""
-    if all(c in columns for c in TRANSACTIONS_V1.inputs):
-        return TRANSACTIONS_V1
+    from lakescore import schemas as S
+
+    transactions = __getattr__("TRANSACTIONS_V1")
+    if all(c in columns for c in transactions.inputs):
+        return transactions
     excluded = {S.RECORD_ID, S.IS_ANOMALY, S.ANOMALY_TYPE, S.EVENT_DATE, S.TRANSACTION_ID, S.ACCOUNT_ID}
     numeric = [c for c in columns if c not in excluded]
     if not numeric:
@@ -349,18 +358,30 @@ def feature_set_for_table(table: str, columns: Sequence[str]) -> FeatureSet:
 
 
 def feature_set_from_manifest(spec: Mapping) -> FeatureSet:
-    """Rebuild the feature set a bundle was trained with from its manifest entry."""
+    """Rebuild the feature set a bundle was trained with from its manifest entry: from the feature
+    spec it carries, or (bundles written before specs) from its name."""
+    from lakescore.specs import FittedSpec, SpecError
+
     name = spec["name"]
-    if name == TRANSACTIONS_V1.name:
-        if tuple(spec["features"]) != TRANSACTIONS_V1.features:
-            raise ValueError(
-                f"bundle lists features {spec['features']} for {name}, but this code builds "
-                f"{list(TRANSACTIONS_V1.features)}; retrain the model with this version of lakescore"
-            )
-        return TRANSACTIONS_V1
-    if name == NUMERIC_PASSTHROUGH:
+    transactions = __getattr__("TRANSACTIONS_V1")
+    if "spec" in spec:
+        try:
+            fitted = FittedSpec.from_json(spec, f"the bundle's feature set {name}")
+            built = transactions if fitted == transactions.fitted else fitted.feature_set()
+        except SpecError as exc:
+            raise ValueError(f"{exc} (or retrain the model with this version of lakescore)") from None
+    elif name == transactions.name:
+        built = transactions
+    elif name == NUMERIC_PASSTHROUGH:
         return numeric_feature_set(spec["features"])
-    raise ValueError(
-        f"bundle uses feature set {name!r}, which this version of lakescore does not know "
-        f"(known: {TRANSACTIONS_V1.name}, {NUMERIC_PASSTHROUGH}); upgrade lakescore or retrain"
-    )
+    else:
+        raise ValueError(
+            f"bundle uses feature set {name!r} without a feature spec, which this version of lakescore does not know "
+            f"(known: {transactions.name}, {NUMERIC_PASSTHROUGH}); upgrade lakescore or retrain"
+        )
+    if tuple(spec["features"]) != built.features:
+        raise ValueError(
+            f"bundle lists features {list(spec['features'])} for {name}, but its feature spec builds "
+            f"{list(built.features)}; retrain the model with this version of lakescore"
+        )
+    return built

@@ -21,16 +21,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from lakescore.features import BOOLEAN, NUMERIC, STRING, FeatureSet, feature_set_from_manifest
+from lakescore.features import BOOLEAN, NUMERIC, STRING, TIMESTAMP, FeatureSet, feature_set_from_manifest
 from lakescore.models import AUTOENCODER, KINDS, MLP
 from lakescore.preprocess import Preprocessing
+from lakescore.specs import FittedSpec, SourceSpec, SpecError, builtin_spec
 
 FORMAT_VERSION = 1
 PROBABILITY = "probability"
 RECONSTRUCTION_ERROR = "reconstruction_error"
 SCORE_TYPES = (PROBABILITY, RECONSTRUCTION_ERROR)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_INPUT_KINDS = (NUMERIC, BOOLEAN, STRING)
+_INPUT_KINDS = (NUMERIC, BOOLEAN, STRING, TIMESTAMP)
 _FIX = "re-export the model with this lakescore"
 
 
@@ -180,33 +181,78 @@ class Architecture:
 
 @dataclass(frozen=True)
 class FeatureSetSpec:
-    """The feature set as the bundle records it (`FeatureSet.to_manifest()`); `build()` rebuilds it."""
+    """The feature set as the bundle records it (`FeatureSet.to_manifest()`); `build()` rebuilds it.
+
+    Bundles trained from a feature spec also carry the spec and what training learned from it
+    (`spec`, `learned`); older bundles name a feature set this code knows (transactions_v1,
+    numeric_v1) and have neither.
+    """
 
     name: str
-    inputs: Mapping[str, str]  # raw column -> NUMERIC, BOOLEAN or STRING, in order
+    inputs: Mapping[str, str]  # raw column -> NUMERIC, BOOLEAN, STRING or TIMESTAMP, in order
     features: tuple[str, ...]  # model input order
+    spec: SourceSpec | None = None  # the source's feature spec (keys, label, sensitive columns, features)
+    learned: Mapping[str, Any] | None = None  # what fitting the spec learned: {"vocabularies": {...}}
 
     @classmethod
     def of(cls, feature_set: FeatureSet) -> "FeatureSetSpec":
         return cls.from_json(feature_set.to_manifest())
+
+    @property
+    def fitted(self) -> FittedSpec | None:
+        """The fitted feature spec scoring computes with: the one recorded, else (a bundle from
+        before specs) the builtin spec of the same name, else None (numeric_v1)."""
+        if self.spec is not None:
+            return FittedSpec.from_json({"spec": self.spec.to_json(), "learned": self.learned})
+        if self.name == "transactions_v1":
+            return builtin_spec(self.name).fit()
+        return None
 
     def build(self) -> FeatureSet:
         """The feature set this lakescore computes for the bundle (ValueError if it knows none)."""
         return feature_set_from_manifest(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "inputs": dict(self.inputs), "features": list(self.features)}
+        out = {"name": self.name, "inputs": dict(self.inputs), "features": list(self.features)}
+        if self.spec is not None:
+            out["spec"] = self.spec.to_json()
+            out["learned"] = _json_copy(self.learned or {})
+        return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = "manifest.json", path: str = "feature_set") -> "FeatureSetSpec":
         o = _Object(data, path, where)
-        o.unknown(("name", "inputs", "features"))
+        o.unknown(("name", "inputs", "features", "spec", "learned"))
         inputs = o.get(
             "inputs",
             lambda v: None if isinstance(v, dict) and all(k and x in _INPUT_KINDS for k, x in v.items())
             else f"expected a JSON object of column -> one of {', '.join(_INPUT_KINDS)}",
         )
-        return cls(name=o.get("name", _text), inputs=dict(inputs), features=tuple(o.get("features", _strings)))
+        spec, learned = None, o.get("learned", _object, required=False)
+        if "spec" in o.data:
+            try:
+                fitted = FittedSpec.from_json({"spec": o.data["spec"], "learned": learned}, f"{where}: `{path}`")
+            except SpecError as exc:
+                raise BundleError(f"{exc}; {_FIX}") from None
+            spec = fitted.spec
+        elif learned is not None:
+            raise o.fail("learned", "is there without `spec`")
+        return cls(
+            name=o.get("name", _text),
+            inputs=dict(inputs),
+            features=tuple(o.get("features", _strings)),
+            spec=spec,
+            learned=None if spec is None else _json_copy(learned or {}),
+        )
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of plain JSON data (the manifest's learned state stays immutable in effect)."""
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_copy(v) for v in value]
+    return value
 
 
 _PREPROCESSING_ARRAYS = ("impute", "clip_low", "clip_high", "center", "scale")

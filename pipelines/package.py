@@ -17,6 +17,9 @@ from typing import Sequence
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What Spark's driver and executors import; `training` runs on Ray and is left out.
 SHIPPED_PACKAGES = ("lakescore", "udfs", "pipelines", "jobs")
+# Package data the code reads with importlib.resources (the builtin feature specs); pyproject.toml's
+# package-data lists the same for wheels.
+PACKAGE_DATA = ("lakescore/specs/*.toml",)
 # 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the bytes.
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -29,7 +32,8 @@ class PackageError(RuntimeError):
 class PyFilesZip:
     path: Path
     sha256: str
-    files: tuple[str, ...]  # archive names, e.g. "lakescore/bundle.py"
+    files: tuple[str, ...]  # archive names of the sources, e.g. "lakescore/bundle.py"
+    data: tuple[str, ...] = ()  # archive names of the package data, e.g. "lakescore/specs/transactions_v1.toml"
 
 
 def project_version() -> str:
@@ -58,9 +62,10 @@ def build_pyfiles_zip(
     Returns:
         The zip's path, sha256 and the archive names it holds.
 
-    Only `.py` sources go in (no __pycache__, no data): each Python worker compiles what it imports.
+    Only `.py` sources and PACKAGE_DATA go in (no __pycache__): each Python worker compiles what it imports.
     """
     sources: list[tuple[str, Path]] = []
+    data: list[tuple[str, Path]] = []
     for package in packages:
         folder = Path(root) / package
         if not (folder / "__init__.py").is_file():
@@ -72,19 +77,22 @@ def build_pyfiles_zip(
             if "__pycache__" in source.parts:
                 continue
             sources.append((source.relative_to(root).as_posix(), source))
+        for pattern in PACKAGE_DATA:
+            if pattern.startswith(f"{package}/"):
+                data += [(p.relative_to(root).as_posix(), p) for p in sorted(Path(root).glob(pattern))]
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     path = dest_dir / (name or f"lakescore-{project_version()}.zip")
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for arcname, source in sources:
+        for arcname, source in sources + data:
             info = zipfile.ZipInfo(arcname, date_time=_FIXED_TIME)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, source.read_bytes())
     tmp.replace(path)  # a half-written zip never carries the final name
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return PyFilesZip(path=path, sha256=digest, files=tuple(a for a, _ in sources))
+    return PyFilesZip(path=path, sha256=digest, files=tuple(a for a, _ in sources), data=tuple(a for a, _ in data))
 
 
 def spark_submit_flags(zip_path: Path, jars: Sequence[str]) -> list[str]:

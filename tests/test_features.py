@@ -82,6 +82,39 @@ def test_feature_sets_round_trip_through_the_manifest():
     np.testing.assert_array_equal(again.transform(frame), numeric.transform(frame))
 
 
+def test_a_bundle_from_before_feature_specs_gets_the_builtin_transactions_spec_and_an_unknown_name_says_what_to_do():
+    then = {k: v for k, v in TRANSACTIONS_V1.to_manifest().items() if k not in ("spec", "learned")}
+    assert feature_set_from_manifest(then) is TRANSACTIONS_V1
+    assert set(TRANSACTIONS_V1.to_manifest()) == {"name", "inputs", "features", "spec", "learned"}
+    with pytest.raises(ValueError, match="retrain the model"):
+        feature_set_from_manifest({**then, "features": then["features"][:-1]})
+    with pytest.raises(ValueError, match="'sensors_v1' without a feature spec.*upgrade lakescore or retrain"):
+        feature_set_from_manifest({**then, "name": "sensors_v1"})
+
+
+def test_timestamp_and_null_readers_agree_between_pandas_and_arrow():
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from lakescore.features import TIMESTAMP, raw_columns, spark_type_kind
+
+    assert [spark_type_kind(t) for t in ("timestamp", "timestamp_ntz", "date")] == [TIMESTAMP] * 3
+    frame = pd.DataFrame(
+        {
+            "ns": pd.to_datetime(["1970-01-01 01:00:00.000001", None, "1969-12-31 23:00:00.000000"]),  # datetime64[ns], naive
+            "day": [dt.date(1970, 1, 2), None, dt.date(2026, 3, 2)],
+            "text": ["a", None, float("nan")],
+        }
+    )
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    assert batch.schema.field("ns").type == pa.timestamp("ns") and batch.schema.field("day").type == pa.date32()
+    for raw in (raw_columns(frame), raw_columns(batch)):
+        np.testing.assert_array_equal(raw.timestamps("ns"), [3_600_000_001.0, np.nan, -3_600_000_000.0])
+        np.testing.assert_array_equal(raw.timestamps("day"), [86_400e6, np.nan, 1_772_409_600e6])
+        assert raw.missing("text").tolist() == [False, True, True]
+
+
 def test_undated_tables_use_their_numeric_columns_without_keys_or_labels():
     fs = feature_set_for_table("t", [S.RECORD_ID, "f1", "f2", S.IS_ANOMALY])
     assert fs.features == ("f1", "f2")

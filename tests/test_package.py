@@ -36,7 +36,9 @@ def test_the_zip_holds_every_python_source_of_lakescore_udfs_pipelines_and_jobs_
     with zipfile.ZipFile(built.path) as archive:
         names = set(archive.namelist())
         assert archive.testzip() is None
-    assert names == on_disk == set(built.files)
+    data = {p.relative_to(REPO).as_posix() for p in (REPO / "lakescore" / "specs").glob("*.toml")}
+    assert "lakescore/specs/transactions_v1.toml" in data
+    assert names == on_disk | data and on_disk == set(built.files) and data == set(built.data)
     assert {"lakescore/__init__.py", "udfs/__init__.py", "pipelines/__init__.py", "jobs/__init__.py"} <= names
     assert not any(n.startswith(("training/", "tests/")) for n in names)
     assert built.path.name == f"lakescore-{project_version()}.zip"
@@ -59,6 +61,8 @@ def test_a_python_without_lakescore_imports_every_shipped_module_from_the_zip(bu
         f"for name in {modules!r}:\n"
         "    module = importlib.import_module(name)\n"
         "    assert module.__file__.startswith(sys.argv[1]), (name, module.__file__)\n"
+        "from lakescore.specs import builtin_spec\n"
+        "assert builtin_spec('transactions_v1').keys == ('transaction_id',)\n"  # package data read from the zip
         "print(len(sys.modules))\n"
     )
     with_zip = subprocess.run(
