@@ -903,7 +903,7 @@ def _toml_value(value: Any) -> str:
 def _render(spec: SourceSpec, notes: Mapping[str, str], left_out: Sequence[str] = (), draft: bool = False) -> str:
     lines: list[str] = []
     if draft:
-        lines += [f"# Feature spec drafted from a sample of the table: read every guess, edit, then train with it.",
+        lines += ["# Feature spec drafted from a sample of the table: read every guess, edit, then train with it.",
                   "# Every feature is clipped at training-split quantiles and imputed by the bundle's preprocessing.", ""]
 
     def entry(key: str, value: Any) -> None:
