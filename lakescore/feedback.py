@@ -4,6 +4,13 @@ A verdict is `confirmed_anomaly` or `false_positive` for one record of one sourc
 by its key (`transaction_id` for transactions, `record_id` for the benchmark tables) as a string.
 Retraining joins verdicts to the source by that key; a verdict overrides the source's label.
 
+The verdict is an enumerated type, enforced where every writer meets it: the CLI checks a batch
+before writing (nothing of a batch with one bad verdict is written), and the table itself holds a
+Delta CHECK constraint (`verdict_known`), so an `INSERT` in SQL with a typo fails instead of
+turning into a label. A source is named one way: a catalog table by its qualified lower-case name
+(`lakescore.transactions`, whether the analyst wrote `transactions` or `LakeScore.Transactions`),
+a path by its absolute form; readers normalise rows inserted by SQL the same way.
+
 Writers: `lakescore feedback` (one record, a CSV/Parquet file, or a table of verdicts) upserts by
 (source_table, record_key) in one MERGE commit; analysts may also `INSERT INTO lakescore.feedback`
 in SQL. Readers take the latest verdict per record (by recorded_at), so both ways agree.
@@ -11,8 +18,10 @@ in SQL. Readers take the latest verdict per record (by recorded_at), so both way
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
@@ -28,13 +37,52 @@ class FeedbackError(ValueError):
 
 
 def source_name(settings: Settings, source: str) -> str:
-    """How feedback names a source: `db.table` for catalog tables, the path as given otherwise."""
-    return source if ("/" in source or source.startswith("file:")) else settings.table(source)
+    """How feedback (and flagged) name a source: `db.table` in lower case for a catalog table, the
+    absolute path (no `file:`, no trailing slash) for a path."""
+    source = source.strip()
+    if "/" in source or source.startswith("file:"):
+        return str(Path(source.removeprefix("file:")).resolve())
+    return settings.table(source).lower()
+
+
+def source_name_column(settings: Settings, column: Column) -> Column:
+    """`source_name` as a Spark expression, for names written by SQL: `transactions` and
+    `LakeScore.Transactions` both become `lakescore.transactions`, `file:/x/y/` becomes `/x/y`."""
+    name = F.trim(column)
+    path = F.regexp_replace(F.regexp_replace(name, "^file:", ""), "/+$", "")
+    qualified = F.when(name.contains("."), F.lower(name)).otherwise(
+        F.concat(F.lit(settings.lake.database.lower() + "."), F.lower(name))
+    )
+    return F.when(name.contains("/"), path).otherwise(qualified)
+
+
+VERDICT_CONSTRAINT = "verdict_known"
 
 
 def ensure_feedback_table(spark: SparkSession, settings: Settings) -> str:
-    """Create the feedback table if needed; return its path (read and written by path)."""
-    return lake.ensure_own_table(spark, settings, S.FEEDBACK, S.FEEDBACK_SCHEMA)
+    """Create the feedback table if needed, with its CHECK constraint on `verdict`; return its
+    path (read and written by path). A table from before the constraint gets it here, unless a
+    row already breaks it: then the message lists the bad verdicts and how to fix them."""
+    path = lake.ensure_own_table(spark, settings, S.FEEDBACK, S.FEEDBACK_SCHEMA)
+    properties = DeltaTable.forPath(spark, path).detail().select("properties").collect()[0]["properties"] or {}
+    if f"delta.constraints.{VERDICT_CONSTRAINT}" not in properties:
+        allowed = ", ".join(f"'{v}'" for v in S.VERDICTS)  # constants, not input
+        try:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {VERDICT_CONSTRAINT} CHECK (verdict IN ({allowed}))")
+        except Exception as exc:  # Delta refuses the constraint when existing rows break it
+            bad = (
+                spark.read.format("delta").load(path).where(~F.col("verdict").isin(*S.VERDICTS))
+                .groupBy("verdict").count().limit(10).collect()
+            )
+            if not bad:
+                raise
+            listed = ", ".join(f"{r['verdict']!r} ({r['count']} rows)" for r in bad)
+            raise FeedbackError(
+                f"{settings.table(S.FEEDBACK)} holds verdicts that are neither {' nor '.join(S.VERDICTS)}: "
+                f"{listed}. Correct them (lakescore sql --write \"UPDATE {settings.table(S.FEEDBACK)} SET "
+                f"verdict = 'false_positive' WHERE verdict = '...'\") or delete them; then run again"
+            ) from exc
+    return path
 
 
 def normalise_verdicts(df: DataFrame, settings: Settings, source_table: str | None) -> DataFrame:
@@ -57,7 +105,7 @@ def normalise_verdicts(df: DataFrame, settings: Settings, source_table: str | No
             raise FeedbackError("verdicts have no source_table column; pass --table to say which table they are about")
         df = df.withColumn("source_table", F.lit(source_name(settings, source_table)))
     shaped = df.select(
-        F.col("source_table").cast("string").alias("source_table"),
+        source_name_column(settings, F.col("source_table").cast("string")).alias("source_table"),
         F.trim(F.col("record_key").cast("string")).alias("record_key"),
         F.lower(F.trim(F.col("verdict").cast("string"))).alias("verdict"),
         (F.col("analyst").cast("string") if "analyst" in df.columns else F.lit(None).cast("string")).alias("analyst"),
@@ -131,5 +179,13 @@ def verdicts_for(
     if version is not None:
         reader = reader.option("versionAsOf", version)
     feedback = reader.load(str(lake.table_path(settings, S.FEEDBACK)))
-    rows = latest_verdicts(feedback.where(F.col("source_table") == source_name(settings, source_table))).collect()
-    return {r["record_key"]: r["verdict"] == "confirmed_anomaly" for r in rows}
+    named = feedback.withColumn("source_table", source_name_column(settings, F.col("source_table")))
+    rows = latest_verdicts(named.where(F.col("source_table") == source_name(settings, source_table))).collect()
+    return {r["record_key"]: _is_anomaly(r["verdict"]) for r in rows}
+
+
+def _is_anomaly(verdict: str) -> bool:
+    """The label a verdict gives; any other value is refused (the table's constraint keeps them out)."""
+    if verdict not in S.VERDICTS:
+        raise FeedbackError(f"feedback holds the verdict {verdict!r}, neither {' nor '.join(S.VERDICTS)}; correct it")
+    return verdict == S.VERDICTS[0]

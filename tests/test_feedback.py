@@ -40,3 +40,39 @@ def test_a_batch_with_an_unknown_verdict_writes_nothing(spark, settings, tmp_pat
     with pytest.raises(FeedbackError, match="lack column"):
         run_feedback(spark, settings, VerdictSource(from_table="not_verdicts"), table="fb_bad")
     assert feedback.history().count() == before
+
+
+def test_a_verdict_typo_inserted_with_sql_is_refused_by_the_table_and_nothing_is_written(spark, settings):
+    from delta.tables import DeltaTable
+
+    from lakescore.feedback import ensure_feedback_table
+
+    feedback = DeltaTable.forPath(spark, ensure_feedback_table(spark, settings))
+    before = feedback.toDF().count()
+    with pytest.raises(Exception, match="verdict_known"):
+        spark.sql(
+            "INSERT INTO lakescore.feedback VALUES "
+            "('lakescore.fb_typo', '1', 'confirmed_anomaly ', 'bo', NULL, current_timestamp()), "
+            "('lakescore.fb_typo', '2', 'false_positive', 'bo', NULL, current_timestamp())"
+        )
+    assert feedback.toDF().count() == before
+    assert verdicts_for(spark, settings, "fb_typo") == {}
+
+
+def test_a_source_is_one_name_however_the_analyst_spells_it(spark, settings):
+    run_feedback(spark, settings, VerdictSource(key="7", verdict="confirmed_anomaly"), table="Fb_Names")
+    spark.sql(
+        "INSERT INTO lakescore.feedback VALUES "
+        "('fb_names', '8', 'false_positive', 'bo', NULL, current_timestamp()), "
+        "(' LakeScore.FB_NAMES ', '9', 'confirmed_anomaly', 'bo', NULL, current_timestamp()), "
+        "('other_table', '10', 'confirmed_anomaly', 'bo', NULL, current_timestamp())"
+    )
+    expected = {"7": True, "8": False, "9": True}
+    assert verdicts_for(spark, settings, "fb_names") == expected
+    assert verdicts_for(spark, settings, "lakescore.FB_Names") == expected
+
+
+def test_a_path_source_is_named_by_its_absolute_path(spark, settings, tmp_path):
+    source = tmp_path / "readings"
+    run_feedback(spark, settings, VerdictSource(key="1", verdict="false_positive"), table=f"file:{source}/")
+    assert verdicts_for(spark, settings, str(source)) == {"1": False}
