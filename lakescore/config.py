@@ -120,6 +120,10 @@ class RaySettings:
     # slots free for the job's own Spark reads and writes) and CPUs of the head node in the driver.
     spark_worker_nodes: int = 1
     spark_head_cpus: int = 1
+    # address = "spark" only: Ray 2.60's setup_ray_cluster cannot start with token authentication
+    # (cluster_configs/README.md says why), so Ray on Spark runs without it, trusting the Spark
+    # nodes' network, and only when this says so. Standing clusters (KubeRay, launcher) use tokens.
+    spark_unauthenticated: bool = False
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -134,6 +138,14 @@ class RaySettings:
             raise ConfigError(
                 f"ray.spark_worker_nodes={self.spark_worker_nodes} must be at least 1 and "
                 f"ray.spark_head_cpus={self.spark_head_cpus} at least 0 for ray.address = 'spark'"
+            )
+        if self.address == "spark" and not self.spark_unauthenticated:
+            raise ConfigError(
+                "ray.address = 'spark' starts Ray on the Spark cluster WITHOUT authentication: Ray 2.60's "
+                "setup_ray_cluster checks its own head node without a token, so it cannot run with "
+                "RAY_AUTH_MODE=token (cluster_configs/README.md, \"Ray on Spark\"). Set "
+                "ray.spark_unauthenticated=true to accept that on a private Spark network, or use a "
+                "standing Ray cluster with token authentication (ray.address=auto on KubeRay or the launcher)"
             )
         if self.max_failures < -1:
             raise ConfigError(f"ray.max_failures={self.max_failures} must be >= -1 (-1: unlimited)")

@@ -197,6 +197,12 @@ def test_the_kuberay_cluster_runs_the_pinned_ray_with_a_gpu_group_and_checkpoint
     assert settings.ray.storage_path == Path(env["LAKESCORE_RAY_STORAGE_PATH"])
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert _env(head) == env  # head and workers read the same settings
+    # Token authentication everywhere, from the secret; the dashboard inside the head pod only.
+    assert env["RAY_AUTH_MODE"] == "token"
+    for container in (head, worker):
+        (token,) = [e for e in container["env"] if e["name"] == "RAY_AUTH_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"]["key"] == "ray-auth-token"
+    assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "127.0.0.1"
 
 
 def test_the_ray_cluster_launcher_starts_a_head_and_gpu_workers_with_shared_checkpoint_storage(tmp_path):
@@ -214,6 +220,12 @@ def test_the_ray_cluster_launcher_starts_a_head_and_gpu_workers_with_shared_chec
     assert settings.ray.storage_path == Path("/mnt/lake/_checkpoints")
     assert Path(exports["LAKESCORE_RAY_STORAGE_PATH"]).is_relative_to(exports["LAKESCORE_LAKE_ROOT"])
     assert "export RAY_TRAIN_V2_ENABLED=1" in setup
+    # Every `ray start` and every shell (drivers) use the cluster's token; the dashboard is on loopback.
+    assert "export RAY_AUTH_MODE=token" in setup and "export RAY_AUTH_TOKEN=" in setup
+    starts = launcher["head_start_ray_commands"][1:] + launcher["worker_start_ray_commands"][1:]
+    assert all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN=" in c for c in starts)
+    head_start = " ".join(launcher["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
 
 
 CONFIG_FILES = sorted(p for p in CONFIGS.rglob("*") if p.is_file() and "__pycache__" not in p.parts)

@@ -79,6 +79,7 @@ def test_an_anomaly_rate_out_of_range_is_refused(tmp_path):
         ({"ray.cpus_per_worker": "0"}, r"ray\.cpus_per_worker=0.0 must be a positive number"),
         ({"ray.address": "spark", "ray.spark_worker_nodes": "0"}, r"ray\.spark_worker_nodes=0 must be at least 1"),
         ({"ray.address": "spark", "ray.spark_head_cpus": "-1"}, r"ray\.spark_head_cpus=-1 at least 0"),
+        ({"ray.address": "spark"}, r"WITHOUT authentication.*ray\.spark_unauthenticated=true"),
         ({"ray.max_failures": "-2"}, r"ray\.max_failures=-2 must be >= -1 \(-1: unlimited\)"),
         ({"generate.format": "csv"}, r"generate\.format='csv' is not one of: delta, parquet"),
         ({"generate.table": "a b"}, r"generate\.table 'a b' is not a plain SQL identifier"),
