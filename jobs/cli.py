@@ -17,6 +17,7 @@ from jobs.retrain import retrain
 from jobs.score_nightly import score
 from jobs.sql import sql
 from jobs.train import train
+from jobs.upgrade_tables import upgrade_tables_command
 
 app = typer.Typer(
     help="Anomaly detection at data-lake scale: generate, train, score, query, retrain.",
@@ -34,6 +35,7 @@ app.command("feedback")(feedback)
 app.command("models")(models)
 app.command("promote")(promote_command)
 app.command("retrain")(retrain)
+app.command("upgrade-tables")(upgrade_tables_command)
 
 
 if __name__ == "__main__":
