@@ -63,8 +63,9 @@ $LS sql "SELECT COUNT_IF(p.record_key IS NOT NULL) AS champion_flagged,
          USING (record_key)"
 $LS sql "SELECT v.transaction_id, v.amount, ROUND(v.score, 4) AS score, v.scoring_role AS flagged_only_by
          FROM lakescore.flagged_transactions v
+         LEFT ANTI JOIN (SELECT record_key, scoring_role FROM lakescore.flagged_transactions
+                         WHERE run_date = DATE'${DAY}') o
+           ON o.record_key = v.record_key AND o.scoring_role <> v.scoring_role
          WHERE v.run_date = DATE'${DAY}'
-           AND v.record_key NOT IN (SELECT record_key FROM lakescore.flagged_transactions o
-                                    WHERE o.run_date = DATE'${DAY}' AND o.scoring_role <> v.scoring_role)
          ORDER BY score DESC LIMIT 8"
 echo "More queries: docs/sql_examples.md"
