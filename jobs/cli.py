@@ -19,6 +19,7 @@ from jobs.score_nightly import score
 from jobs.spec import spec_app
 from jobs.sql import sql
 from jobs.train import train
+from jobs.upgrade_tables import upgrade_tables_command
 
 app = typer.Typer(
     help="Anomaly detection at data-lake scale: generate, train, score, query, retrain.",
@@ -36,6 +37,7 @@ app.command("feedback")(feedback)
 app.command("models")(models)
 app.command("promote")(promote_command)
 app.command("retrain")(retrain)
+app.command("upgrade-tables")(upgrade_tables_command)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(spec_app, name="spec")
 

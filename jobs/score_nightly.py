@@ -24,8 +24,11 @@ and the shared metastore and lake root:
       --set lake.root=/shared/lake
 
 Options: `--table` a catalog table or a path (Delta or Parquet, detected); `--model name` (its
-champion) or `name@version`, or `--bundle DIR` for a bundle outside the registry; `--run-date D`
-(default: yesterday, UTC) or `--from A --to B`, which runs each date as its own run.
+champion) or `name@version`, or `--bundle DIR` for a bundle outside the registry; `--shadow
+name@version` a challenger scored in the same pass over the rows, written as its own slice
+(scoring_role `shadow`); `--run-date D` (default: yesterday, UTC) or `--from A --to B`, which runs
+each date as its own run. A run replaces only its own slice of the tables: (run_date, source,
+model, role).
 
 What a run does and writes, step by step: pipelines/nightly.py.
 """
@@ -52,11 +55,14 @@ def score(
     table: Optional[str] = typer.Option(None, help="Catalog table or path, Delta or Parquet (default: score.table)."),
     model: Optional[str] = typer.Option(None, help="`name` (its champion) or `name@version` (default: score.model)."),
     bundle: Optional[Path] = typer.Option(None, help="Score with this bundle directory instead of the registry."),
+    shadow: Optional[str] = typer.Option(
+        None, help="`name@version` of a challenger to score in the same pass, written as scoring_role 'shadow'."
+    ),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
     verbose: bool = VerboseOption,
 ) -> None:
-    """Score a date partition with the champion model; write lakescore.flagged and lakescore.run_metrics.
+    """Score a date partition with the champion model (and a shadow challenger); write lakescore.flagged and lakescore.run_metrics.
 
     \f
     Each parameter is one command-line option (typer reads them from this signature), hence more than seven.
@@ -73,7 +79,7 @@ def score(
         fail(str(exc))
     spark = lake_session(settings, "lakescore-score")
     try:
-        summaries = run_nightly(spark, settings, start, last_date=end, bundle_path=bundle)
+        summaries = run_nightly(spark, settings, start, last_date=end, bundle_path=bundle, shadow=shadow)
     except (BundleError, RegistryError, lake.SourceError, ValueError) as exc:
         fail(str(exc))
     finally:
@@ -84,6 +90,7 @@ def score(
                 "run_date": s.run_date,
                 "run_id": s.run_id,
                 "model": s.model,
+                "role": s.scoring_role,
                 "rows": s.rows_read,
                 "flagged": s.rows_flagged,
                 "flag_rate": s.rows_flagged / s.rows_read if s.rows_read else None,
@@ -92,7 +99,7 @@ def score(
             }
             for s in summaries
         ],
-        ["run_date", "run_id", "model", "rows", "flagged", "flag_rate", "seconds", "rows_per_s"],
+        ["run_date", "run_id", "model", "role", "rows", "flagged", "flag_rate", "seconds", "rows_per_s"],
     )
 
 

@@ -96,6 +96,23 @@ SOURCE_TABLE = "source_table"
 RUN_ID = "run_id"
 RUN_DATE = "run_date"
 SCORED_AT = "scored_at"
+SCORING_ROLE = "scoring_role"
+RECORD_KEY = "record_key"  # the row's key as one string; what feedback.record_key joins on
+RECORD = "record"  # the row's keys and allow-listed columns, as text by column name
+
+# What a model was scoring for: the model a run was given (--model / score.model / --bundle), or
+# a challenger scored beside it in the same pass (--shadow).
+PRIMARY = "primary"
+SHADOW = "shadow"
+SCORING_ROLES = (PRIMARY, SHADOW)
+# Between scoring and writing only (never written): which of the models scored in one pass
+# flagged a row, as its position in the list of models.
+MODEL_INDEX = "_lakescore_model"
+
+# A run's slice of flagged and run_metrics: a re-run replaces exactly its own slice, and every
+# one of these is a partition column, so that replacing one is a partition-only replaceWhere
+# (Delta drops the slice's files and rewrites no other file).
+SLICE_COLUMNS = (RUN_DATE, SOURCE_TABLE, MODEL_NAME, SCORING_ROLE)
 
 REASONS_TYPE = T.ArrayType(
     T.StructType(
@@ -107,6 +124,27 @@ REASONS_TYPE = T.ArrayType(
     )
 )
 
+# flagged has one schema for every source: typed common columns, and the source's own columns
+# (keys and allow-listed ones) as text in `record`. A new source never adds a column; the typed
+# view `flagged_<source>` (pipelines.nightly) casts `record` back to the source's types.
+FLAGGED_SCHEMA = T.StructType(
+    [
+        T.StructField(RECORD_KEY, T.StringType(), True),
+        T.StructField(RECORD, T.MapType(T.StringType(), T.StringType(), True), True),
+        T.StructField(SCORE, T.DoubleType(), True),
+        T.StructField(THRESHOLD, T.DoubleType(), False),
+        T.StructField(REASONS, REASONS_TYPE, True),
+        T.StructField(MODEL_NAME, T.StringType(), False),
+        T.StructField(MODEL_VERSION, T.IntegerType(), False),
+        T.StructField(MODEL_SHA256, T.StringType(), False),
+        T.StructField(SCORING_ROLE, T.StringType(), False),
+        T.StructField(SOURCE_TABLE, T.StringType(), False),
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(RUN_DATE, T.DateType(), False),
+        T.StructField(SCORED_AT, T.TimestampType(), False),
+    ]
+)
+
 # run_metrics is long so that a new metric never changes the schema.
 SCOPE = "scope"
 FEATURE = "feature"
@@ -116,8 +154,10 @@ RUN_METRICS_SCHEMA = T.StructType(
     [
         T.StructField(RUN_ID, T.StringType(), False),
         T.StructField(RUN_DATE, T.DateType(), False),
+        T.StructField(SOURCE_TABLE, T.StringType(), False),
         T.StructField(MODEL_NAME, T.StringType(), False),
         T.StructField(MODEL_VERSION, T.IntegerType(), False),
+        T.StructField(SCORING_ROLE, T.StringType(), False),
         T.StructField(SCOPE, T.StringType(), False),
         T.StructField(FEATURE, T.StringType(), True),
         T.StructField(METRIC, T.StringType(), False),

@@ -1,20 +1,26 @@
 """The nightly scoring run, top to bottom: one date partition of a source table scored with a
-registered model, its flagged rows and metrics written to the lake as Delta tables.
+registered model (and optionally a shadow challenger in the same pass), its flagged rows and
+metrics written to the lake as Delta tables.
+
+A run is keyed by its slice (run_date, source_table, model_name, scoring_role): a re-run replaces
+exactly its own slice of `flagged` and `run_metrics`, and other sources and models scored the same
+night are never touched (see lakescore.schemas.SLICE_COLUMNS).
 
     run_nightly
-      1. plan_run        resolve the bundle and the source; every check that can fail on the
-                         input (bundle verified, columns present and typed, keys, dates) runs
-                         here, before anything is written
-      2. broadcast       the bundle's bytes shipped once; the model is built once per Python worker
+      1. plan_run        resolve the bundles and the source; every check that can fail on the
+                         input (bundles verified, columns present and typed, keys, dates, the
+                         tables' layout) runs here, before anything is written
+      2. broadcast       each bundle's bytes shipped once; each model built once per Python worker
       3. score_date      per date: count the partition's rows, score them in one pass (the Arrow
-                         UDF adds every row's metrics to an accumulator while only flagged rows
-                         return to the JVM), then
-      4.                 write `flagged` (the date's rows replaced in ONE Delta commit), then
-      5.                 write `run_metrics` (the run's metrics and its `run_complete` row, one commit)
-      6.                 register both tables in the catalog
+                         UDF scores with every model and adds every row's metrics to one
+                         accumulator per model while only flagged rows return to the JVM), then
+      4.                 write `flagged` (every model's slice replaced in ONE Delta commit), then
+      5.                 write `run_metrics` (every model's metrics and `run_complete` row, one commit)
+      6.                 register both tables in the catalog, and the source's typed view
+                         `flagged_<source>`
 
 A run that dies before step 4 commits leaves both tables as they were. One that dies between the
-two commits leaves a `flagged` date whose run_id has no `run_complete` row: re-run the date.
+two commits leaves `flagged` slices whose run_id has no `run_complete` row: re-run the date.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -34,6 +40,7 @@ from lakescore import lake
 from lakescore import schemas as S
 from lakescore.bundle import Bundle, load_bundle
 from lakescore.config import Settings
+from lakescore.feedback import source_name
 from lakescore.registry import load_registered
 
 if TYPE_CHECKING:  # the scoring code imports torch: only when a run starts (fast `--help`)
@@ -51,6 +58,7 @@ class RunSummary:
     run_id: str
     run_date: dt.date
     model: str
+    scoring_role: str  # S.PRIMARY, or S.SHADOW for a challenger scored in the same pass
     source: str
     source_version: int | None
     rows_read: int  # rows in the source partition, counted without the model
@@ -65,14 +73,20 @@ class RunPlan:
     """Everything a night's runs need, resolved and checked before the first write."""
 
     bundle: Bundle
+    shadow: Bundle | None  # a challenger scored beside `bundle` in the same pass, or None
     source: lake.Source
-    source_name: str  # as flagged and run_metrics record it: a path, or the qualified table name
+    source_name: str  # as flagged, run_metrics and feedback record it (lakescore.feedback.source_name)
     df: DataFrame  # the source at its pinned version
-    columns: tuple[str, ...]  # what a run reads of it: the model's inputs and flagged's columns
+    columns: tuple[str, ...]  # what a run reads of it: the models' inputs and flagged's columns
     date_column: str | None  # the column each run selects its date on; None: an undated source
     run_dates: tuple[dt.date, ...]
     output: "OutputColumns"  # the source columns copied into flagged
     run_date_column: str | None  # a copied column filled with the run date instead of being read
+
+    @property
+    def bundles(self) -> tuple[Bundle, ...]:
+        """The models a run scores with, the primary first."""
+        return (self.bundle,) if self.shadow is None else (self.bundle, self.shadow)
 
     def rows_of(self, run_date: dt.date) -> DataFrame:
         """The rows one run scores: its date's partition, or every row of an undated source."""
@@ -89,25 +103,33 @@ def run_nightly(
     source: str | None = None,
     model: str | None = None,
     bundle_path: Path | str | None = None,
+    shadow: str | None = None,
 ) -> list[RunSummary]:
     """Score `source` for `run_date` (or each date from `run_date` to `last_date`, each its own
-    run and commits), write `flagged` and `run_metrics`; return one summary per run.
+    run and commits), write `flagged` and `run_metrics`; return one summary per run and model
+    (the primary's first).
 
     Args:
         run_date: the date partition to score (settings.score.date_column); default yesterday (UTC).
+            An undated source (no such column) is scored whole as the run of this date.
         last_date: with it, every date from run_date to last_date.
         source: catalog table or path (default settings.score.table).
-        model: `name` (champion) or `name@version` (default settings.score.model).
-        bundle_path: a bundle directory to use instead of the registry.
+        model: `name` (champion) or `name@version` (default settings.score.model): the primary model.
+        bundle_path: a bundle directory to use as the primary model instead of the registry.
+        shadow: `name@version` (or `name`, its champion) of a challenger scored in the same pass
+            over the rows, written as its own slice (scoring_role `shadow`).
 
     Raises, before anything is written: BundleError (a bundle that fails verification),
-    RegistryError, lake.SourceError, ValueError (missing/mistyped columns, bad dates).
+    RegistryError, lake.SourceError, ValueError (missing/mistyped columns, bad dates, tables in
+    the layout of an older lakescore: see pipelines.upgrade).
     """
     from udfs.broadcast import broadcast_model
 
-    plan = plan_run(spark, settings, run_date, last_date, source=source, model=model, bundle_path=bundle_path)
-    model_broadcast = broadcast_model(spark, plan.bundle)
-    return [score_date(spark, settings, plan, model_broadcast, date) for date in plan.run_dates]
+    plan = plan_run(
+        spark, settings, run_date, last_date, source=source, model=model, bundle_path=bundle_path, shadow=shadow
+    )
+    models = [broadcast_model(spark, bundle) for bundle in plan.bundles]
+    return [summary for date in plan.run_dates for summary in score_date(spark, settings, plan, models, date)]
 
 
 def plan_run(
@@ -119,29 +141,39 @@ def plan_run(
     source: str | None = None,
     model: str | None = None,
     bundle_path: Path | str | None = None,
+    shadow: str | None = None,
 ) -> RunPlan:
-    """Resolve the bundle and the source and run every check that can fail on the input, once."""
+    """Resolve the bundles and the source and run every check that can fail on the input, once."""
+    from pipelines.upgrade import check_table_layouts
     from udfs.flagged import choose_output_columns, scan_columns
-    from udfs.scoring import check_source_columns
+    from udfs.scoring import check_source_columns, shared_inputs
 
+    check_table_layouts(spark, settings)
     score = settings.score
     bundle = load_bundle(bundle_path) if bundle_path else load_registered(spark, settings, model or score.model)[1]
+    challenger = load_registered(spark, settings, shadow)[1] if shadow else None
+    if challenger is not None and (challenger.name, challenger.version) == (bundle.name, bundle.version):
+        raise ValueError(
+            f"--shadow {shadow} is the primary model {bundle.label} itself; "
+            "name another version as the shadow (e.g. the challenger to compare with the champion)"
+        )
     resolved = lake.resolve_source(spark, settings, source or score.table)
     df = lake.read_source(spark, resolved)
     where = f"source {resolved.name}"
-    feature_set = bundle.feature_set
-    check_source_columns(df, feature_set, where)
+    bundles = (bundle,) if challenger is None else (bundle, challenger)
+    for b in bundles:
+        check_source_columns(df, b.feature_set, f"{where} (model {b.label})")
     output = choose_output_columns(df.columns, score, where)
     run_dates, dated = _run_dates(df, score.date_column, run_date, last_date, where)
-    # Only what flagged and the model need leaves the scan (the date column only if flagged
+    # Only what flagged and the models need leaves the scan (the date column only if flagged
     # cannot take it from the run).
-    columns, run_date_column = scan_columns(
-        output, list(feature_set.inputs), df.schema, score.date_column if dated else None
-    )
+    inputs, _ = shared_inputs([b.feature_set for b in bundles])
+    columns, run_date_column = scan_columns(output, inputs, df.schema, score.date_column if dated else None)
     return RunPlan(
         bundle=bundle,
+        shadow=challenger,
         source=resolved,
-        source_name=resolved.name if "/" in resolved.name else settings.table(resolved.name),
+        source_name=source_name(settings, resolved.name),
         df=df,
         columns=tuple(columns),
         date_column=score.date_column if dated else None,
@@ -171,68 +203,99 @@ def _run_dates(
 
 
 def score_date(
-    spark: SparkSession, settings: Settings, plan: RunPlan, model: "BroadcastModel", run_date: dt.date
-) -> RunSummary:
-    """One run: score the rows of `run_date` in one pass, write flagged, then the metrics."""
+    spark: SparkSession, settings: Settings, plan: RunPlan, models: "list[BroadcastModel]", run_date: dt.date
+) -> list[RunSummary]:
+    """One night of one source: score the rows of `run_date` in one pass with every model (the
+    primary, then a shadow), write each model's slice of flagged (one commit), then of the
+    metrics (one commit); one summary per model."""
     from udfs.flagged import flagged_records
     from udfs.metrics import metric_records
-    from udfs.scoring import new_run_totals, score_dataframe
+    from udfs.scoring import new_run_totals, score_dataframe, score_models_dataframe
 
     started = time.perf_counter()
     scored_at = dt.datetime.now(dt.timezone.utc)
-    run = _run_identity(plan, run_date, scored_at)
-    log.info("run %s: scoring %s for %s with %s", run.run_id, run.source, run_date, plan.bundle.label)
+    runs = [
+        _run_identity(plan, bundle, role, run_date, scored_at)
+        for bundle, role in zip(plan.bundles, (S.PRIMARY, S.SHADOW))
+    ]
+    for run, bundle in zip(runs, plan.bundles):
+        log.info("run %s: scoring %s for %s with %s (%s)", run.run_id, run.source, run_date, bundle.label, run.scoring_role)
     rows = plan.rows_of(run_date)
     # Counted without the model (Parquet footers or Delta statistics, no column is decoded): the
     # UDF's own count of rows scored is checked against it.
     rows_read = rows.count()
-    totals = new_run_totals(spark, model)
-    # The job writes only flagged rows; the totals still count every row.
-    flagged = score_dataframe(rows, model, top_k=settings.score.top_reasons, totals=totals, flagged_only=True)
+    totals = [new_run_totals(spark, model) for model in models]
+    top_k = settings.score.top_reasons
+    # The job writes only flagged rows; the totals still count every row. One model takes the
+    # plain path; a shadow scores in the same UDF over the same rows (one scan, one transfer).
+    if len(models) == 1:
+        flagged = score_dataframe(rows, models[0], top_k=top_k, totals=totals[0], flagged_only=True)
+    else:
+        flagged = score_models_dataframe(rows, models, top_k=top_k, totals=totals)
     # The one action over the source rows: the flagged rows are written while the UDF adds up
     # the metrics of every row into `totals` (no cache, no second pass, no second model run).
     flagged_path = lake.table_path(settings, S.FLAGGED)
-    _replace_run(flagged_records(flagged, plan.output, run, scored_at, plan.run_date_column), flagged_path, run_date)
+    records = flagged_records(flagged, plan.output, runs, scored_at, plan.run_date_column)
+    replace_slices(records, flagged_path, runs)
     scoring_seconds = time.perf_counter() - started
-    run_totals = totals.value
-    if run_totals.rows != rows_read:
-        log.warning("run %s: %d rows read but %d scored", run.run_id, rows_read, run_totals.rows)
 
-    records = metric_records(
-        run,
-        model.layout,
-        run_totals,
-        rows_read=rows_read,
-        reference=plan.bundle.reference,
-        scoring_seconds=scoring_seconds,
-        duration_seconds=time.perf_counter() - started,
-        recorded_at=dt.datetime.now(dt.timezone.utc),
-    )
+    metric_rows = []
+    for run, model, run_totals in zip(runs, models, (t.value for t in totals)):
+        if run_totals.rows != rows_read:
+            log.warning("run %s: %d rows read but %d scored", run.run_id, rows_read, run_totals.rows)
+        metric_rows += metric_records(
+            run,
+            model.layout,
+            run_totals,
+            rows_read=rows_read,
+            reference=model.bundle.reference,
+            scoring_seconds=scoring_seconds,
+            duration_seconds=time.perf_counter() - started,
+            recorded_at=dt.datetime.now(dt.timezone.utc),
+        )
     metrics_path = lake.table_path(settings, S.RUN_METRICS)
-    _replace_run(spark.createDataFrame(records, S.RUN_METRICS_SCHEMA), metrics_path, run_date)
+    replace_slices(spark.createDataFrame(metric_rows, S.RUN_METRICS_SCHEMA), metrics_path, runs)
     lake.register_table(spark, settings, S.FLAGGED, flagged_path, "delta")
     lake.register_table(spark, settings, S.RUN_METRICS, metrics_path, "delta")
+    register_source_view(spark, settings, plan)
     duration = time.perf_counter() - started
-    counts = model.layout.split(run_totals.counts)
-    log.info("run %s: %d rows, %d flagged in %.1fs", run.run_id, counts.rows, counts.rows_flagged, duration)
-    return RunSummary(
-        run_id=run.run_id,
-        run_date=run_date,
-        model=plan.bundle.label,
-        source=run.source,
-        source_version=plan.source.version,
-        rows_read=rows_read,
-        rows_scored=counts.rows,
-        rows_flagged=counts.rows_flagged,
-        scoring_seconds=scoring_seconds,
-        duration_seconds=duration,
-    )
+    summaries = []
+    for run, model, run_totals in zip(runs, models, (t.value for t in totals)):
+        counts = model.layout.split(run_totals.counts)
+        log.info("run %s: %d rows, %d flagged in %.1fs", run.run_id, counts.rows, counts.rows_flagged, duration)
+        summaries.append(
+            RunSummary(
+                run_id=run.run_id,
+                run_date=run_date,
+                model=model.bundle.label,
+                scoring_role=run.scoring_role,
+                source=run.source,
+                source_version=plan.source.version,
+                rows_read=rows_read,
+                rows_scored=counts.rows,
+                rows_flagged=counts.rows_flagged,
+                scoring_seconds=scoring_seconds,
+                duration_seconds=duration,
+            )
+        )
+    return summaries
 
 
-def _run_identity(plan: RunPlan, run_date: dt.date, scored_at: dt.datetime) -> "RunIdentity":
+def register_source_view(spark: SparkSession, settings: Settings, plan: RunPlan) -> str:
+    """Create or replace the source's typed view of `flagged` (`flagged_<source>`, see
+    `udfs.flagged.flagged_view_sql`); return its qualified name."""
+    from udfs.flagged import flagged_view_sql, source_view_name
+
+    view = settings.table(source_view_name(plan.source_name))
+    spark.sql(flagged_view_sql(view, settings.table(S.FLAGGED), plan.source_name, plan.output, plan.df.schema))
+    return view
+
+
+def _run_identity(
+    plan: RunPlan, bundle: Bundle, scoring_role: str, run_date: dt.date, scored_at: dt.datetime
+) -> "RunIdentity":
     from udfs.metrics import RunIdentity
 
-    bundle = plan.bundle
     return RunIdentity(
         run_id=f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
         run_date=run_date,
@@ -242,24 +305,39 @@ def _run_identity(plan: RunPlan, run_date: dt.date, scored_at: dt.datetime) -> "
         source=plan.source_name,
         source_version=plan.source.version,
         threshold=bundle.threshold,
+        scoring_role=scoring_role,
     )
 
 
-def _replace_run(df: DataFrame, path: Path, run_date: dt.date) -> None:
-    """Replace the rows of `run_date` in the Delta table at `path` with `df`, in one commit.
+def slice_condition(runs: "Sequence[RunIdentity]") -> str:
+    """The SQL predicate that selects exactly the slices of `runs` (partition columns only)."""
+    from udfs.flagged import sql_string
 
-    The predicate names only the partition column, so Delta drops the date's old files without
-    rewriting any (a predicate on another column would rewrite the partition's files first).
-    A date holds one run: re-running it, with any model, replaces it. Every row has the run's
-    date, so the write skips Spark's sort by partition (lake.unsorted_partition_writes).
+    slices = sorted(
+        {(r.run_date, r.source, r.model_name, r.scoring_role) for r in runs}
+    )
+    return " OR ".join(
+        f"({S.RUN_DATE} = DATE'{day.isoformat()}' AND {S.SOURCE_TABLE} = {sql_string(source)} "
+        f"AND {S.MODEL_NAME} = {sql_string(model)} AND {S.SCORING_ROLE} = {sql_string(role)})"
+        for day, source, model, role in slices
+    )
+
+
+def replace_slices(df: DataFrame, path: Path, runs: "Sequence[RunIdentity]") -> None:
+    """Replace the slices of `runs` in the Delta table at `path` with `df`, in one commit.
+
+    The table is partitioned by the slice columns (S.SLICE_COLUMNS) and the predicate names
+    only them, so Delta drops the slices' old files without rewriting any file (a predicate on
+    another column would rewrite files first), and every other slice keeps its files: other
+    sources, other models, and the other role of the same model. Every row of a one-model run
+    has the same slice, so the write skips Spark's sort by partition
+    (lake.unsorted_partition_writes); with a shadow, a task meeting the second slice sorts.
     """
-    condition = f"{S.RUN_DATE} = DATE'{run_date.isoformat()}'"
     with lake.unsorted_partition_writes(df.sparkSession):
         (
             df.write.format("delta")
             .mode("overwrite")
-            .option("replaceWhere", condition)
-            .option("mergeSchema", "true")  # a source with other key/allowed columns adds columns
-            .partitionBy(S.RUN_DATE)
+            .option("replaceWhere", slice_condition(runs))
+            .partitionBy(*S.SLICE_COLUMNS)
             .save(str(path))
         )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole mission on the embedded default: generate a week of transactions into the lake,
-# then query it with SQL through the catalog. Run by `make demo`; re-runnable (each step
+# train a champion and a challenger, score a night with both (the challenger as a shadow, same
+# pass), then query it with SQL through the catalog. Run by `make demo`; re-runnable (each step
 # replaces what it wrote before, atomically).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,23 +22,50 @@ echo "== 3. train an mlp on the week with Ray Train (last day = test, the day be
 echo "      evaluated beside an IsolationForest, exported as a verified bundle into the registry"
 $LS train --table transactions --kind mlp
 
+echo "== 3b. a challenger to shadow it: a shorter training with another seed (registered as challenger)"
+$LS train --table transactions --kind mlp --epochs 3 --set train.seed=11
+SHADOW_VERSION=$($LS sql "SELECT MAX(version) AS v FROM lakescore.model_registry
+                          WHERE name = 'transactions' AND stage = 'challenger'" | tail -n 1 | tr -d ' ')
+
 # The last generated day: generate.start_date (2026-11-21) + generate.days (7) - 1.
 DAY=2026-11-27
-echo "== 4. score ${DAY} with the champion: the nightly job, as spark-submit runs it"
+echo "== 4. score ${DAY} with the champion and, in the same pass, the challenger transactions@${SHADOW_VERSION}"
+echo "      as a shadow: the nightly job, as spark-submit runs it"
 PYSPARK_PYTHON="$PWD/.venv/bin/python" PYSPARK_DRIVER_PYTHON="$PWD/.venv/bin/python" \
   .venv/bin/spark-submit --driver-memory 4g --jars "$(ls "$PWD"/.jars/*.jar | paste -sd,)" \
-  jobs/score_nightly.py --run-date "$DAY"
+  jobs/score_nightly.py --run-date "$DAY" --shadow "transactions@${SHADOW_VERSION}"
 
-echo "== 5. the night's results by SQL: flagged count, the top flagged rows with reasons, the run's metrics"
-$LS sql "SELECT run_date, model_name, model_version, COUNT(*) AS flagged
+echo "== 5. the night's results by SQL: flagged counts per role, the champion's top flagged rows with reasons"
+echo "      (typed, through the source's view), the run's metrics"
+$LS sql "SELECT run_date, model_name, model_version, scoring_role, COUNT(*) AS flagged
          FROM lakescore.flagged WHERE run_date = DATE'${DAY}'
-         GROUP BY run_date, model_name, model_version"
+         GROUP BY run_date, model_name, model_version, scoring_role ORDER BY scoring_role"
 $LS sql "SELECT transaction_id, account_id, amount, merchant_category, ROUND(score, 4) AS score,
                 transform(reasons, r -> concat(r.feature, ' ', format_number(r.contribution, 3))) AS reasons
-         FROM lakescore.flagged WHERE run_date = DATE'${DAY}' ORDER BY score DESC LIMIT 8"
+         FROM lakescore.flagged_transactions WHERE run_date = DATE'${DAY}' AND scoring_role = 'primary'
+         ORDER BY score DESC LIMIT 8"
 $LS sql "SELECT scope, feature, metric, ROUND(value, 4) AS value FROM lakescore.run_metrics
-         WHERE run_date = DATE'${DAY}'
+         WHERE run_date = DATE'${DAY}' AND scoring_role = 'primary'
            AND (scope IN ('run', 'source', 'model') OR metric IN ('p50', 'p90', 'p99', 'p99_9')
                 OR (metric = 'psi' AND value > 0.1))
          ORDER BY scope, metric, feature"
+
+echo "== 6. champion against shadow, the same night by SQL: flagged by each, by both, by one only"
+$LS sql "SELECT COUNT_IF(p.record_key IS NOT NULL) AS champion_flagged,
+                COUNT_IF(s.record_key IS NOT NULL) AS shadow_flagged,
+                COUNT_IF(p.record_key IS NOT NULL AND s.record_key IS NOT NULL) AS both_flagged,
+                COUNT_IF(s.record_key IS NULL) AS champion_only,
+                COUNT_IF(p.record_key IS NULL) AS shadow_only
+         FROM (SELECT record_key FROM lakescore.flagged
+               WHERE run_date = DATE'${DAY}' AND scoring_role = 'primary') p
+         FULL OUTER JOIN (SELECT record_key FROM lakescore.flagged
+                          WHERE run_date = DATE'${DAY}' AND scoring_role = 'shadow') s
+         USING (record_key)"
+$LS sql "SELECT v.transaction_id, v.amount, ROUND(v.score, 4) AS score, v.scoring_role AS flagged_only_by
+         FROM lakescore.flagged_transactions v
+         LEFT ANTI JOIN (SELECT record_key, scoring_role FROM lakescore.flagged_transactions
+                         WHERE run_date = DATE'${DAY}') o
+           ON o.record_key = v.record_key AND o.scoring_role <> v.scoring_role
+         WHERE v.run_date = DATE'${DAY}'
+         ORDER BY score DESC LIMIT 8"
 echo "More queries: docs/sql_examples.md"

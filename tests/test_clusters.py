@@ -168,10 +168,9 @@ def test_the_nightly_job_scores_on_the_standalone_cluster_as_the_model_does_in_o
     tables = lake_root / "tables" / "lakescore"
     flagged = DeltaTable(str(tables / S.FLAGGED)).to_pandas()
     flagged = flagged[flagged[S.RUN_DATE].astype(str) == SCORE_DAY.isoformat()]
-    assert set(flagged[S.TRANSACTION_ID]) == expected_flagged
-    np.testing.assert_allclose(
-        flagged[S.SCORE].to_numpy(), [expected[t] for t in flagged[S.TRANSACTION_ID]], rtol=1e-6
-    )
+    keys = flagged[S.RECORD_KEY].astype("int64")
+    assert set(keys) == expected_flagged
+    np.testing.assert_allclose(flagged[S.SCORE].to_numpy(), [expected[t] for t in keys], rtol=1e-6)
     assert set(flagged[S.MODEL_SHA256]) == {bundle.sha256}
 
     metrics = DeltaTable(str(tables / S.RUN_METRICS)).to_pandas()

@@ -33,3 +33,39 @@ def test_key_columns_that_the_source_lacks_are_an_error_naming_them():
         choose_output_columns(["amount"], ScoreSettings(key_columns=("order_id",)), "source t")
     with pytest.raises(ValueError, match="none of the known key columns"):
         choose_output_columns(["amount"], ScoreSettings(), "source t")
+
+
+def test_a_sources_view_is_named_after_the_last_part_of_its_table_name_or_path():
+    from udfs.flagged import source_view_name
+
+    assert source_view_name("lakescore.transactions") == "flagged_transactions"
+    assert source_view_name("/data/Branch-Payments/") == "flagged_branch_payments"
+
+
+def test_the_record_key_is_the_record_key_column_when_a_key_else_every_key_column():
+    from udfs.flagged import OutputColumns, record_key_columns
+
+    keyed = OutputColumns(keys=("account_id", "transaction_id", "event_ts"), allowed=("amount",), hashed=(), salt="")
+    assert record_key_columns(keyed) == ("transaction_id",)
+    composite = OutputColumns(keys=("account_id", "event_ts"), allowed=(), hashed=(), salt="")
+    assert record_key_columns(composite) == ("account_id", "event_ts")
+
+
+def test_the_typed_view_casts_each_copied_column_back_to_the_sources_type_and_keeps_hashed_ones_as_text():
+    from pyspark.sql import types as T
+
+    from udfs.flagged import OutputColumns, flagged_view_sql
+
+    schema = T.StructType(
+        [T.StructField("transaction_id", T.LongType()), T.StructField("account_id", T.LongType()),
+         T.StructField("event_ts", T.TimestampType()), T.StructField("country", T.StringType()),
+         T.StructField("tags", T.ArrayType(T.StringType()))]
+    )
+    output = OutputColumns(keys=("transaction_id", "account_id"), allowed=("event_ts", "country", "tags"), hashed=("account_id",), salt="s")
+    sql = flagged_view_sql("db.flagged_t", "db.flagged", "it's/t", output, schema)
+    assert sql.startswith(
+        "CREATE OR REPLACE VIEW db.flagged_t AS SELECT CAST(record['transaction_id'] AS bigint) AS `transaction_id`, "
+        "record['account_id'] AS `account_id`, CAST(record['event_ts'] AS timestamp) AS `event_ts`, "
+        "record['country'] AS `country`, from_json(record['tags'], 'array<string>') AS `tags`, `record_key`, `score`"
+    )
+    assert sql.endswith("FROM db.flagged WHERE source_table = 'it\\'s/t'")

@@ -29,9 +29,9 @@ def test_metric_records_hold_counts_rates_quantiles_psi_and_end_with_run_complet
         _run(mlp_bundle), scoring.layout, batch.totals, rows_read=800, reference=mlp_bundle.reference,
         scoring_seconds=2.0, duration_seconds=2.5, recorded_at=when,
     )
-    by_key = {(r[4], r[5], r[6]): r[7] for r in records}
-    assert records[-1][6] == S.RUN_COMPLETE_METRIC and records[-1][7] == 1.0
-    assert all(r[:4] == ("r1", dt.date(2026, 11, 4), "tx", 1) and r[8] == when for r in records)
+    by_key = {(r[6], r[7], r[8]): r[9] for r in records}
+    assert records[-1][8] == S.RUN_COMPLETE_METRIC and records[-1][9] == 1.0
+    assert all(r[:6] == ("r1", dt.date(2026, 11, 4), "lakescore.t", "tx", 1, S.PRIMARY) and r[10] == when for r in records)
     assert by_key[("run", None, "rows_read")] == by_key[("run", None, "rows_scored")] == 800
     assert by_key[("run", None, "rows_flagged")] == batch.flagged.sum()
     assert by_key[("run", None, "flag_rate")] == pytest.approx(batch.flagged.mean())
@@ -43,9 +43,9 @@ def test_metric_records_hold_counts_rates_quantiles_psi_and_end_with_run_complet
     assert by_key[("model", mlp_bundle.sha256, "model_sha256")] == 1
     expected_psi = psi(mlp_bundle.reference["features"]["log_amount"]["fractions"], parts.feature_bins["log_amount"])
     assert by_key[("feature", "log_amount", "psi")] == pytest.approx(expected_psi)
-    histogram = [r for r in records if r[6] == "histogram_count"]
-    assert sum(r[7] for r in histogram) == 800
-    assert [r[5] for r in histogram] == sorted(r[5] for r in histogram)
+    histogram = [r for r in records if r[8] == "histogram_count"]
+    assert sum(r[9] for r in histogram) == 800
+    assert [r[7] for r in histogram] == sorted(r[7] for r in histogram)
 
 
 def test_metric_records_of_an_empty_run_count_zero_and_leave_rates_and_quantiles_null(mlp_bundle):
@@ -54,10 +54,10 @@ def test_metric_records_of_an_empty_run_count_zero_and_leave_rates_and_quantiles
         _run(mlp_bundle), layout, RunTotals(layout.size), rows_read=0, reference=mlp_bundle.reference,
         scoring_seconds=0.5, duration_seconds=1.0, recorded_at=dt.datetime(2026, 11, 5),
     )
-    by_key = {(r[4], r[5], r[6]): r[7] for r in records}
+    by_key = {(r[6], r[7], r[8]): r[9] for r in records}
     assert by_key[("run", None, "rows_read")] == 0 and by_key[("run", None, "rows_scored")] == 0
     assert by_key[("run", None, "flag_rate")] is None
     assert by_key[("score", None, "p50")] is None and by_key[("score", None, "mean")] is None
     assert by_key[("score", None, "min")] is None
     assert by_key[("feature", "log_amount", "psi")] is None
-    assert records[-1][6] == S.RUN_COMPLETE_METRIC
+    assert records[-1][8] == S.RUN_COMPLETE_METRIC

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,12 @@ DAY = dt.date(2026, 11, 4)
 MLP_NAME = "scoretest"
 AE_NAME = "scoretest_ae"
 REPO = Path(__file__).resolve().parent.parent
-FLAGGED_COLUMNS = [
+# The typed view of the transactions' flagged rows: the source's copied columns, then flagged's own.
+VIEW = "flagged_transactions"
+VIEW_COLUMNS = [
     S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS, S.EVENT_DATE, S.AMOUNT, S.MERCHANT_CATEGORY, S.COUNTRY,
-    S.SCORE, S.THRESHOLD, S.REASONS, S.MODEL_NAME, S.MODEL_VERSION, S.MODEL_SHA256, S.SOURCE_TABLE,
-    S.RUN_ID, S.RUN_DATE, S.SCORED_AT,
+    S.RECORD_KEY, S.SCORE, S.THRESHOLD, S.REASONS, S.MODEL_NAME, S.MODEL_VERSION, S.MODEL_SHA256,
+    S.SCORING_ROLE, S.SOURCE_TABLE, S.RUN_ID, S.RUN_DATE, S.SCORED_AT,
 ]
 
 
@@ -89,15 +92,16 @@ def first_run(spark, settings, bundles, transactions):
     return summary
 
 
-def _flagged(spark, settings, day=DAY, name=MLP_NAME):
-    return spark.read.format("delta").load(str(lake.table_path(settings, S.FLAGGED))).where(
-        (F.col(S.RUN_DATE) == F.lit(day)) & (F.col(S.MODEL_NAME) == name)
+def _flagged(spark, settings, day=DAY, name=MLP_NAME, role=S.PRIMARY):
+    """The primary run's rows of the transactions, through their typed view."""
+    return spark.table(settings.table(VIEW)).where(
+        (F.col(S.RUN_DATE) == F.lit(day)) & (F.col(S.MODEL_NAME) == name) & (F.col(S.SCORING_ROLE) == role)
     )
 
 
-def _metrics(spark, settings, day=DAY, name=MLP_NAME) -> dict:
+def _metrics(spark, settings, day=DAY, name=MLP_NAME, role=S.PRIMARY) -> dict:
     rows = spark.table(settings.table(S.RUN_METRICS)).where(
-        (F.col(S.RUN_DATE) == F.lit(day)) & (F.col(S.MODEL_NAME) == name)
+        (F.col(S.RUN_DATE) == F.lit(day)) & (F.col(S.MODEL_NAME) == name) & (F.col(S.SCORING_ROLE) == role)
     ).collect()
     return {(r[S.SCOPE], r[S.FEATURE], r[S.METRIC]): r[S.VALUE] for r in rows} | {"_run_ids": {r[S.RUN_ID] for r in rows}}
 
@@ -109,10 +113,12 @@ def _versions(spark, settings) -> tuple[int, int]:
 def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(spark, settings, bundles, first_run, expected):
     summary = first_run
     bundle, _ = bundles[MLP_NAME]
-    flagged = spark.table(settings.table(S.FLAGGED)).where(
-        (F.col(S.RUN_DATE) == F.lit(DAY)) & (F.col(S.MODEL_NAME) == MLP_NAME)
-    )
-    assert flagged.columns == FLAGGED_COLUMNS
+    assert spark.table(settings.table(S.FLAGGED)).dtypes == [(f.name, f.dataType.simpleString()) for f in S.FLAGGED_SCHEMA]
+    flagged = _flagged(spark, settings)
+    assert flagged.columns == VIEW_COLUMNS
+    # The view reads the record back in the source's types.
+    source_types = dict(spark.table(settings.table(S.TRANSACTIONS)).dtypes)
+    assert {c: t for c, t in flagged.dtypes if c in source_types} == {c: source_types[c] for c in VIEW_COLUMNS[:7]}
     rows = flagged.collect()
     assert {r[S.TRANSACTION_ID] for r in rows} == expected["flagged"]
     assert len(rows) == summary.rows_flagged > 0
@@ -121,6 +127,7 @@ def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(s
         assert r[S.SCORE] >= r[S.THRESHOLD] == bundle.threshold
         assert (r[S.MODEL_VERSION], r[S.MODEL_SHA256], r[S.RUN_ID]) == (bundle.version, bundle.sha256, summary.run_id)
         assert r[S.EVENT_DATE] == DAY and r[S.SOURCE_TABLE] == settings.table(S.TRANSACTIONS)
+        assert r[S.RECORD_KEY] == str(r[S.TRANSACTION_ID]) and r[S.SCORING_ROLE] == S.PRIMARY
         features = [reason[S.REASON_FEATURE] for reason in r[S.REASONS]]
         contributions = [reason[S.REASON_CONTRIBUTION] for reason in r[S.REASONS]]
         assert len(features) == 3 and set(features) <= set(TRANSACTIONS_V1.features)
@@ -130,7 +137,7 @@ def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(s
     source = spark.table(settings.table(S.TRANSACTIONS)).select(S.TRANSACTION_ID, S.EVENT_TS)
     event_ts = {r[S.TRANSACTION_ID]: r[S.EVENT_TS] for r in source.where(F.col(S.TRANSACTION_ID).isin(list(expected["flagged"]))).collect()}
     assert {r[S.TRANSACTION_ID]: r[S.EVENT_TS] for r in rows} == event_ts
-    for table, columns in ((S.FLAGGED, (S.EVENT_TS, S.SCORED_AT)), (S.TRANSACTIONS, (S.EVENT_TS,))):
+    for table, columns in ((S.FLAGGED, (S.SCORED_AT,)), (S.TRANSACTIONS, (S.EVENT_TS,))):
         assert _parquet_timestamp_storage(lake.table_path(settings, table), columns) == {("INT64", "microseconds")}
 
 
@@ -229,7 +236,7 @@ def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, 
     both shapes must score as the core does, with nulls, NaN, inf and empty partitions."""
     from lakescore.features import numeric_feature_set
     from udfs.broadcast import broadcast_model
-    from udfs.scoring import new_run_totals, score_dataframe
+    from udfs.scoring import new_run_totals, score_dataframe, score_models_dataframe
 
     rng = np.random.default_rng(4)
     values = np.concatenate([rng.normal(0.0, 1.0, 380), rng.normal(6.0, 1.0, 20)])
@@ -264,6 +271,24 @@ def test_a_model_with_one_input_column_scores_in_spark_as_in_one_process(spark, 
     assert all(only[i] == by_id[i] for i in only)
     np.testing.assert_array_equal(flagged_totals.value.counts, expected.totals.counts)
 
+    # Two models in one pass (a primary and a shadow): each model's flagged rows, a row flagged
+    # by both once per model, and each model's totals over every row, as each gives alone.
+    second = build_test_bundle(tmp_path / "two", pd.DataFrame({"v": values}), labels, one, name="one_input_b", seed=3, epochs=30)
+    shadow = broadcast_model(spark, second)
+    both_totals = [new_run_totals(spark, model), new_run_totals(spark, shadow)]
+    both = score_models_dataframe(df, [model, shadow], top_k=3, totals=both_totals).collect()
+    for i, alone in enumerate((expected, score_rows(build_scoring_model(second), rows, top_k=3))):
+        mine = {r[S.RECORD_ID]: r for r in both if r[S.MODEL_INDEX] == i}
+        assert sorted(mine) == [j for j in range(9) if alone.flagged[j]]
+        assert [mine[j][S.SCORE] for j in sorted(mine)] == pytest.approx(alone.scores[alone.flagged].tolist(), rel=1e-5, abs=1e-9)
+        assert all(len(mine[j][S.REASONS]) == 1 for j in mine)
+        # Counts, flags and invalid values exactly; a score bin may differ by float32 rounding
+        # (another batch shape), as the scores do.
+        layout = (model, shadow)[i].layout
+        got, want = layout.split(both_totals[i].value.counts), layout.split(alone.totals.counts)
+        assert (got.rows, got.rows_flagged, got.rows_with_invalid, got.invalid) == (9, alone.flagged.sum(), want.rows_with_invalid, want.invalid)
+    assert {r[S.MODEL_INDEX] for r in both} == {0, 1}
+
 
 def test_category_codes_computed_in_spark_are_the_codes_of_the_text(spark):
     import pyarrow as pa
@@ -297,7 +322,8 @@ def test_the_flagged_rows_code_is_the_same_from_run_to_run(spark):
         return flagged_records(scored, output, identity, dt.datetime(2026, 11, day, 3, tzinfo=dt.timezone.utc))
 
     assert [tuple(r) for r in run(2, 0.75).collect()] == [
-        (1, 0.9, 0.75, [tuple(reasons[0].values())], "m", 2, "ab" * 32, "src", "run-2", dt.date(2026, 11, 2), dt.datetime(2026, 11, 2, 3))
+        ("1", {S.RECORD_ID: "1"}, 0.9, 0.75, [tuple(reasons[0].values())], "m", 2, "ab" * 32, S.PRIMARY, "src", "run-2",
+         dt.date(2026, 11, 2), dt.datetime(2026, 11, 2, 3))
     ]
 
     def code(day: int, threshold: float) -> str:
@@ -338,15 +364,20 @@ def test_a_dated_runs_date_column_is_not_read_but_filled_with_the_run_date(spark
     run_date = dt.date(2026, 11, 2)
     identity = RunIdentity("run-2", run_date, "m", 2, "ab" * 32, "src", None, 0.5)
     scored_at = dt.datetime(2026, 11, 3, tzinfo=dt.timezone.utc)
-    rows = flagged_records(scored, output, identity, scored_at, S.EVENT_DATE).orderBy(S.RECORD_ID).collect()
-    assert [(r[S.RECORD_ID], r[S.EVENT_DATE], r[S.COUNTRY], r[S.RUN_DATE]) for r in rows] == [
-        (1, run_date, "CH", run_date), (3, run_date, "FR", run_date)
+    rows = flagged_records(scored, output, identity, scored_at, S.EVENT_DATE).orderBy(S.RECORD_KEY).collect()
+    assert [(r[S.RECORD_KEY], r[S.RECORD], r[S.RUN_DATE]) for r in rows] == [
+        ("1", {S.RECORD_ID: "1", S.EVENT_DATE: "2026-11-02", S.COUNTRY: "CH"}, run_date),
+        ("3", {S.RECORD_ID: "3", S.EVENT_DATE: "2026-11-02", S.COUNTRY: "FR"}, run_date),
     ]
-    assert rows[0].__fields__[:3] == [S.RECORD_ID, S.EVENT_DATE, S.COUNTRY]
-    hashed = OutputColumns(keys=output.keys, allowed=output.allowed, hashed=(S.EVENT_DATE,), salt="pepper")
-    rows = flagged_records(scored, hashed, identity, scored_at, S.EVENT_DATE).orderBy(S.RECORD_ID).collect()
+    assert sorted(rows[0][S.RECORD]) == sorted([S.RECORD_ID, S.EVENT_DATE, S.COUNTRY])
+    hashed = OutputColumns(keys=output.keys, allowed=output.allowed, hashed=(S.RECORD_ID, S.EVENT_DATE), salt="pepper")
+    rows = flagged_records(scored, hashed, identity, scored_at, S.EVENT_DATE).orderBy(S.SCORE).collect()
     digest = hashlib.sha256(b"pepper2026-11-02").hexdigest()
-    assert [(r[S.RECORD_ID], r[S.EVENT_DATE]) for r in rows] == [(1, digest), (3, digest)]
+    # A hashed key is hashed in record_key too: the one value feedback's record_key can name.
+    key_digests = [hashlib.sha256(f"pepper{i}".encode()).hexdigest() for i in (3, 1)]
+    assert [(r[S.RECORD_KEY], r[S.RECORD][S.RECORD_ID], r[S.RECORD][S.EVENT_DATE]) for r in rows] == [
+        (key_digests[0], key_digests[0], digest), (key_digests[1], key_digests[1], digest)
+    ]
 
 
 def _write_parquet_source(spark, frame: pd.DataFrame, path: Path) -> str:
@@ -416,7 +447,7 @@ def test_every_documented_sql_example_runs_and_returns_the_runs_results(spark, s
     # The docs use the demo's dates and an example account; point them at this test's data.
     substitutions = {"2026-11-27": DAY.isoformat(), "2026-11-21": "2026-11-01", "account_id = 4211": f"account_id = {account}"}
     examples = dict(_sql_examples())
-    assert len(examples) == 7
+    assert len(examples) == 8
     results = {}
     for title, query in examples.items():
         for old, new in substitutions.items():
@@ -424,16 +455,19 @@ def test_every_documented_sql_example_runs_and_returns_the_runs_results(spark, s
         columns, rows = run_sql(spark, settings, query)
         results[title] = [dict(zip(columns, r)) for r in rows]
     n_flagged = len(expected["flagged"])
-    per_day = [r for r in results["Flags per day"] if r["run_date"] == DAY and r["model_name"] == MLP_NAME]
+    per_day = [r for r in results["Flags per day"] if (r["run_date"], r["model_name"], r["scoring_role"]) == (DAY, MLP_NAME, S.PRIMARY)]
     assert [r["flagged"] for r in per_day] == [n_flagged]
-    summary_rows = [r for r in results["Run summary per night (complete runs only)"] if r["run_date"] == DAY and r["model_name"] == MLP_NAME]
+    summary_rows = [
+        r for r in results["Run summary per night (complete runs only)"]
+        if (r["run_date"], r["model_name"], r["scoring_role"]) == (DAY, MLP_NAME, S.PRIMARY)
+    ]
     assert [(r["rows_scored"], r["rows_flagged"]) for r in summary_rows] == [(len(day_rows), n_flagged)]
     night = results["The flagged rows of one night, highest score first"]
     assert len(night) == min(20, n_flagged)
     assert night[0]["score"] == pytest.approx(max(expected["scores"][t] for t in expected["flagged"]), abs=1e-4)
     reasons = results["The most frequent reasons"]
     assert sum(r["times_in_top_3"] for r in reasons) == 3 * spark.table(settings.table(S.FLAGGED)).where(
-        F.col(S.RUN_DATE).between(dt.date(2026, 11, 1), DAY)
+        F.col(S.RUN_DATE).between(dt.date(2026, 11, 1), DAY) & (F.col(S.SCORING_ROLE) == S.PRIMARY)
     ).count()
     mine = {t for t in expected["flagged"] if int(day_rows.set_index(S.TRANSACTION_ID).loc[t, S.ACCOUNT_ID]) == account}
     account_rows = [r for r in results["The flagged rows of one account"] if r["run_date"] == DAY]
@@ -443,6 +477,199 @@ def test_every_documented_sql_example_runs_and_returns_the_runs_results(spark, s
     assert [r["psi"] for r in drift] == [round(m[("feature", "log_amount", "psi")], 4)]
     invalid = results["Invalid (imputed) values per feature, one night"]
     assert {r["feature"]: r["invalid_values"] for r in invalid} == {f: n for f, n in expected["counts"].invalid.items() if n}
+    # No shadow scored this night (yet): the comparison sees the champion's rows only.
+    assert results["Champion and shadow compared, one night"] == [
+        {"champion_flagged": n_flagged, "shadow_flagged": 0, "both_flagged": 0, "champion_only": n_flagged, "shadow_only": 0}
+    ]
+
+
+# --- slices: sources, models and roles scored the same night ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def shadow_bundle(spark, settings, bundles, transactions):
+    """A second version of the mlp (another seed, fewer epochs): the challenger, registered as
+    `scoretest@2` beside the champion `scoretest@1`."""
+    train = spark.table(transactions).where(F.col(S.EVENT_DATE) < F.lit(DAY)).toPandas()
+    version = registry.next_version(spark, settings, MLP_NAME)
+    directory = registry.bundle_dir(settings, MLP_NAME, version)
+    bundle = build_test_bundle(
+        directory, train, train[S.IS_ANOMALY].to_numpy(), TRANSACTIONS_V1, name=MLP_NAME, version=version, seed=1, epochs=25
+    )
+    registry.register_bundle(spark, settings, bundle, directory)
+    return bundle
+
+
+def _slice_files(spark, settings, table) -> dict[tuple, dict[str, str]]:
+    """{slice: {data file: sha256 of its bytes}} over the files the table's Delta log lists now
+    (its JSON commits replayed: `add` and `remove` actions, with each file's partition values)."""
+    root = lake.table_path(settings, table)
+    live: dict[str, dict] = {}
+    for commit in sorted((root / "_delta_log").glob("*.json")):
+        for line in commit.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                live[action["add"]["path"]] = action["add"]["partitionValues"]
+            elif "remove" in action:
+                live.pop(action["remove"]["path"], None)
+    files: dict[tuple, dict[str, str]] = {}
+    for path, values in live.items():
+        key = tuple(values[c] for c in S.SLICE_COLUMNS)
+        data = (root / urllib.parse.unquote(path)).read_bytes()
+        files.setdefault(key, {})[path] = hashlib.sha256(data).hexdigest()
+    return files
+
+
+def _slice_rows(spark, settings, table) -> dict[tuple, list]:
+    """{slice: its rows, sorted} of a table."""
+    rows: dict[tuple, list] = {}
+    for r in spark.read.format("delta").load(str(lake.table_path(settings, table))).collect():
+        key = tuple(str(r[c]) for c in S.SLICE_COLUMNS)
+        rows.setdefault(key, []).append(repr(tuple(r)))
+    return {k: sorted(v) for k, v in rows.items()}
+
+
+def test_sources_models_and_roles_scored_the_same_night_keep_their_slices_byte_for_byte(
+    spark, settings, bundles, shadow_bundle, first_run, day_rows, tmp_path
+):
+    """Two sources and three models the same night: the champion and a shadow challenger on the
+    transactions (one pass), the autoencoder on an undated second source. Re-running the
+    champion replaces its slice only: the others keep their files, bytes and rows."""
+    transactions = settings.table(S.TRANSACTIONS)
+    # The second source: a branch's payments, undated (no event_date column) and in another place.
+    branch = day_rows.head(300).drop(columns=[S.EVENT_DATE])
+    branch_path = str(tmp_path / "branch_payments")
+    spark.createDataFrame(branch).write.parquet(branch_path)
+    versions = _versions(spark, settings)
+
+    primary, shadow = run_nightly(spark, settings, DAY, model=MLP_NAME, shadow=f"{MLP_NAME}@{shadow_bundle.version}")
+    # Both slices in one commit to each table; one pass: each model's own totals count every row.
+    assert _versions(spark, settings) == (versions[0] + 1, versions[1] + 1)
+    predicate = spark.sql(f"DESCRIBE HISTORY delta.`{lake.table_path(settings, S.FLAGGED)}` LIMIT 1").collect()[0]
+    assert predicate["operation"] == "WRITE" and "'shadow'" in str(predicate["operationParameters"]) and "'primary'" in str(
+        predicate["operationParameters"]
+    )
+    assert (primary.scoring_role, shadow.scoring_role) == (S.PRIMARY, S.SHADOW)
+    assert primary.rows_scored == shadow.rows_scored == primary.rows_read == len(day_rows)
+    assert shadow.model == f"{MLP_NAME}@{shadow_bundle.version}" and primary.run_id != shadow.run_id
+    challenger = score_rows(build_scoring_model(shadow_bundle), day_rows, top_k=3)
+    shadow_rows = _flagged(spark, settings, role=S.SHADOW).collect()
+    assert {r[S.TRANSACTION_ID] for r in shadow_rows} == set(day_rows[S.TRANSACTION_ID][challenger.flagged])
+    assert len(shadow_rows) == shadow.rows_flagged > 0
+    assert {(r[S.MODEL_VERSION], r[S.RUN_ID]) for r in shadow_rows} == {(shadow_bundle.version, shadow.run_id)}
+    champion = {r[S.RECORD_KEY] for r in _flagged(spark, settings).collect()}
+    assert len(champion) == primary.rows_flagged
+    assert _metrics(spark, settings, role=S.SHADOW)[("run", None, "rows_flagged")] == shadow.rows_flagged
+    assert _metrics(spark, settings)[("run", None, "rows_flagged")] == primary.rows_flagged
+    # The documented comparison of champion and shadow, by SQL.
+    (comparison,) = [q for title, q in _sql_examples() if title.startswith("Champion and shadow")]
+    _, (row,) = run_sql(spark, settings, comparison.replace("2026-11-27", DAY.isoformat()))
+    challenged = {str(t) for t in day_rows[S.TRANSACTION_ID][challenger.flagged]}
+    assert tuple(row) == (
+        len(champion), len(challenged), len(champion & challenged), len(champion - challenged), len(challenged - champion)
+    )
+
+    undated_day = DAY  # an undated source is scored whole as the run of the date given
+    (other,) = run_nightly(spark, settings, undated_day, source=branch_path, model=AE_NAME)
+    assert other.rows_read == other.rows_scored == 300 and other.scoring_role == S.PRIMARY
+    branch_view = spark.table(settings.table("flagged_branch_payments")).where(F.col(S.RUN_DATE) == F.lit(undated_day))
+    assert S.EVENT_DATE not in branch_view.columns and dict(branch_view.dtypes)[S.TRANSACTION_ID] == "bigint"
+    assert {r[S.SOURCE_TABLE] for r in branch_view.collect()} == {branch_path}
+    assert branch_view.count() == other.rows_flagged
+
+    slices = {
+        "champion": (DAY.isoformat(), transactions, MLP_NAME, S.PRIMARY),
+        "shadow": (DAY.isoformat(), transactions, MLP_NAME, S.SHADOW),
+        "branch": (undated_day.isoformat(), branch_path, AE_NAME, S.PRIMARY),
+    }
+    before = {t: (_slice_files(spark, settings, t), _slice_rows(spark, settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)}
+    for table, (files, rows) in before.items():
+        assert set(slices.values()) <= set(files) and set(slices.values()) <= set(rows), table
+
+    (again,) = run_nightly(spark, settings, DAY, model=MLP_NAME)  # the champion alone, re-run
+    after = {t: (_slice_files(spark, settings, t), _slice_rows(spark, settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)}
+    for table in (S.FLAGGED, S.RUN_METRICS):
+        (files_before, rows_before), (files_after, rows_after) = before[table], after[table]
+        assert set(files_after) == set(files_before)
+        for key in files_before:
+            if key == slices["champion"]:
+                assert not set(files_after[key]) & set(files_before[key]), f"{table}: the re-run slice kept old files"
+                assert rows_after[key] != rows_before[key] and again.run_id in rows_after[key][0]
+            else:
+                assert files_after[key] == files_before[key], f"{table}: slice {key} changed"
+                assert rows_after[key] == rows_before[key], f"{table}: rows of slice {key} changed"
+    assert {r[S.RECORD_KEY] for r in _flagged(spark, settings).collect()} == champion
+
+
+def _old_layout_tables(spark, settings) -> None:
+    """flagged and run_metrics as the lakescore before slices wrote them: flagged wide (one
+    column per copied source column, two sources' columns side by side) and partitioned by
+    run_date only, run_metrics without source_table and scoring_role."""
+    day, at = dt.date(2026, 11, 2), dt.datetime(2026, 11, 3, 1, 2, 3)
+    reasons = [(S.AMOUNT, 1.5, 250.0)]
+    flagged = spark.createDataFrame(
+        [
+            (7, 42, dt.datetime(2026, 11, 2, 10, 30), 250.0, None, 0.9, 0.5, reasons, "tx", 1, "ab" * 32, "lakescore.transactions", "r1", day, at),
+            (8, 42, dt.datetime(2026, 11, 2, 11, 0), None, None, 0.7, 0.5, reasons, "tx", 1, "ab" * 32, "lakescore.transactions", "r1", day, at),
+            (None, None, None, None, 5, 0.8, 0.6, reasons, "sh", 2, "cd" * 32, "/data/shuttle", "r2", day, at),
+        ],
+        f"{S.TRANSACTION_ID} long, {S.ACCOUNT_ID} long, {S.EVENT_TS} timestamp, {S.AMOUNT} double, {S.RECORD_ID} long, "
+        f"{S.SCORE} double, {S.THRESHOLD} double, {S.REASONS} {S.REASONS_TYPE.simpleString()}, {S.MODEL_NAME} string, "
+        f"{S.MODEL_VERSION} int, {S.MODEL_SHA256} string, {S.SOURCE_TABLE} string, {S.RUN_ID} string, {S.RUN_DATE} date, "
+        f"{S.SCORED_AT} timestamp",
+    )
+    flagged.write.format("delta").partitionBy(S.RUN_DATE).save(str(lake.table_path(settings, S.FLAGGED)))
+    metrics = spark.createDataFrame(
+        [
+            ("r1", day, "tx", 1, "run", None, "rows_read", 100.0, at),
+            ("r1", day, "tx", 1, "source", "lakescore.transactions", "source_version", 3.0, at),
+            ("r2", day, "sh", 2, "run", None, "rows_read", 50.0, at),
+            ("r2", day, "sh", 2, "source", "/data/shuttle", "source_version", None, at),
+        ],
+        "run_id string, run_date date, model_name string, model_version int, scope string, feature string, "
+        "metric string, value double, recorded_at timestamp",
+    )
+    metrics.write.format("delta").partitionBy(S.RUN_DATE).save(str(lake.table_path(settings, S.RUN_METRICS)))
+
+
+def test_tables_in_the_old_layout_are_refused_by_a_run_and_upgraded_once_by_the_upgrade_command(spark, settings, bundles, tmp_path):
+    from pipelines.upgrade import TableLayoutError, check_table_layouts, upgrade_tables
+
+    old = settings.with_overrides({"lake.root": str(tmp_path / "lake"), "lake.database": "oldlayout"})
+    _old_layout_tables(spark, old)
+    paths = [str(lake.table_path(old, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
+    _, directory = bundles[MLP_NAME]
+    with pytest.raises(TableLayoutError, match="older lakescore.*lakescore upgrade-tables --apply"):
+        run_nightly(spark, old, DAY, source=lake.resolve_source(spark, settings, S.TRANSACTIONS).path, bundle_path=directory)
+    assert [lake.delta_version(spark, p) for p in paths] == [0, 0]
+
+    plan = upgrade_tables(spark, old)  # a dry run
+    assert len(plan) == 2 and all(line.startswith("would ") for line in plan)
+    assert "flagged_shuttle" in plan[0] and "flagged_transactions" in plan[0]
+    assert [lake.delta_version(spark, p) for p in paths] == [0, 0]
+
+    upgrade_tables(spark, old, apply=True)
+    assert [lake.delta_version(spark, p) for p in paths] == [1, 1]  # one overwrite commit each
+    check_table_layouts(spark, old)  # a run would now write
+    flagged = spark.read.format("delta").load(paths[0])
+    assert flagged.dtypes == [(f.name, f.dataType.simpleString()) for f in S.FLAGGED_SCHEMA]
+    rows = {r[S.RECORD_KEY]: r for r in flagged.collect()}
+    assert sorted(rows) == ["5", "7", "8"]
+    # A null (the amount of 8, another source's record_id) is left out of the record.
+    assert sorted(rows["8"][S.RECORD]) == sorted([S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS])
+    assert (rows["8"][S.RECORD][S.TRANSACTION_ID], rows["8"][S.RECORD][S.ACCOUNT_ID]) == ("8", "42")
+    assert rows["5"][S.RECORD] == {S.RECORD_ID: "5"} and rows["5"][S.SOURCE_TABLE] == "/data/shuttle"
+    assert {r[S.SCORING_ROLE] for r in rows.values()} == {S.PRIMARY}
+    view = spark.table("oldlayout.flagged_transactions").orderBy(S.TRANSACTION_ID).collect()
+    assert [(r[S.TRANSACTION_ID], r[S.EVENT_TS], r[S.AMOUNT]) for r in view] == [
+        (7, dt.datetime(2026, 11, 2, 10, 30), 250.0), (8, dt.datetime(2026, 11, 2, 11, 0), None)
+    ]
+    metrics = spark.read.format("delta").load(paths[1])
+    assert metrics.dtypes == [(f.name, f.dataType.simpleString()) for f in S.RUN_METRICS_SCHEMA]
+    assert {(r[S.RUN_ID], r[S.SOURCE_TABLE], r[S.SCORING_ROLE]) for r in metrics.collect()} == {
+        ("r1", "lakescore.transactions", S.PRIMARY), ("r2", "/data/shuttle", S.PRIMARY)
+    }
+    assert upgrade_tables(spark, old, apply=True)[0].endswith("already in the current layout, left as it is")
 
 
 # --- whole jobs in subprocesses, each on its own lake root (Derby admits one process) -----------

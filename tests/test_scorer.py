@@ -83,3 +83,20 @@ def test_an_empty_batch_scores_nothing_and_counts_zero(mlp_bundle):
     batch = score_rows(scoring, raw.iloc[:0], top_k=3)
     assert batch.scores.shape == (0,) and len(batch.reasons) == 0
     assert not batch.totals.counts.any() and batch.totals.counts.shape == (scoring.layout.size,)
+
+
+def test_models_scored_in_one_pass_get_categories_as_codes_only_when_every_model_codes_them_alike():
+    import dataclasses
+
+    from lakescore.features import TRANSACTIONS_V1, numeric_feature_set
+    from udfs.scoring import shared_inputs
+
+    numeric = numeric_feature_set(["amount", "record_weight"])
+    inputs, codes = shared_inputs([TRANSACTIONS_V1, numeric])
+    assert inputs == [*TRANSACTIONS_V1.inputs, "record_weight"]
+    assert codes == dict(TRANSACTIONS_V1.categories)
+    fewer = dict(TRANSACTIONS_V1.categories)
+    column = next(iter(fewer))
+    fewer[column] = fewer[column][:-1]
+    other = dataclasses.replace(TRANSACTIONS_V1, categories=fewer)
+    assert shared_inputs([TRANSACTIONS_V1, other]) == (list(TRANSACTIONS_V1.inputs), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,6 +19,7 @@ from pyspark.sql import types as T
 
 from lakescore import schemas as S
 from lakescore.config import ScoreSettings
+from lakescore.feedback_keys import record_key_column as feedback_record_key
 from udfs.metrics import RunIdentity
 
 log = logging.getLogger(__name__)
@@ -113,60 +115,144 @@ def hash_column(column: Column, salt: str) -> Column:
 def flagged_records(
     scored: DataFrame,
     output: OutputColumns,
-    run: RunIdentity,
+    runs: RunIdentity | Sequence[RunIdentity],
     scored_at: dt.datetime,
     run_date_column: str | None = None,
 ) -> DataFrame:
-    """Flagged rows as `flagged` records.
+    """Flagged rows as `flagged` records (`S.FLAGGED_SCHEMA`).
 
-    `scored`: only the flagged rows, with `score` and `reasons` (what
-    `udfs.scoring.score_dataframe(..., flagged_only=True)` returns; it does the filtering).
+    `scored`: only the flagged rows, with `score` and `reasons`: what
+    `udfs.scoring.score_dataframe(..., flagged_only=True)` returns for one run, or what
+    `udfs.scoring.score_models_dataframe` returns for several runs over the same rows (a primary
+    model and its shadows), whose `S.MODEL_INDEX` column says which of `runs` a row belongs to.
 
-    Columns: keys, allowed columns (sensitive ones hashed), score, threshold, reasons,
-    model_name, model_version, model_sha256, source_table, run_id, run_date, scored_at.
+    Columns: record_key, record, score, threshold, reasons, model_name, model_version,
+    model_sha256, scoring_role, source_table, run_id, run_date, scored_at. `record` maps each
+    copied source column (keys, then allowed columns; sensitive ones hashed) to its value as text
+    (see `record_text`); `record_key` is the row's key as one string (see `record_key_columns`).
+    Every source has the same columns: `flagged_view_sql` gives a source its typed view.
 
     `run_date_column`: a copied column that holds the run date in every row of `scored` (the
     source's date column, when a run scores one date of it). It is filled from the run's values
     instead of being read: `scored` need not carry it (see pipelines.nightly).
     """
+    runs = [runs] if isinstance(runs, RunIdentity) else list(runs)
+    several = S.MODEL_INDEX in scored.columns
+    if not several and len(runs) != 1:
+        raise ValueError(f"{len(runs)} runs for rows scored by one model; score them with score_models_dataframe")
     hashed = set(output.hashed)
     scanned = [c for c in output.copied if c != run_date_column]
-    # The run's values come from a broadcast one-row table, not from literals in the projection
-    # of the flagged rows: Spark's generated code spells a date, timestamp or number literal out
-    # in its source, so a new scored_at made the scoring stage's code new on every run (and on
-    # every date of a --from/--to range), to be compiled and warmed up again while the stage ran
-    # (see docs/measurements.md, "Scoring worker and UDF"). Joined, they are data, and the
-    # stage's code is the same from run to run. (A one-row range with literal columns would not
-    # do: the optimizer propagates them through the join.)
+    types = {f.name: f.dataType for f in scored.schema.fields}
+    # The run's values come from a broadcast table of one row per run, not from literals in the
+    # projection of the flagged rows: Spark's generated code spells a date, timestamp or number
+    # literal out in its source, so a new scored_at made the scoring stage's code new on every
+    # run (and on every date of a --from/--to range), to be compiled and warmed up again while
+    # the stage ran (see docs/measurements.md, "Scoring worker and UDF"). Joined, they are data,
+    # and the stage's code is the same from run to run. (A one-row range with literal columns
+    # would not do: the optimizer propagates them through the join.)
     provenance = scored.sparkSession.createDataFrame(
-        [(run.threshold, run.model_name, run.model_version, run.model_sha256, run.source, run.run_id, run.run_date, scored_at)],
+        [
+            (i, r.threshold, r.model_name, r.model_version, r.model_sha256, r.scoring_role, r.source, r.run_id, r.run_date, scored_at)
+            for i, r in enumerate(runs)
+        ],
         _PROVENANCE_SCHEMA,
     )
 
     def copied(name: str) -> Column:
-        value = F.col(S.RUN_DATE) if name == run_date_column else F.col(name)
-        return (hash_column(value, output.salt) if name in hashed else value).alias(name)
+        if name == run_date_column:
+            value = F.col(S.RUN_DATE).cast("string")
+        else:
+            value = record_text(F.col(name), types[name])
+        return hash_column(value, output.salt) if name in hashed else value
 
+    rows = scored.select(*scanned, F.col(S.SCORE), F.col(S.REASONS), *([F.col(S.MODEL_INDEX)] if several else []))
+    joined = (
+        rows.join(F.broadcast(provenance), S.MODEL_INDEX)
+        if several
+        else rows.crossJoin(F.broadcast(provenance.drop(S.MODEL_INDEX)))
+    )
+    key_columns = record_key_columns(output)
+    record_key = (
+        copied(key_columns[0])
+        if len(key_columns) == 1
+        else F.to_json(F.struct(*[copied(c).alias(c) for c in key_columns]))
+    )
+    return joined.select(
+        record_key.alias(S.RECORD_KEY),
+        F.create_map(*[x for c in output.copied for x in (F.lit(c), copied(c))]).alias(S.RECORD),
+        *[f for f in S.FLAGGED_SCHEMA.names if f not in (S.RECORD_KEY, S.RECORD)],
+    )
+
+
+def record_key_columns(output: OutputColumns) -> tuple[str, ...]:
+    """The copied columns `flagged.record_key` is made of: the source's record key
+    (`lakescore.feedback_keys`, the column analysts' verdicts name) when it is one of the keys,
+    else every key column (joined as a JSON object, so that no two key tuples give one string)."""
+    single = feedback_record_key(output.keys)
+    return (single,) if single is not None else output.keys
+
+
+def record_text(column: Column, data_type: T.DataType) -> Column:
+    """`column` as the text `flagged.record` keeps: a timestamp in ISO 8601 with its offset (it
+    reads back as the same instant in any session time zone), a nested value as JSON, anything
+    else as Spark casts it to string (which casts back to the same value)."""
+    if isinstance(data_type, T.TimestampType):
+        return F.date_format(column, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
+    if isinstance(data_type, (T.ArrayType, T.MapType, T.StructType)):
+        return F.to_json(column)
+    return column.cast("string")
+
+
+def typed_value_sql(expression: str, data_type: T.DataType) -> str:
+    """The SQL that reads a `record_text` value back as `data_type`."""
+    if isinstance(data_type, (T.ArrayType, T.MapType, T.StructType)):
+        return f"from_json({expression}, '{data_type.simpleString()}')"
+    if isinstance(data_type, T.StringType):
+        return expression
+    return f"CAST({expression} AS {data_type.simpleString()})"
+
+
+def source_view_name(source_table: str) -> str:
+    """`flagged_<short name>`: the typed view of one source's flagged rows, named after the last
+    part of its table name or path (`lakescore.transactions` -> `flagged_transactions`)."""
+    short = re.split(r"[./]", source_table.rstrip("/"))[-1].lower()
+    return "flagged_" + (re.sub(r"[^a-z0-9_]", "_", short) or "source")
+
+
+def sql_string(value: str) -> str:
+    """`value` as a Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def flagged_view_sql(
+    view: str, flagged_table: str, source_table: str, output: OutputColumns, schema: T.StructType
+) -> str:
+    """`CREATE OR REPLACE VIEW` of `source_table`'s rows of `flagged_table`: its copied columns
+    read back from `record` as named columns of the source's types (hashed ones as the hash's
+    text), then flagged's own columns.
+
+    `schema`: the source's schema (the types of the copied columns).
+    """
+    hashed = set(output.hashed)
+    copied = [
+        f"{typed_value_sql(f'{S.RECORD}[{sql_string(c)}]', T.StringType() if c in hashed else schema[c].dataType)} AS `{c}`"
+        for c in output.copied
+    ]
+    common = [f"`{c}`" for c in S.FLAGGED_SCHEMA.names if c != S.RECORD]
     return (
-        scored.select(*scanned, F.col(S.SCORE), F.col(S.REASONS))
-        .crossJoin(F.broadcast(provenance))
-        # flagged's column order: the threshold beside the score, the other run values last.
-        .select(
-            *[copied(c) for c in output.copied],
-            S.SCORE,
-            S.THRESHOLD,
-            S.REASONS,
-            *[f for f in _PROVENANCE_SCHEMA.names if f != S.THRESHOLD],
-        )
+        f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(copied + common)} "
+        f"FROM {flagged_table} WHERE {S.SOURCE_TABLE} = {sql_string(source_table)}"
     )
 
 
 _PROVENANCE_SCHEMA = T.StructType(
     [
+        T.StructField(S.MODEL_INDEX, T.IntegerType(), False),
         T.StructField(S.THRESHOLD, T.DoubleType(), False),
         T.StructField(S.MODEL_NAME, T.StringType(), False),
         T.StructField(S.MODEL_VERSION, T.IntegerType(), False),
         T.StructField(S.MODEL_SHA256, T.StringType(), False),
+        T.StructField(S.SCORING_ROLE, T.StringType(), False),
         T.StructField(S.SOURCE_TABLE, T.StringType(), False),
         T.StructField(S.RUN_ID, T.StringType(), False),
         T.StructField(S.RUN_DATE, T.DateType(), False),

@@ -58,6 +58,7 @@ class RunIdentity:
     source: str
     source_version: int | None
     threshold: float
+    scoring_role: str = S.PRIMARY  # S.SHADOW for a challenger scored beside the primary model
 
 
 class RunTotalsParam(AccumulatorParam):
@@ -123,7 +124,10 @@ def metric_records(
     rows.append((RUN, None, "duration_seconds", duration_seconds))
     rows.append((RUN, None, S.RUN_COMPLETE_METRIC, 1.0))
     return [
-        (run.run_id, run.run_date, run.model_name, run.model_version, scope, feature, metric, _number(value), recorded_at)
+        (
+            run.run_id, run.run_date, run.source, run.model_name, run.model_version, run.scoring_role,
+            scope, feature, metric, _number(value), recorded_at,
+        )
         for scope, feature, metric, value in rows
     ]
 

@@ -13,13 +13,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple, Union
+from typing import Iterator, Sequence, Tuple, Union
 
 import pyarrow as pa
 from pyspark import Accumulator, Broadcast
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.functions import arrow_udf
+from pyspark.sql.pandas.types import to_arrow_type
 
 from lakescore import schemas as S
 from lakescore.features import FeatureSet
@@ -30,6 +32,7 @@ from udfs.run_totals import RunTotals
 from udfs.scorer import score_rows
 
 _SCORED = "_lakescore_scored"
+_BY_MODEL = "_lakescore_by_model"
 
 
 def new_run_totals(spark: SparkSession, model: BroadcastModel) -> Accumulator:
@@ -111,6 +114,59 @@ def scoring_udf(
     return arrow_udf(score, FLAGGED_TYPE if flagged_only else SCORED_TYPE).asNondeterministic()
 
 
+def models_scoring_udf(
+    models: Sequence[BroadcastModel],
+    totals: Sequence[Accumulator],
+    *,
+    inputs: Sequence[str],
+    top_k: int = 3,
+    coded: bool = False,
+):
+    """Return an iterator Arrow UDF that scores the same rows with several models (a primary
+    model and its shadow challengers) in one pass: the rows are scanned and sent to Python once,
+    and each model scores every batch.
+
+    The UDF takes `inputs` (the union of the models' input columns, see `shared_inputs`) as
+    separate arguments and returns `struct<m0, m1, ...>`, one `struct<score, reasons>` per model
+    (see `models_flagged_type`), each null where that model does not flag the row, and the whole
+    struct null where no model flags it (what `score_models_dataframe` filters on). `totals[i]`
+    adds up model i's `RunTotals` over every row.
+
+    Each model is built once per Python worker through the same cache as `scoring_udf` (its
+    capacity holds a primary and a shadow); the caveats of `scoring_udf` apply.
+    """
+    if top_k <= 0:
+        raise ValueError(f"top_k={top_k} must be positive")
+    if len(models) != len(totals):
+        raise ValueError(f"{len(models)} models but {len(totals)} totals; give one accumulator per model")
+    shipped = [(m.files, m.sha256) for m in models]
+    result_type = models_flagged_type(len(models))
+    names = list(inputs)
+    fields = list(to_arrow_type(result_type))
+
+    def score(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+        scorings = [load_scoring_model(files, sha256) for files, sha256 in shipped]
+        for columns in batches:
+            raw = pa.RecordBatch.from_arrays(_column_list(columns), names=names)  # no copy
+            per_model = []
+            flagged_by_any = None
+            for scoring, model_totals in zip(scorings, totals):
+                batch = score_rows(scoring, raw, top_k=top_k, coded=coded)
+                model_totals.add(batch.totals)
+                per_model.append(to_arrow_flagged(batch))
+                flagged_by_any = batch.flagged if flagged_by_any is None else flagged_by_any | batch.flagged
+            mask = None if flagged_by_any.all() else pa.array(~flagged_by_any)
+            yield pa.StructArray.from_arrays(per_model, fields=fields, mask=mask)
+
+    # Nondeterministic for the reason `scoring_udf` gives.
+    return arrow_udf(score, result_type).asNondeterministic()
+
+
+def models_flagged_type(n: int) -> T.StructType:
+    """`struct<m0: FLAGGED_TYPE, m1: FLAGGED_TYPE, ...>`: what `models_scoring_udf` returns for n models."""
+    return T.StructType([T.StructField(f"m{i}", FLAGGED_TYPE, True) for i in range(n)])
+
+
 def _column_list(columns: Union[pa.Array, Tuple[pa.Array, ...]]) -> list[pa.Array]:
     """An iterator Arrow UDF gets a tuple of arrays per batch, or the array itself for one column."""
     return list(columns) if isinstance(columns, tuple) else [columns]
@@ -132,6 +188,27 @@ def udf_inputs(feature_set: FeatureSet) -> list[Column]:
         category_codes(c, feature_set.categories[c]) if c in feature_set.categories else F.col(c)
         for c in feature_set.inputs
     ]
+
+
+def shared_inputs(feature_sets: Sequence[FeatureSet]) -> tuple[list[str], dict[str, tuple[str, ...]] | None]:
+    """(the union of the feature sets' input columns, in order of first use; the categories to
+    send as codes, or None to send every input as it is in the source).
+
+    Codes are sent only when every model that reads a category column codes it against the same
+    vocabulary: a column two models code differently (or one codes and another reads as text)
+    goes as text to all of them, which each feature set reads as it would on its own.
+    """
+    inputs = list(dict.fromkeys(c for fs in feature_sets for c in fs.inputs))
+    categories: dict[str, tuple[str, ...]] = {}
+    for column in inputs:
+        readers = [fs for fs in feature_sets if column in fs.inputs]
+        vocabularies = {tuple(fs.categories[column]) if column in fs.categories else None for fs in readers}
+        if len(vocabularies) > 1:
+            return inputs, None
+        (vocabulary,) = vocabularies
+        if vocabulary is not None:
+            categories[column] = vocabulary
+    return inputs, categories
 
 
 def check_source_columns(df: DataFrame, feature_set: FeatureSet, where: str) -> None:
@@ -172,4 +249,57 @@ def score_dataframe(
         F.col(f"{_SCORED}.{S.SCORE}").alias(S.SCORE),
         is_flagged.alias(S.IS_FLAGGED),
         F.col(f"{_SCORED}.{S.REASONS}").alias(S.REASONS),
+    )
+
+
+def score_models_dataframe(
+    df: DataFrame,
+    models: Sequence[BroadcastModel],
+    *,
+    totals: Sequence[Accumulator],
+    top_k: int = 3,
+) -> DataFrame:
+    """The flagged rows of `df` under each of `models`, scored in ONE pass over the rows: `df`'s
+    columns plus `S.MODEL_INDEX` (the model's position in `models`), `score`, `is_flagged` (true)
+    and `reasons`, one row per (row, model that flagged it).
+
+    The union of the models' input columns travels to Python once (categories as codes where
+    the models agree on them, see `shared_inputs`), every model scores each batch, and only rows
+    some model flags come back to the JVM. `totals[i]` (from `new_run_totals(spark, models[i])`)
+    gathers model i's totals over every row; as with `score_dataframe`, use the result in one
+    action. One model gives the rows `score_dataframe(..., flagged_only=True)` gives, with
+    `S.MODEL_INDEX` 0: prefer that for one model (it returns them without the per-model struct).
+    """
+    if not models:
+        raise ValueError("no models to score with; give at least one")
+    inputs, codes = shared_inputs([m.feature_set for m in models])
+    arguments = [
+        category_codes(c, codes[c]) if codes and c in codes else F.col(c) for c in inputs
+    ]
+    udf = models_scoring_udf(models, totals, inputs=inputs, top_k=top_k, coded=codes is not None)
+    per_model = F.array(
+        *[
+            F.when(
+                F.col(f"{_SCORED}.m{i}").isNotNull(),
+                F.struct(
+                    F.lit(i).alias(S.MODEL_INDEX),
+                    F.col(f"{_SCORED}.m{i}.{S.SCORE}").alias(S.SCORE),
+                    F.col(f"{_SCORED}.m{i}.{S.REASONS}").alias(S.REASONS),
+                ),
+            )
+            for i in range(len(models))
+        ]
+    )
+    return (
+        df.withColumn(_SCORED, udf(*arguments))
+        .filter(F.col(_SCORED).isNotNull())
+        # One row per model that flagged the row; the UDF's column is computed once, above.
+        .select(*[F.col(c) for c in df.columns], F.explode(F.filter(per_model, lambda m: m.isNotNull())).alias(_BY_MODEL))
+        .select(
+            *[F.col(c) for c in df.columns],
+            F.col(f"{_BY_MODEL}.{S.MODEL_INDEX}").alias(S.MODEL_INDEX),
+            F.col(f"{_BY_MODEL}.{S.SCORE}").alias(S.SCORE),
+            F.lit(True).alias(S.IS_FLAGGED),
+            F.col(f"{_BY_MODEL}.{S.REASONS}").alias(S.REASONS),
+        )
     )
