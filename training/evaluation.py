@@ -56,6 +56,22 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, k: int) -
     }
 
 
+def evaluate_unlabelled(scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """What a window without labels shows: its rows, the threshold, the rows at or above it and
+    their share. Every metric `evaluate` computes from labels is NaN (undefined, not zero)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = int(np.sum(scores >= threshold))
+    out: dict[str, float] = {m: math.nan for m in METRICS}
+    out.update(
+        rows=int(len(scores)),
+        anomalies=math.nan,
+        threshold=float(threshold),
+        flagged=flagged,
+        flag_rate=flagged / len(scores) if len(scores) else math.nan,
+    )
+    return out
+
+
 def by_type(scores: np.ndarray, labels: np.ndarray, types: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
     """Per anomaly type: count, recall at the threshold, and AUCPR of that type against the normal rows."""
     from sklearn.metrics import average_precision_score
