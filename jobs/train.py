@@ -25,7 +25,7 @@ import typer
 from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup, training_job_session
 from lakescore import registry
 from lakescore.bundle import Bundle
-from pipelines.train import ray_cluster, resolve_training_input, run_train
+from pipelines.train import train_job
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +65,20 @@ def train(
     try:
         started = time.perf_counter()
         try:
-            # Before Ray starts: a spec that does not fit the table costs nothing.
-            inputs = resolve_training_input(spark, settings)
-        except ValueError as exc:  # SpecError, SourceError
+            _, run, entry = train_job(spark, settings, on_resolved=_print_suggested)
+        except ValueError as exc:  # SpecError, SourceError, TrainingDataError, UnreadableSourceError, BundleError...
+            log.debug("training failed", exc_info=True)
             fail(str(exc))
-        if inputs.suggested:
-            typer.echo("No --spec given; using this suggested spec (save it, edit it, pass it with --spec):")
-            typer.echo(inputs.suggested)
-        with ray_cluster(settings, spark):
-            try:
-                run, entry = run_train(spark, settings, inputs=inputs)
-            except ValueError as exc:  # SourceError, TrainingDataError, UnreadableSourceError, BundleError...
-                log.debug("training failed", exc_info=True)
-                fail(str(exc))
-            elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
         print_summary(run.bundle, entry, run.table, elapsed)
     finally:
         spark.stop()
+
+
+def _print_suggested(inputs) -> None:
+    if inputs.suggested:
+        typer.echo("No --spec given; using this suggested spec (save it, edit it, pass it with --spec):")
+        typer.echo(inputs.suggested)
 
 
 def print_summary(bundle: Bundle, entry: registry.ModelEntry, table: str, elapsed: float) -> None:

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from pyspark.sql import SparkSession
 
@@ -42,6 +42,22 @@ log = logging.getLogger(__name__)
 # Rows of the source `SourceSpec.check_sample` sees (labels, key uniqueness), and a suggested spec
 # is drafted from: collected to the driver, so a few thousand.
 CHECK_SAMPLE_ROWS = 5000
+
+
+def train_job(
+    spark: SparkSession, settings: Settings, *, on_resolved: "Callable[[TrainingInput], None] | None" = None
+) -> tuple["TrainingInput", "TrainingRun", registry.ModelEntry | None]:
+    """The train job's sequence: resolve the source and check its feature spec (Spark only: a
+    wrong spec fails here, before Ray starts, writing nothing), call `on_resolved` (the job prints
+    a suggested spec), then start Ray (`ray_cluster`) and train, write and register.
+
+    Returns (what was trained on, the training run, the registry entry)."""
+    inputs = resolve_training_input(spark, settings)
+    if on_resolved is not None:
+        on_resolved(inputs)
+    with ray_cluster(settings, spark):
+        run, entry = run_train(spark, settings, inputs=inputs)
+    return inputs, run, entry
 
 
 def run_train(

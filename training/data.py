@@ -200,7 +200,7 @@ def labels_of(values: pd.Series | None, rows: int) -> np.ndarray:
         return values.eq(True).fillna(False).to_numpy(dtype=bool)
     if pd.api.types.is_numeric_dtype(values):
         return (pd.to_numeric(values, errors="coerce") == 1).fillna(False).to_numpy(dtype=bool)
-    return values.map(_label_value, na_action="ignore").fillna(False).to_numpy(dtype=bool)
+    return np.fromiter((False if pd.isna(v) else _label_value(v) for v in values), dtype=bool, count=len(values))
 
 
 def _label_value(v) -> bool:
