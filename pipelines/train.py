@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from lakescore import lake, registry
 from lakescore import schemas as S
@@ -153,7 +154,9 @@ def resolve_training_input(
         )
     if suggested is None:  # the label and keys only: a wide table's features are not collected
         needed = [c for c in (*spec.keys, spec.label) if c is not None]
-        sample = frame.select(*needed).limit(CHECK_SAMPLE_ROWS).toPandas() if needed else frame.limit(0).toPandas()
+        # Quoted: a column name may hold spaces or dots (`a.b` is no struct field here).
+        quoted = [F.col("`" + c.replace("`", "``") + "`") for c in needed]
+        sample = frame.select(*quoted).limit(CHECK_SAMPLE_ROWS).toPandas() if needed else frame.limit(0).toPandas()
     spec.check_sample(sample, source.name)
     return TrainingInput(
         source=TableSource(source.name, source.path, source.format, source.version),

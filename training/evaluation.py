@@ -132,7 +132,8 @@ def plot_pr_curve(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: st
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(loc="lower left")
+    if ax.get_legend_handles_labels()[0]:  # no curve without both classes (an unlabelled window)
+        ax.legend(loc="lower left")
     return _png(plt, fig)
 
 
