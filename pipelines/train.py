@@ -116,7 +116,7 @@ def resolve_training_input(
     Raises SpecError (a ValueError naming the spec's key and the fix) when the spec does not fit
     the table or the model kind, lake.SourceError when the table cannot be resolved.
     """
-    from training.data import TableSource
+    from training.data import TableSource, source_dates
     from training.pipeline import TrainingInput
 
     t = settings.train
@@ -136,9 +136,14 @@ def resolve_training_input(
     # label's values and duplicated keys, and to draft a spec from.
     if spec is None:
         sample = frame.limit(CHECK_SAMPLE_ROWS).toPandas()
-        suggestion = suggest_spec(types, sample, name=_spec_name(source.name), partition_columns=_partitions(spark, source))
-        spec = suggestion.spec
-        suggested = render_suggestion(spec, suggestion.notes, suggestion.left_out)
+        partitions = _partitions(spark, source)
+        suggestion = suggest_spec(types, sample, name=_spec_name(source.name), partition_columns=partitions)
+        spec, notes = suggestion.spec, dict(suggestion.notes)
+        if spec.date_column is not None and spec.date_column not in partitions and spec.keys:
+            # The time split reads dates from partitions: without one, split by the keys.
+            notes["date_column"] = f"{spec.date_column} is no partition column, so the split is by the keys"
+            spec = dataclasses.replace(spec, date_column=None)
+        suggested = render_suggestion(spec, notes, suggestion.left_out)
         log.warning("no feature spec given for %s; using this suggested spec:\n%s", source.name, suggested)
     spec.check_schema(types, source.name)
     if spec.label is None and t.kind == S.MLP:
@@ -146,6 +151,18 @@ def resolve_training_input(
             f"{source.name}: spec {spec.name} has no `label`, and train.kind = mlp learns from one; add "
             "`label = \"<a true/false column>\"` to the spec, or train an autoencoder (--kind autoencoder), "
             "which needs no label"
+        )
+    table_source = TableSource(source.name, source.path, source.format, source.version)
+    if spec.date_column is None and not spec.keys:
+        raise SpecError(
+            f"{source.name}: spec {spec.name} has neither `date_column` (a time split) nor `keys` (a split by a "
+            "hash of the key); name the date partition column or the column(s) that identify a row"
+        )
+    if spec.date_column is not None and not source_dates(table_source, spec.date_column):
+        raise SpecError(
+            f"{source.name}: `date_column` {spec.date_column!r} of spec {spec.name} is no partition column of the "
+            f"table, and the time split reads its dates from the partitions; write the table partitioned by "
+            f"{spec.date_column}, or drop `date_column` to split by the spec's `keys`"
         )
     if label_overrides and not spec.keys:
         raise SpecError(
@@ -159,7 +176,7 @@ def resolve_training_input(
         sample = frame.select(*quoted).limit(CHECK_SAMPLE_ROWS).toPandas() if needed else frame.limit(0).toPandas()
     spec.check_sample(sample, source.name)
     return TrainingInput(
-        source=TableSource(source.name, source.path, source.format, source.version),
+        source=table_source,
         columns=tuple(types),
         spec=spec,
         label_overrides=dict(label_overrides or {}),

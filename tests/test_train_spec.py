@@ -105,6 +105,8 @@ WRONG_SPECS = {
         r"features\[1\]\.column.*categorical input.*'Vibration' is double.*kind = \"numeric\"",
     ),
     "label with three values": (('label = "fault"', 'label = "mode"'), r"`label` names 'mode', which holds 3 distinct values.*true/false or 0/1"),
+    "date column no partition": (('date_column = "reading_day"', 'date_column = "ts"'),
+                                 r"`date_column` 'ts' .* is no partition column.*partitioned by ts, or drop `date_column`"),
     "key not unique": (('keys = ["reading_id"]', 'keys = ["site"]'), r"`keys` \['site'\] are not unique.*name the column\(s\) that identify one row"),
 }
 
