@@ -173,9 +173,8 @@ def _throughput(spark, settings: Settings) -> list[dict]:
 
     t = settings.train
     inputs = resolve_training_input(spark, settings.with_overrides({"train.table": "transactions"}))
-    feature_set = inputs.feature_set
     data = prepare_datasets(settings, inputs)
-    architecture = make_architecture("mlp", len(feature_set.features), t)
+    architecture = make_architecture("mlp", len(data.features), t)
     train_rows = data.counts["train"]["rows"]
     pos_weight = min((train_rows - data.counts["train"]["anomalies"]) / data.counts["train"]["anomalies"], t.max_pos_weight)
     fixed = settings.with_overrides({"train.epochs": THROUGHPUT_EPOCHS, "train.patience": THROUGHPUT_EPOCHS + 1})

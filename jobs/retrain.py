@@ -3,6 +3,9 @@
     python jobs/retrain.py --table transactions --name transactions
     lakescore retrain --table transactions                       # the same
     lakescore retrain --reproduce transactions@3                 # train v3 again from its exact data
+    lakescore retrain --table sensors --spec sensors_v2.toml     # a challenger with another feature spec
+
+The challenger follows the champion's recorded feature spec unless --spec (train.spec) names one.
 
 What a run does, step by step, and how it decides: pipelines/retrain.py.
 """
@@ -25,13 +28,14 @@ def retrain(
     model_name: Optional[str] = typer.Option(None, "--name", help="Model name whose champion is challenged."),
     reproduce: Optional[str] = typer.Option(None, help="name@version: train it again from its recorded data version."),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (default: ray.num_workers)."),
+    spec: Optional[Path] = typer.Option(None, help="Feature spec, TOML, for the challenger (default: the champion's)."),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
     verbose: bool = VerboseOption,
 ) -> None:
     """Train a challenger (labels + analyst feedback), compare it with the champion on the same holdout, promote if better."""
     settings = setup(
-        config, set_, {"train.table": table, "train.model_name": model_name, "ray.num_workers": workers}, verbose
+        config, set_, {"train.table": table, "train.model_name": model_name, "ray.num_workers": workers, "train.spec": spec}, verbose
     )
     spark = training_job_session(settings, "lakescore-retrain", verbose)
     try:

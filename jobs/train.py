@@ -3,7 +3,10 @@
     python jobs/train.py --table transactions --kind mlp
     spark-submit --jars "$(ls .jars/*.jar | paste -sd,)" jobs/train.py --table shuttle --kind autoencoder
 
-or `lakescore train --table transactions`. What a run does: pipelines/train.py. Ray runs where
+or `lakescore train --table sensors --spec sensors.toml`. The table's feature spec: `--spec FILE`
+(or `train.spec`), else the builtin spec whose columns the table has, else one suggested from a
+sample of its rows, printed as commented TOML to save and edit. Without a `label` in the spec,
+train `--kind autoencoder` (unsupervised). What a run does: pipelines/train.py. Ray runs where
 `ray.address` says (unset: in this process with this machine's cores; `auto` or
 `ray://host:10001`: an existing cluster; `spark`: started on the Spark cluster for the job's
 length). The bundle lands in `<lake>/models/<name>/v<version>/`; the first model of a name
@@ -22,7 +25,7 @@ import typer
 from jobs.common import ConfigOption, SetOption, VerboseOption, fail, setup, training_job_session
 from lakescore import registry
 from lakescore.bundle import Bundle
-from pipelines.train import ray_cluster, run_train
+from pipelines.train import train_job
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,9 @@ def train(
     model_name: Optional[str] = typer.Option(None, "--name", help="Model name in the registry (default: train.model_name)."),
     epochs: Optional[int] = typer.Option(None, help="Most epochs (early stopping may end sooner)."),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (default: ray.num_workers)."),
+    spec: Optional[Path] = typer.Option(
+        None, help="The table's feature spec, TOML (default: train.spec, else builtin, else suggested and printed)."
+    ),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
     verbose: bool = VerboseOption,
@@ -51,22 +57,28 @@ def train(
             "train.model_name": model_name,
             "train.epochs": epochs,
             "ray.num_workers": workers,
+            "train.spec": spec,
         },
         verbose,
     )
     spark = training_job_session(settings, "lakescore-train", verbose)
     try:
-        with ray_cluster(settings, spark):
-            started = time.perf_counter()
-            try:
-                run, entry = run_train(spark, settings)
-            except ValueError as exc:  # SourceError, TrainingDataError, UnreadableSourceError, BundleError...
-                log.debug("training failed", exc_info=True)
-                fail(str(exc))
-            elapsed = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            _, run, entry = train_job(spark, settings, on_resolved=_print_suggested)
+        except ValueError as exc:  # SpecError, SourceError, TrainingDataError, UnreadableSourceError, BundleError...
+            log.debug("training failed", exc_info=True)
+            fail(str(exc))
+        elapsed = time.perf_counter() - started
         print_summary(run.bundle, entry, run.table, elapsed)
     finally:
         spark.stop()
+
+
+def _print_suggested(inputs) -> None:
+    if inputs.suggested:
+        typer.echo("No --spec given; using this suggested spec (save it, edit it, pass it with --spec):")
+        typer.echo(inputs.suggested)
 
 
 def print_summary(bundle: Bundle, entry: registry.ModelEntry, table: str, elapsed: float) -> None:
@@ -87,7 +99,8 @@ def print_summary(bundle: Bundle, entry: registry.ModelEntry, table: str, elapse
     for epoch in training.history:
         typer.echo(
             f"  epoch {epoch['epoch']:>3}  loss {epoch['train_loss']:.4f}  validation AUCPR "
-            f"{_num(epoch['validation_aucpr'])}  {epoch['train_rows_per_s']:,.0f} rows/s"
+            f"{_num(epoch['validation_aucpr'])}  loss {_num(epoch.get('validation_loss'))}  "
+            f"{epoch['train_rows_per_s']:,.0f} rows/s"
         )
     typer.echo(
         f"threshold {threshold.value:.6g} ({threshold.policy} {threshold.target})"

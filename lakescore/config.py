@@ -218,9 +218,17 @@ class TrainSettings:
     # Bound on rows taken into one process: the IsolationForest baseline's fit sample and the
     # reference histograms for drift.
     sample_rows: int = 100_000
+    # The table's feature spec (TOML, lakescore/specs.py); None: the builtin spec whose columns the
+    # table has, else a spec suggested from a sample of the table (printed, so it can be saved).
+    spec: Path | None = None
 
     def validated(self) -> "TrainSettings":
         _check_source(self.table, "train.table")
+        if self.spec is not None and not Path(self.spec).is_file():
+            raise ConfigError(
+                f"train.spec={self.spec} is no file; give the path of a feature spec (.toml), or leave train.spec "
+                "unset to use the builtin spec of the table or one suggested from its rows"
+            )
         check_identifier(self.model_name, "train.model_name")
         _require_choice("train.kind", self.kind, S.MODEL_KINDS)
         _require_choice("train.threshold_policy", self.threshold_policy, S.THRESHOLD_POLICIES)

@@ -357,6 +357,26 @@ def feature_set_for_table(table: str, columns: Sequence[str]) -> FeatureSet:
     return numeric_feature_set(numeric)
 
 
+# The builtin specs training picks for a table without one of its own, first match wins.
+BUILTIN_TABLE_SPECS = ("transactions_v1", "shuttle_v1", "breast_cancer_v1")
+
+
+def builtin_spec_for_table(types: Mapping[str, str]):
+    """The builtin feature spec (`lakescore.specs.SourceSpec`) that fits a table with these column
+    types (name -> Spark simpleString), or None: the first of BUILTIN_TABLE_SPECS whose every
+    column the table has, of a fitting type."""
+    from lakescore.specs import SpecError, builtin_spec
+
+    for name in BUILTIN_TABLE_SPECS:
+        spec = builtin_spec(name)
+        try:
+            spec.check_schema(types, "table")
+        except SpecError:
+            continue
+        return spec
+    return None
+
+
 def feature_set_from_manifest(spec: Mapping) -> FeatureSet:
     """Rebuild the feature set a bundle was trained with from its manifest entry: from the feature
     spec it carries, or (bundles written before specs) from its name."""

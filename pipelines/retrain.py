@@ -6,8 +6,11 @@
       -> export, register as challenger      (training.pipeline.export, registry)
       -> decide, and promote in one commit   (training.champion.decide, registry.record_decision)
 
-1. Labels are the source's `is_anomaly`, overridden by the latest analyst verdict per record
-   from `lakescore.feedback` (joined by transaction_id / record_id).
+1. The challenger follows the champion's feature spec, as its bundle records it (`train.spec` /
+   `--spec` given: that one instead; no champion, or one from before specs: as `lakescore train`
+   picks). Labels are the spec's label column, overridden by the latest analyst verdict per record
+   from `lakescore.feedback`, joined on the record key built from the spec's `keys`
+   (`lakescore.feedback_keys.record_keys`).
 2. The challenger's test window is the holdout; the champion is scored on exactly those rows with
    the same labels, at its own threshold.
 3. Promotion needs the challenger's holdout AUCPR to beat the champion's by retrain.min_aucpr_gain
@@ -15,8 +18,9 @@
    and its reason are written to the challenger's model_registry row, and a promotion archives the
    old champion in the same single Delta commit. Otherwise the champion keeps scoring.
 
-`run_reproduce(name@version)` reads that bundle's lineage (source path, Delta version, date window)
-and training settings, trains again from that exact data version, and reports whether the metrics
+`run_reproduce(name@version)` reads that bundle's lineage (source path, Delta version, date window),
+feature spec and training settings, trains again from that exact data version (learning the spec's
+vocabularies again, the same way), and reports whether the metrics and the learned vocabularies
 match; the reproduction is not registered.
 """
 
@@ -37,6 +41,7 @@ from lakescore import registry
 from lakescore.bundle import Bundle
 from lakescore.config import Settings
 from lakescore.feedback import feedback_version, verdicts_for
+from lakescore.specs import SourceSpec
 from pipelines.train import register_run, resolve_training_input, run_train
 
 log = logging.getLogger(__name__)
@@ -74,7 +79,7 @@ def run_retrain(spark: SparkSession, settings: Settings) -> RetrainResult:
     version = feedback_version(spark, settings)
     verdicts = verdicts_for(spark, settings, t.table, version)
     log.info("retraining %s on %s with %d analyst verdict(s)", t.model_name, t.table, len(verdicts))
-    inputs = resolve_training_input(spark, settings, label_overrides=verdicts)
+    inputs = resolve_training_input(spark, settings, label_overrides=verdicts, spec=recorded_spec(settings, champion))
     model_version = registry.next_version(spark, settings, t.model_name)
     candidate = train_candidate(settings, inputs, version=model_version)
     if champion is not None:
@@ -112,6 +117,15 @@ def run_retrain(spark: SparkSession, settings: Settings) -> RetrainResult:
     )
 
 
+def recorded_spec(settings: Settings, bundle: Bundle | None) -> SourceSpec | None:
+    """The feature spec `bundle` was trained with, unless `train.spec` names one to use instead;
+    None (resolve as `lakescore train` does) without a bundle or for one from before specs."""
+    if settings.train.spec is not None or bundle is None:
+        return None
+    fitted = bundle.manifest.feature_set.fitted
+    return None if fitted is None else fitted.spec
+
+
 def reproduction_settings(settings: Settings, bundle: Bundle) -> tuple[Settings, int | None]:
     """Settings that train `bundle` again: its source, window, architecture and hyper-parameters."""
     return settings.with_overrides(bundle.manifest.train_overrides()), bundle.manifest.lineage.source_version
@@ -123,6 +137,7 @@ def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str
 
     entry, bundle = registry.load_registered(spark, settings, ref)
     again_settings, version = reproduction_settings(settings, bundle)
+    fitted = bundle.manifest.feature_set.fitted
     lineage = bundle.manifest.lineage
     verdicts = None
     if lineage.feedback is not None and lineage.feedback.version is not None:
@@ -131,7 +146,8 @@ def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str
     scratch = Path(tempfile.mkdtemp(prefix="lakescore-reproduce-"))
     try:
         run, _ = run_train(
-            spark, again_settings, source_version=version, bundle_dir=scratch / "bundle", label_overrides=verdicts
+            spark, again_settings, source_version=version, bundle_dir=scratch / "bundle", label_overrides=verdicts,
+            spec=None if fitted is None else fitted.spec,
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -143,5 +159,10 @@ def run_reproduce(spark: SparkSession, settings: Settings, ref: str) -> dict[str
     counts_match = run.bundle.manifest.lineage.counts == lineage.counts
     result.update(model=entry.label, source=lineage.source_path, source_version=version,
                   original=original, reproduced=again, counts_match=counts_match)
-    result["match"] = result["match"] and counts_match
+    # The vocabularies learned again from the same training rows must be the recorded ones.
+    again_fitted = run.bundle.manifest.feature_set.fitted
+    vocabularies_match = (fitted.vocabularies if fitted else None) == (again_fitted.vocabularies if again_fitted else None)
+    result.update(counts_match=counts_match, vocabularies_match=vocabularies_match,
+                  vocabularies=dict(again_fitted.vocabularies) if again_fitted else {})
+    result["match"] = result["match"] and counts_match and vocabularies_match
     return result

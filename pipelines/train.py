@@ -3,9 +3,16 @@
     resolve_training_input -> training.pipeline.train_from_source -> register_run
 
 Spark only resolves the source (catalog name or path -> path, format, pinned Delta version, column
-types) and writes the `model_registry` row; the rows are read and trained on with Ray (see
-`ray_cluster` for where Ray runs). The bundle lands in `<lake>/models/<name>/v<version>/`; the
-first model of a name becomes its champion.
+types), picks and checks the table's feature spec against its schema and a small sample of its
+rows, and writes the `model_registry` row; the rows are read and trained on with Ray (see
+`ray_cluster` for where Ray runs). A wrong spec fails before Ray starts, so it leaves no bundle
+and no registry row. The bundle lands in `<lake>/models/<name>/v<version>/`; the first model of a
+name becomes its champion.
+
+The feature spec (`lakescore.specs`), first that applies: the one passed in (retraining: the
+champion's), `train.spec` (`--spec FILE`), the builtin spec whose columns the table has
+(transactions_v1, shuttle_v1, breast_cancer_v1), else one suggested from a sample of the table,
+logged and returned as commented TOML so the job prints what it assumed.
 """
 
 from __future__ import annotations
@@ -14,20 +21,44 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from lakescore import lake, registry
+from lakescore import schemas as S
 from lakescore.config import Settings
-from lakescore.features import feature_set_for_table
+from lakescore.features import builtin_spec_for_table
+from lakescore.specs import SourceSpec, SpecError, load_spec, render_suggestion, suggest_spec
 
 if TYPE_CHECKING:  # training imports torch and ray: only when a run starts
     from training.pipeline import TrainingInput, TrainingRun
     from training.trainer import EpochHook
 
 log = logging.getLogger(__name__)
+
+# Rows of the source `SourceSpec.check_sample` sees (labels, key uniqueness), and a suggested spec
+# is drafted from: collected to the driver, so a few thousand.
+CHECK_SAMPLE_ROWS = 5000
+
+
+def train_job(
+    spark: SparkSession, settings: Settings, *, on_resolved: "Callable[[TrainingInput], None] | None" = None
+) -> tuple["TrainingInput", "TrainingRun", registry.ModelEntry | None]:
+    """The train job's sequence: resolve the source and check its feature spec (Spark only: a
+    wrong spec fails here, before Ray starts, writing nothing), call `on_resolved` (the job prints
+    a suggested spec), then start Ray (`ray_cluster`) and train, write and register.
+
+    Returns (what was trained on, the training run, the registry entry)."""
+    inputs = resolve_training_input(spark, settings)
+    if on_resolved is not None:
+        on_resolved(inputs)
+    with ray_cluster(settings, spark):
+        run, entry = run_train(spark, settings, inputs=inputs)
+    return inputs, run, entry
 
 
 def run_train(
@@ -38,6 +69,8 @@ def run_train(
     bundle_dir: Path | None = None,
     label_overrides: dict[str, bool] | None = None,
     on_epoch_end: "EpochHook | None" = None,
+    spec: SourceSpec | None = None,
+    inputs: "TrainingInput | None" = None,
 ) -> tuple["TrainingRun", registry.ModelEntry | None]:
     """Train `settings.train` on its table, write the bundle and register it.
 
@@ -47,13 +80,19 @@ def run_train(
             default: the registry's folder for the next version, registered.
         label_overrides: analysts' verdicts {record key: is_anomaly} replacing source labels.
         on_epoch_end: see training.trainer.fit_model (tests pass one to kill a worker).
+        spec: train with this feature spec (default: see `resolve_training_input`).
+        inputs: already resolved (a job resolves before starting Ray, so a wrong spec costs
+            nothing); the arguments above that resolve are then unused.
 
     Returns (the training run, the registry entry or None when not registered).
     Ray must already be initialised.
     """
     from training.pipeline import train_from_source
 
-    inputs = resolve_training_input(spark, settings, source_version=source_version, label_overrides=label_overrides)
+    if inputs is None:
+        inputs = resolve_training_input(
+            spark, settings, source_version=source_version, label_overrides=label_overrides, spec=spec
+        )
     register = bundle_dir is None
     version = registry.next_version(spark, settings, settings.train.model_name) if register else 0
     directory = registry.bundle_dir(settings, settings.train.model_name, version) if register else bundle_dir
@@ -68,27 +107,96 @@ def resolve_training_input(
     *,
     source_version: int | None = None,
     label_overrides: dict[str, bool] | None = None,
+    spec: SourceSpec | None = None,
 ) -> "TrainingInput":
-    """Resolve `settings.train.table` (pinned at `source_version`, default its latest version) and
-    check its columns against the table's feature set; no row is read."""
-    from training.data import TableSource
+    """Resolve `settings.train.table` (pinned at `source_version`, default its latest version),
+    pick its feature spec (see the module docstring) and check it against the table's schema and
+    a sample of `CHECK_SAMPLE_ROWS` rows; nothing is trained and Ray is not needed.
+
+    Raises SpecError (a ValueError naming the spec's key and the fix) when the spec does not fit
+    the table or the model kind, lake.SourceError when the table cannot be resolved.
+    """
+    from training.data import TableSource, source_dates
     from training.pipeline import TrainingInput
 
-    source = lake.resolve_source(spark, settings, settings.train.table)
+    t = settings.train
+    source = lake.resolve_source(spark, settings, t.table)
     if source_version is not None:
         if source.format != "delta":
             raise lake.SourceError(f"{source.name} is {source.format}; only a Delta source has versions to pin")
         source = dataclasses.replace(source, version=source_version)
-    schema = lake.read_source(spark, source).schema
-    types = {f.name: f.dataType.simpleString() for f in schema.fields}
-    feature_set = feature_set_for_table(source.name, list(types))
-    feature_set.check_columns(types, source.name)
+    frame = lake.read_source(spark, source)
+    types = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
+    suggested = None
+    if spec is None and t.spec is not None:
+        spec = load_spec(t.spec)
+    if spec is None:
+        spec = builtin_spec_for_table(types)
+    # Samples are the first rows as stored: a cheap read (a partition or two), enough to see a
+    # label's values and duplicated keys, and to draft a spec from.
+    if spec is None:
+        sample = frame.limit(CHECK_SAMPLE_ROWS).toPandas()
+        partitions = _partitions(spark, source)
+        suggestion = suggest_spec(types, sample, name=_spec_name(source.name), partition_columns=partitions)
+        spec, notes = suggestion.spec, dict(suggestion.notes)
+        if spec.date_column is not None and spec.date_column not in partitions and spec.keys:
+            # The time split reads dates from partitions: without one, split by the keys.
+            notes["date_column"] = f"{spec.date_column} is no partition column, so the split is by the keys"
+            spec = dataclasses.replace(spec, date_column=None)
+        suggested = render_suggestion(spec, notes, suggestion.left_out)
+        log.warning("no feature spec given for %s; using this suggested spec:\n%s", source.name, suggested)
+    spec.check_schema(types, source.name)
+    if spec.label is None and t.kind == S.MLP:
+        raise SpecError(
+            f"{source.name}: spec {spec.name} has no `label`, and train.kind = mlp learns from one; add "
+            "`label = \"<a true/false column>\"` to the spec, or train an autoencoder (--kind autoencoder), "
+            "which needs no label"
+        )
+    table_source = TableSource(source.name, source.path, source.format, source.version)
+    if spec.date_column is None and not spec.keys:
+        raise SpecError(
+            f"{source.name}: spec {spec.name} has neither `date_column` (a time split) nor `keys` (a split by a "
+            "hash of the key); name the date partition column or the column(s) that identify a row"
+        )
+    if spec.date_column is not None and not source_dates(table_source, spec.date_column):
+        raise SpecError(
+            f"{source.name}: `date_column` {spec.date_column!r} of spec {spec.name} is no partition column of the "
+            f"table, and the time split reads its dates from the partitions; write the table partitioned by "
+            f"{spec.date_column}, or drop `date_column` to split by the spec's `keys`"
+        )
+    if label_overrides and not spec.keys:
+        raise SpecError(
+            f"{source.name}: `keys` of spec {spec.name} is empty, but analysts' verdicts name rows by their key; "
+            "list the column(s) that identify a row in `keys`"
+        )
+    if suggested is None:  # the label and keys only: a wide table's features are not collected
+        needed = [c for c in (*spec.keys, spec.label) if c is not None]
+        # Quoted: a column name may hold spaces or dots (`a.b` is no struct field here).
+        quoted = [F.col("`" + c.replace("`", "``") + "`") for c in needed]
+        sample = frame.select(*quoted).limit(CHECK_SAMPLE_ROWS).toPandas() if needed else frame.limit(0).toPandas()
+    spec.check_sample(sample, source.name)
     return TrainingInput(
-        source=TableSource(source.name, source.path, source.format, source.version),
+        source=table_source,
         columns=tuple(types),
-        feature_set=feature_set,
+        spec=spec,
         label_overrides=dict(label_overrides or {}),
+        suggested=suggested,
     )
+
+
+def _spec_name(table: str) -> str:
+    """A spec name for a table (`lakescore.sensors` or a path): `sensors_v1`."""
+    stem = re.sub(r"[^a-z0-9]+", "_", table.rstrip("/").split("/")[-1].split(".")[-1].lower()).strip("_")
+    return f"{stem if stem[:1].isalpha() else 't_' + stem}_v1"
+
+
+def _partitions(spark: SparkSession, source: lake.Source) -> tuple[str, ...]:
+    """The source's partition columns (Delta: from its log; Parquet: `name=value` folders)."""
+    if source.format == "delta":
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{source.path}`").collect()[0]
+        return tuple(detail["partitionColumns"] or ())
+    root = Path(source.path)
+    return tuple(sorted({p.name.split("=", 1)[0] for p in root.glob("*=*") if p.is_dir()})) if root.is_dir() else ()
 
 
 def register_run(spark: SparkSession, settings: Settings, run: "TrainingRun") -> registry.ModelEntry:

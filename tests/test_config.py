@@ -40,6 +40,15 @@ def test_a_value_of_the_wrong_type_says_which_setting(tmp_path):
         load_settings(overrides={"train.epochs": "many", "lake.root": str(tmp_path)}, environ={})
 
 
+def test_a_feature_spec_setting_must_name_a_file_and_is_read_as_a_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.spec=.*nowhere\.toml is no file; give the path of a feature spec"):
+        load_settings(overrides={"train.spec": str(tmp_path / "nowhere.toml"), "lake.root": str(tmp_path)}, environ={})
+    spec = tmp_path / "sensors.toml"
+    spec.write_text('name = "sensors_v1"\n')
+    settings = load_settings(overrides={"train.spec": str(spec), "lake.root": str(tmp_path)}, environ={})
+    assert settings.train.spec == spec and load_settings(overrides={"lake.root": str(tmp_path)}, environ={}).train.spec is None
+
+
 @pytest.mark.parametrize("name", ["lake score", "flagged;DROP TABLE x", "1abc", "a.b.c"])
 def test_an_identifier_that_would_break_sql_is_refused(tmp_path, name):
     with pytest.raises(ConfigError, match="identifier|one dot"):

@@ -22,6 +22,7 @@ from lakescore.manifest import (
     TrainingRecord,
 )
 from lakescore.models import MLP
+from lakescore.specs import FeatureSpec, SourceSpec
 
 # Written by the code before the manifest was typed (tests/data/README.md).
 BUNDLE_V1 = Path(__file__).parent / "data" / "bundle_v1"
@@ -83,6 +84,8 @@ def _training_inputs():
 
     settings = Settings()
     fs = numeric_feature_set(["amount", "hour", "velocity"])
+    spec = SourceSpec("payments_v1", 1, ("transaction_id",), tuple(FeatureSpec(c, "numeric", (c,), "none") for c in fs.features),
+                      label="is_anomaly", date_column="event_date")
     stats = {
         "amount": {"q_low": 1.0, "median": 20.0, "q_high": 400.0, "mean": 35.5, "std": 50.25},
         "hour": {"q_low": 0.0, "median": 12.0, "q_high": 23.0, "mean": 11.75, "std": 6.5},
@@ -118,13 +121,13 @@ def _training_inputs():
     counts = {"train": {"rows": 800, "anomalies": 8}, "validation": {"rows": 100, "anomalies": 2},
               "test": {"rows": 100, "anomalies": 2}}
     days = [dt.date(2026, 11, 21) + dt.timedelta(days=i) for i in range(7)]
-    plan = SplitPlan(dated=True, date_to_split={d: "train" if i < 5 else "validation" if i == 5 else "test"
+    plan = SplitPlan(dated=True, date_column="event_date", date_to_split={d: "train" if i < 5 else "validation" if i == 5 else "test"
                                                 for i, d in enumerate(days)})
-    data = PreparedData(None, counts, plan, preprocessing, stats, None, None, fs.features)
+    data = PreparedData(None, counts, plan, preprocessing, stats, None, None, fs.features, fs)
     source = SimpleNamespace(name="lakescore.transactions", path="/lake/tables/transactions", format="delta", version=12)
     threshold = Threshold("target_precision", 0.9, 0.7312, None)
     candidate = Candidate(
-        TrainingInput(source, (*fs.inputs, "is_anomaly"), fs),
+        TrainingInput(source, (*fs.inputs, "is_anomaly"), spec),
         data,
         FittedModel(trained, architecture, 49.0, "transactions-v3-20261201T000000", Path("/lake/_checkpoints")),
         Evaluation(report=evaluation, threshold=threshold, validation=None, test=None, sample=None),

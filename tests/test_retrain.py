@@ -43,10 +43,10 @@ def test_analyst_verdicts_override_the_source_labels_of_the_records_they_name():
     raw = pd.DataFrame(
         {S.RECORD_ID: [1, 2, 3, 4], "f": [0.1, None, np.nan, 4.0], S.IS_ANOMALY: [False, True, False, None]}
     )
-    plan = SplitPlan(dated=False, validation_fraction=0.2, test_fraction=0.2, seed=0)
+    plan = SplitPlan(dated=False, validation_fraction=0.2, test_fraction=0.2, seed=0, keys=(S.RECORD_ID,))
     fs = numeric_feature_set(["f"])
-    plain = features_batch(raw, fs, plan).to_pandas()
-    overridden = features_batch(raw, fs, plan, {"2": False, "3": True, "99": True}, S.RECORD_ID).to_pandas()
+    plain = features_batch(raw, fs, plan, S.IS_ANOMALY).to_pandas()
+    overridden = features_batch(raw, fs, plan, S.IS_ANOMALY, {"2": False, "3": True, "99": True}, (S.RECORD_ID,)).to_pandas()
     assert plain["__label"].tolist() == [False, True, False, False]
     assert overridden["__label"].tolist() == [False, False, True, False]
 

@@ -194,7 +194,7 @@ def benchmark_tables(tmp_path_factory):
 def test_the_real_benchmarks_reach_the_issue_targets(settings, benchmark_tables, ray_local, tmp_path, table, kind, metric, target):
     from deltalake import DeltaTable
 
-    from lakescore.features import feature_set_for_table
+    from lakescore.specs import builtin_spec
     from training.data import TableSource
     from training.pipeline import TrainingInput, train_from_source
 
@@ -210,7 +210,8 @@ def test_the_real_benchmarks_reach_the_issue_targets(settings, benchmark_tables,
             "train.batch_size": "256" if table == "shuttle" else "32",
         }
     )
-    inputs = TrainingInput(TableSource(table, path, "delta", version=0), tuple(columns), feature_set_for_table(table, columns))
+    # The builtin spec of the table: the features numeric_v1 gave (tests/test_train_spec.py).
+    inputs = TrainingInput(TableSource(table, path, "delta", version=0), tuple(columns), builtin_spec(f"{table}_v1"))
     run = train_from_source(run_settings, inputs, version=1, bundle_dir=tmp_path / "bundle")
     test = run.evaluation["test"]
     assert test["model"][metric] >= target - ALLOWED_AUCPR_DELTA, run.table

@@ -86,8 +86,8 @@ def test_a_delta_table_is_read_at_its_pinned_version_with_its_partition_column(t
     rows = read_rows(pinned, ["a", S.EVENT_DATE]).to_pandas().sort_values("a")
     assert rows["a"].tolist() == [1.0, 2.0, 3.0]
     assert [pd.Timestamp(d).date() for d in rows[S.EVENT_DATE]] == NOV[:3]
-    assert source_dates(pinned) == NOV[:3]
-    assert source_dates(TableSource("events", str(path), "delta", version=1)) == NOV
+    assert source_dates(pinned, S.EVENT_DATE) == NOV[:3]
+    assert source_dates(TableSource("events", str(path), "delta", version=1), S.EVENT_DATE) == NOV
 
 
 def test_a_parquet_snapshot_is_read_with_the_dates_from_its_directory_names(tmp_path, ray_local):
@@ -95,12 +95,12 @@ def test_a_parquet_snapshot_is_read_with_the_dates_from_its_directory_names(tmp_
     frame = _raw_transactions(40)
     pq.write_to_dataset(pa.Table.from_pandas(frame.astype({S.EVENT_DATE: str}), preserve_index=False), str(path), partition_cols=[S.EVENT_DATE])
     source = TableSource("snapshot", str(path), "parquet")
-    assert source_dates(source) == NOV
+    assert source_dates(source, S.EVENT_DATE) == NOV
 
-    plan = SplitPlan(dated=True, date_to_split={NOV[0]: TRAIN, NOV[3]: TEST})
+    plan = SplitPlan(dated=True, date_column=S.EVENT_DATE, date_to_split={NOV[0]: TRAIN, NOV[3]: TEST})
     columns = [*TRANSACTIONS_V1.inputs, S.IS_ANOMALY, S.ANOMALY_TYPE, S.EVENT_DATE]
     featured = read_rows(source, columns).map_batches(
-        features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, "plan": plan}, batch_format="pandas"
+        features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, "plan": plan, "label": S.IS_ANOMALY}, batch_format="pandas"
     ).to_pandas()
     # Rows of the two dates outside the plan are dropped; the others carry their split.
     assert featured[SPLIT_COLUMN].value_counts().to_dict() == {TRAIN: 10, TEST: 10}
@@ -131,9 +131,9 @@ def test_the_preprocessing_is_fitted_on_the_training_split_only(ray_local, exact
     train[:3] = [1e6, -1e6, np.nan]  # tails are clipped before the mean and std, a NaN is skipped
     test = np.full(500, 1e3)  # would move every statistic if it leaked in
     frame = pd.DataFrame({"v": np.r_[train, test], S.IS_ANOMALY: False, S.EVENT_DATE: [NOV[0]] * 2000 + [NOV[3]] * 500})
-    plan = SplitPlan(dated=True, date_to_split={NOV[0]: TRAIN, NOV[3]: TEST})
+    plan = SplitPlan(dated=True, date_column=S.EVENT_DATE, date_to_split={NOV[0]: TRAIN, NOV[3]: TEST})
     featured = ray.data.from_pandas(frame).map_batches(
-        features_batch, fn_kwargs={"feature_set": numeric_feature_set(["v"]), "plan": plan}, batch_format="pandas"
+        features_batch, fn_kwargs={"feature_set": numeric_feature_set(["v"]), "plan": plan, "label": S.IS_ANOMALY}, batch_format="pandas"
     )
     train_only = featured.filter(expr=col(SPLIT_COLUMN) == TRAIN).materialize()
     preprocessing, stats = fit_preprocessing(train_only, ["v"], (0.01, 0.99), clip_margin=0.5, exact_rows=exact_rows)
@@ -168,9 +168,9 @@ def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered
     from ray.data.expressions import col
 
     raw = _raw_transactions(400)
-    plan = SplitPlan(dated=True, date_to_split={NOV[0]: TRAIN, NOV[1]: TRAIN, NOV[2]: TRAIN, NOV[3]: TEST})
+    plan = SplitPlan(dated=True, date_column=S.EVENT_DATE, date_to_split={NOV[0]: TRAIN, NOV[1]: TRAIN, NOV[2]: TRAIN, NOV[3]: TEST})
     featured = ray.data.from_pandas(raw).map_batches(
-        features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, "plan": plan}, batch_format="pandas", batch_size=64
+        features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, "plan": plan, "label": S.IS_ANOMALY}, batch_format="pandas", batch_size=64
     )
     preprocessing, _ = fit_preprocessing(
         featured.filter(expr=col(SPLIT_COLUMN) == TRAIN).materialize(), TRANSACTIONS_V1.features, (0.01, 0.99)
@@ -198,6 +198,7 @@ def test_the_training_path_and_a_direct_call_give_identical_model_inputs(ordered
 def test_preparing_the_same_source_twice_gives_the_same_training_inputs(tmp_path, settings, ray_local):
     """Reproducible training: the same table version and seed give the same preprocessing and the
     same rows in the same order (Ray Data keeps the source's order; small splits are fitted exactly)."""
+    from lakescore.specs import builtin_spec
     from training.pipeline import TrainingInput, prepare_datasets
 
     path = tmp_path / "events"
@@ -209,7 +210,7 @@ def test_preparing_the_same_source_twice_gives_the_same_training_inputs(tmp_path
     run_settings = settings.with_overrides({"train.kind": "mlp"})
 
     def prepared():
-        data = prepare_datasets(run_settings, TrainingInput(source, tuple(columns), TRANSACTIONS_V1))
+        data = prepare_datasets(run_settings, TrainingInput(source, tuple(columns), builtin_spec("transactions_v1")))
         rows = [b[X] for b in data.train_xy.iter_batches(batch_format="numpy", batch_size=None)]
         return data.preprocessing, np.concatenate(rows)
 

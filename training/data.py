@@ -11,10 +11,17 @@ to one process:
 - Parquet: `ray.data.read_parquet` with hive partitioning, so `event_date=...` directories arrive
   as a column.
 
-Splits: a dated table (an `event_date` column) is split in time: the last `test_days` dates are
-the test window, the `validation_days` before them validation, the rest training. An undated
-table (a `record_id` key) is split per class by a hash of the key, so each split keeps the
-class balance and a row always lands in the same split.
+Splits follow the feature spec. A spec with a `date_column` (a partition column of the table) is
+split in time: the last `test_days` dates are the test window, the `validation_days` before them
+validation, the rest training. Otherwise the rows are split per class by a hash of the spec's
+`keys`, so each split keeps the class balance and a row always lands in the same split: a single
+integer key is hashed as the integer, any other key (strings, several columns) as its record key
+text (`lakescore.feedback_keys.record_keys`) through pandas' fixed-key SipHash, the same on every
+machine and run (Python's `hash()` of a string is salted per process and would not be).
+
+Labels (`labels_of`): true for a boolean true, a number equal to 1, or the text "true"/"1"
+(any case); everything else, nulls included, is not anomalous. Unlabelled rows are kept as normal
+rather than dropped, so the splits and the features see every row of the window.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
-from lakescore import schemas as S
+from lakescore.feedback_keys import record_keys
 
 if TYPE_CHECKING:
     import ray.data
@@ -96,21 +103,27 @@ def check_delta_readable(path: str, version: int | None) -> None:
         )
 
 
-def source_dates(source: SourceLike) -> list[dt.date]:
-    """The distinct `event_date` values of a dated source, from metadata (no scan of the rows).
+def source_dates(source: SourceLike, column: str) -> list[dt.date]:
+    """The distinct values of the date partition `column` of a source, from metadata (no scan of
+    the rows).
 
-    Delta: the partition values of the pinned version's files. Parquet: the `event_date=`
-    directory names. Empty if the date is not a partition column.
+    Delta: the partition values of the pinned version's files. Parquet: the `column=` directory
+    names. Empty if `column` is not a partition column.
     """
     if source.format == "delta":
         from deltalake import DeltaTable
 
         partitions = DeltaTable(source.path, version=source.version).partitions()
-        values = {p.get(S.EVENT_DATE) for p in partitions}
+        values = {p.get(column) for p in partitions}
     else:
-        prefix = f"{S.EVENT_DATE}="
+        prefix = f"{column}="
         values = {p.name[len(prefix):] for p in Path(source.path).glob(f"{prefix}*") if p.is_dir()}
-    return sorted(dt.date.fromisoformat(v) for v in values if v and v != "__HIVE_DEFAULT_PARTITION__")
+    return sorted(_date(v) for v in values if v and v != "__HIVE_DEFAULT_PARTITION__")
+
+
+def _date(value: str) -> dt.date:
+    # A date partition is `yyyy-MM-dd`; a timestamp partition's value starts with one.
+    return dt.date.fromisoformat(str(value)[:10])
 
 
 def read_rows(source: SourceLike, columns: Sequence[str]) -> "ray.data.Dataset":
@@ -166,6 +179,38 @@ def hash_uniform(keys: np.ndarray, salt: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def key_hashes(raw: pd.DataFrame, keys: Sequence[str]) -> np.ndarray:
+    """A deterministic unsigned 64-bit integer per row from its key columns: a single integer key
+    is its own value (the split it always had), any other key its record key text hashed with
+    pandas' SipHash under a fixed key."""
+    if len(keys) == 1 and pd.api.types.is_integer_dtype(raw[keys[0]]):
+        return raw[keys[0]].to_numpy().astype(np.int64).astype(np.uint64)
+    text = record_keys(raw, keys).fillna("").to_numpy(dtype=object)
+    return pd.util.hash_array(text, hash_key=_HASH_KEY, categorize=False)
+
+
+_HASH_KEY = "lakescore-split0"  # 16 bytes: SipHash's key; changing it moves every row's split
+
+
+def labels_of(values: pd.Series | None, rows: int) -> np.ndarray:
+    """The label column as booleans (see the module docstring); all false without a label."""
+    if values is None:
+        return np.zeros(rows, dtype=bool)
+    if pd.api.types.is_bool_dtype(values):
+        return values.eq(True).fillna(False).to_numpy(dtype=bool)
+    if pd.api.types.is_numeric_dtype(values):
+        return (pd.to_numeric(values, errors="coerce") == 1).fillna(False).to_numpy(dtype=bool)
+    return np.fromiter((False if pd.isna(v) else _label_value(v) for v in values), dtype=bool, count=len(values))
+
+
+def _label_value(v) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return v == 1
+    return str(v).strip().lower() in ("true", "1")
+
+
 def stratified_split(
     keys: np.ndarray, labels: np.ndarray, validation_fraction: float, test_fraction: float, seed: int
 ) -> np.ndarray:
@@ -178,22 +223,37 @@ def stratified_split(
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """How rows are assigned to splits; picklable, applied inside Ray Data tasks."""
+    """How rows are assigned to splits; picklable, applied inside Ray Data tasks.
+
+    Dated: by the value of `date_column`; otherwise stratified by a hash of the `keys` columns."""
 
     dated: bool
     date_to_split: Mapping[dt.date, str] | None = None
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 7
+    date_column: str | None = None
+    keys: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The source columns `assign` reads."""
+        return (self.date_column,) if self.dated else tuple(self.keys)
 
     def assign(self, raw: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
         """The split name of every row; rows outside a dated window get ''."""
         if self.dated:
-            dates = pd.to_datetime(raw[S.EVENT_DATE]).dt.date
+            dates = raw[self.date_column].map(lambda v: None if pd.isna(v) else _date(v))
             return dates.map(lambda d: self.date_to_split.get(d, "")).to_numpy(dtype=object)
         return stratified_split(
-            raw[S.RECORD_ID].to_numpy(), labels, self.validation_fraction, self.test_fraction, self.seed
+            key_hashes(raw, self.keys), labels, self.validation_fraction, self.test_fraction, self.seed
         )
+
+    def describe(self) -> str:
+        """How the rows were split, for the manifest's lineage."""
+        if self.dated:
+            return "time" if self.date_column == "event_date" else f"time, by {self.date_column}"
+        return f"stratified hash of {', '.join(self.keys)}"
 
     def window(self) -> dict[str, str] | None:
         """The window's first and last date, and first..last per split, for the manifest's lineage."""

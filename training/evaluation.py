@@ -56,6 +56,22 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, k: int) -
     }
 
 
+def evaluate_unlabelled(scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """What a window without labels shows: its rows, the threshold, the rows at or above it and
+    their share. Every metric `evaluate` computes from labels is NaN (undefined, not zero)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flagged = int(np.sum(scores >= threshold))
+    out: dict[str, float] = {m: math.nan for m in METRICS}
+    out.update(
+        rows=int(len(scores)),
+        anomalies=math.nan,
+        threshold=float(threshold),
+        flagged=flagged,
+        flag_rate=flagged / len(scores) if len(scores) else math.nan,
+    )
+    return out
+
+
 def by_type(scores: np.ndarray, labels: np.ndarray, types: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
     """Per anomaly type: count, recall at the threshold, and AUCPR of that type against the normal rows."""
     from sklearn.metrics import average_precision_score
@@ -116,7 +132,8 @@ def plot_pr_curve(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: st
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
-    ax.legend(loc="lower left")
+    if ax.get_legend_handles_labels()[0]:  # no curve without both classes (an unlabelled window)
+        ax.legend(loc="lower left")
     return _png(plt, fig)
 
 

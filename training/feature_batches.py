@@ -25,7 +25,8 @@ import pyarrow as pa
 from lakescore import schemas as S
 from lakescore.features import FeatureSet
 from lakescore.preprocess import Preprocessing
-from training.data import LABEL_COLUMN, SPLIT_COLUMN, TYPE_COLUMN, SplitPlan
+from lakescore.feedback_keys import record_keys
+from training.data import LABEL_COLUMN, SPLIT_COLUMN, TRAIN, TYPE_COLUMN, SplitPlan, labels_of
 
 if TYPE_CHECKING:
     import ray.data
@@ -40,25 +41,20 @@ def features_batch(
     raw: pd.DataFrame,
     feature_set: FeatureSet,
     plan: SplitPlan,
+    label: str | None = None,
     label_overrides: Mapping[str, bool] | None = None,
-    key_column: str | None = None,
+    keys: Sequence[str] = (),
 ) -> pa.Table:
     """Ray Data batch function: raw source rows -> one column per feature (null where the value
     is null/NaN/inf), the label, the split name and the anomaly type; rows outside the window
     are dropped.
 
-    `label_overrides` ({record key as string: is_anomaly}, analysts' verdicts) replace the
-    source's label of the rows whose `key_column` they name, before the split is assigned.
+    `label` is the spec's label column (None: unsupervised, every row normal), read as
+    `training.data.labels_of` reads it. `label_overrides` ({record key: is_anomaly}, analysts'
+    verdicts) replace it for the rows whose record key (`lakescore.feedback_keys.record_keys` of
+    the `keys` columns) they name, before the split is assigned.
     """
-    # True only for true (null and anything else: False), without pandas' object-dtype fillna downcast.
-    labels = raw[S.IS_ANOMALY].eq(True).fillna(False).to_numpy(dtype=bool) if len(raw) else np.zeros(0, bool)
-    if label_overrides and key_column and len(raw):
-        keys = raw[key_column].astype(str)
-        verdicts = keys.map(label_overrides)
-        known = verdicts.notna().to_numpy()
-        labels = labels.copy()
-        labels[known] = verdicts[known].astype(bool).to_numpy()
-    split = plan.assign(raw, labels) if len(raw) else np.zeros(0, dtype=object)
+    labels, split = label_and_split(raw, plan, label, label_overrides, keys)
     keep = split != ""
     x = feature_set.transform(raw.loc[keep].reset_index(drop=True))
     columns = {
@@ -71,6 +67,39 @@ def features_batch(
     types = raw[S.ANOMALY_TYPE].loc[keep] if S.ANOMALY_TYPE in raw.columns else pd.Series([None] * int(keep.sum()))
     columns[TYPE_COLUMN] = pa.array(types.astype(object).where(types.notna(), None).tolist(), type=pa.string())
     return pa.table(columns)
+
+
+def label_and_split(
+    raw: pd.DataFrame,
+    plan: SplitPlan,
+    label: str | None = None,
+    label_overrides: Mapping[str, bool] | None = None,
+    keys: Sequence[str] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(label as bool, split name) of every raw row; '' for rows outside a dated window."""
+    if not len(raw):
+        return np.zeros(0, bool), np.zeros(0, dtype=object)
+    labels = labels_of(raw[label] if label is not None else None, len(raw))
+    if label_overrides and keys:
+        verdicts = record_keys(raw, keys).map(label_overrides)
+        known = verdicts.notna().to_numpy()
+        labels = labels.copy()
+        labels[known] = verdicts[known].astype(bool).to_numpy()
+    return labels, plan.assign(raw, labels)
+
+
+def training_rows(
+    raw: pd.DataFrame,
+    plan: SplitPlan,
+    columns: Sequence[str],
+    label: str | None = None,
+    label_overrides: Mapping[str, bool] | None = None,
+    keys: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Ray Data batch function: the `columns` of the raw rows that fall in the training split
+    (what a feature spec learns its vocabularies from)."""
+    _, split = label_and_split(raw, plan, label, label_overrides, keys)
+    return raw.loc[split == TRAIN, list(columns)].reset_index(drop=True)
 
 
 def feature_matrix(batch: pd.DataFrame, features: Sequence[str]) -> np.ndarray:

@@ -34,7 +34,6 @@ from lakescore import drift
 from lakescore import schemas as S
 from lakescore.bundle import Bundle, write_bundle
 from lakescore.config import Settings
-from lakescore.feedback_keys import RECORD_KEY_COLUMNS, record_key_column
 from lakescore.features import FeatureSet
 from lakescore.manifest import (
     Architecture,
@@ -48,6 +47,7 @@ from lakescore.manifest import (
 )
 from lakescore.models import AUTOENCODER, MLP, build_model, score_batch
 from lakescore.preprocess import Preprocessing
+from lakescore.specs import SourceSpec
 from training import evaluation as E
 from training.data import (
     LABEL_COLUMN,
@@ -63,8 +63,16 @@ from training.data import (
     read_rows,
     source_dates,
 )
-from training.feature_batches import X, Y, feature_matrix, features_batch, fit_preprocessing, preprocess_batch
-from training.thresholds import Threshold, choose_threshold
+from training.feature_batches import (
+    X,
+    Y,
+    feature_matrix,
+    features_batch,
+    fit_preprocessing,
+    preprocess_batch,
+    training_rows,
+)
+from training.thresholds import ALERT_RATE, FIXED, Threshold, choose_threshold
 from training.trainer import EpochHook, TrainedModel, checkpoint_storage, fit_model, make_architecture
 
 if TYPE_CHECKING:
@@ -77,18 +85,29 @@ BASELINE = "isolation_forest"
 CHAMPION = "champion"  # retraining: the champion's figures on the challenger's test rows
 PR_CURVE_PNG = "pr_curve.png"
 SCORE_HISTOGRAM_PNG = "score_histogram.png"
+# Vocabularies are learned from at most this many training rows, the first in the source's order.
+FIT_ROWS = 100_000
+# Without a label no threshold can reach a precision: a target_precision policy flags this
+# fraction of the validation rows instead (set train.threshold_policy=alert_rate to choose it).
+UNSUPERVISED_ALERT_RATE = 0.01
 
 
 @dataclass(frozen=True)
 class TrainingInput:
     """What a run trains on: the resolved source, its column names (the job read its schema), the
-    feature set checked against them, and analysts' verdicts {record key: is_anomaly} that
-    replace the source's labels."""
+    feature spec checked against them (its label, date column and keys drive the split; its
+    vocabularies are learned on the training split), and analysts' verdicts {record key:
+    is_anomaly} that replace the source's labels."""
 
     source: SourceLike
     columns: tuple[str, ...]
-    feature_set: FeatureSet
+    spec: SourceSpec
     label_overrides: Mapping[str, bool] = field(default_factory=dict)
+    suggested: str | None = None  # the spec as commented TOML when it was suggested, not given
+
+    @property
+    def supervised(self) -> bool:
+        return self.spec.label is not None
 
 
 @dataclass(frozen=True)
@@ -201,6 +220,7 @@ def fit(settings: Settings, data: "PreparedData", *, version: int, on_epoch_end:
         run_name=run_name,
         pos_weight=pos_weight,
         on_epoch_end=on_epoch_end,
+        supervised=data.supervised,
     )
     return FittedModel(trained, architecture, pos_weight, run_name, checkpoint_storage(settings))
 
@@ -215,10 +235,17 @@ def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> E
     weights = {k: v.numpy() for k, v in fitted.trained.state_dict.items()}
     scored = score_splits(data.featured, (VALIDATION, TEST), features, data.preprocessing, fitted.architecture, weights, forest)
     val, test = scored[scored["split"] == VALIDATION], scored[scored["split"] == TEST]
-    threshold = choose_threshold(t.threshold_policy, t.threshold_value, val["score"].to_numpy(), val["y"].to_numpy())
-    baseline_threshold = choose_threshold(
-        t.threshold_policy, t.threshold_value, val["baseline"].to_numpy(), val["y"].to_numpy()
-    )
+    policy, target = _threshold_policy(settings, data.supervised)
+    threshold = choose_threshold(policy, target, val["score"].to_numpy(), val["y"].to_numpy())
+    baseline_threshold = choose_threshold(policy, target, val["baseline"].to_numpy(), val["y"].to_numpy())
+    if (policy, target) != (t.threshold_policy, t.threshold_value):
+        note = (f"no label to reach a {t.threshold_policy} of {t.threshold_value} with: flagged the top {target:g} of "
+                "validation rows instead (set train.threshold_policy=alert_rate and threshold_value to choose)")
+        log.warning(note)
+        threshold = dataclasses.replace(threshold, fallback=note)
+        baseline_threshold = dataclasses.replace(baseline_threshold, fallback=note)
+    if not data.supervised:
+        return _unlabelled_evaluation(threshold, baseline_threshold, val, test, sample)
     report = {
         "test": {
             MODEL: E.evaluate(test["score"], test["y"], threshold.value, t.precision_at_k),
@@ -232,6 +259,37 @@ def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> E
             MODEL: E.by_type(test["score"], test["y"], test["type"], threshold.value),
             BASELINE: E.by_type(test["baseline"], test["y"], test["type"], baseline_threshold.value),
         },
+        "baseline_threshold": baseline_threshold.to_manifest(),
+    }
+    return Evaluation(report=report, threshold=threshold, validation=val, test=test, sample=sample)
+
+
+def _threshold_policy(settings: Settings, supervised: bool) -> tuple[str, float]:
+    """The threshold policy and target to apply: the configured ones, except that without a label
+    a target precision cannot be measured and the alert rate UNSUPERVISED_ALERT_RATE is used."""
+    t = settings.train
+    if not supervised and t.threshold_policy not in (ALERT_RATE, FIXED):
+        return ALERT_RATE, UNSUPERVISED_ALERT_RATE
+    return t.threshold_policy, t.threshold_value
+
+
+def _unlabelled_evaluation(
+    threshold: Threshold, baseline_threshold: Threshold, val: pd.DataFrame, test: pd.DataFrame, sample: np.ndarray
+) -> Evaluation:
+    """What can be measured without a label: rows, threshold and the share flagged; every metric
+    that needs a label (AUCs, precision, recall...) is NaN, None in the manifest."""
+
+    def figures(scores: pd.Series, value: float) -> dict[str, float]:
+        return E.evaluate_unlabelled(scores.to_numpy(), value)
+
+    report = {
+        "labelled": False,
+        "test": {MODEL: figures(test["score"], threshold.value), BASELINE: figures(test["baseline"], baseline_threshold.value)},
+        "validation": {
+            MODEL: figures(val["score"], threshold.value),
+            BASELINE: figures(val["baseline"], baseline_threshold.value),
+        },
+        "test_by_anomaly_type": {MODEL: {}, BASELINE: {}},
         "baseline_threshold": baseline_threshold.to_manifest(),
     }
     return Evaluation(report=report, threshold=threshold, validation=val, test=test, sample=sample)
@@ -288,24 +346,28 @@ class PreparedData:
     train_xy: "ray.data.Dataset"  # {"x", "y"} the workers train on (autoencoder: normal rows only)
     validation_xy: "ray.data.Dataset"  # {"x", "y"} for early stopping
     features: tuple[str, ...]  # the model's features, in input order
+    feature_set: FeatureSet  # the spec fitted on the training split: what the bundle records
+    supervised: bool = True  # False: the spec has no label (every row counts as normal)
 
 
 def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
-    """Read the training window, compute features and splits, fit the preprocessing on the
-    training split and build the materialized datasets the workers iterate."""
+    """Read the training window, split it as the spec says, learn the spec's vocabularies on the
+    training split, compute the features, fit the preprocessing on the training split and build
+    the materialized datasets the workers iterate."""
     t = settings.train
-    source, columns, feature_set, label_overrides = inputs.source, inputs.columns, inputs.feature_set, inputs.label_overrides
-    plan = _split_plan(settings, source, columns)
-    features = feature_set.features
-    read_columns = list(dict.fromkeys([*feature_set.inputs, S.IS_ANOMALY, S.EVENT_DATE if plan.dated else S.RECORD_ID]))
-    key_column = record_key_column(columns) if label_overrides else None
-    if label_overrides and key_column is None:
+    source, spec, label_overrides = inputs.source, inputs.spec, dict(inputs.label_overrides or {})
+    if label_overrides and not spec.keys:
         raise TrainingDataError(
-            f"{source.name} has no record key ({' or '.join(RECORD_KEY_COLUMNS)}) to join analyst verdicts on"
+            f"{source.name}: analysts' verdicts are joined on the spec's `keys`, but spec {spec.name} lists none; "
+            "name the column(s) that identify a row in `keys`"
         )
-    if key_column:
-        read_columns = list(dict.fromkeys([*read_columns, key_column]))
-    if S.ANOMALY_TYPE in columns:
+    plan = _split_plan(settings, source, spec)
+    row_kwargs = {"plan": plan, "label": spec.label, "label_overrides": label_overrides, "keys": spec.keys}
+    feature_set = fit_spec(source, spec, row_kwargs)
+    features = feature_set.features
+    read_columns = list(dict.fromkeys([*feature_set.inputs, *plan.columns, *([spec.label] if spec.label else []),
+                                       *(spec.keys if label_overrides else ())]))
+    if S.ANOMALY_TYPE in inputs.columns and S.ANOMALY_TYPE not in read_columns:
         read_columns.append(S.ANOMALY_TYPE)
 
     # The only full read of the source: features, label, split and type per row, kept in Ray's
@@ -317,21 +379,12 @@ def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
     rows.context.execution_options.preserve_order = True  # the dataset's own copy of the context
     featured = (
         rows
-        .map_batches(
-            features_batch,
-            fn_kwargs={
-                "feature_set": feature_set,
-                "plan": plan,
-                # Verdicts are few (written by people): shipped to every batch as a small dict.
-                "label_overrides": dict(label_overrides or {}),
-                "key_column": key_column,
-            },
-            batch_format="pandas",
-        )
+        # Verdicts are few (written by people): shipped to every batch as a small dict.
+        .map_batches(features_batch, fn_kwargs={"feature_set": feature_set, **row_kwargs}, batch_format="pandas")
         .materialize()
     )
     counts = split_counts(featured)
-    _check_counts(counts, t.kind, plan)
+    _check_counts(counts, t.kind, plan, supervised=inputs.supervised)
 
     preprocessing, statistics = fit_preprocessing(
         _select(featured, TRAIN),
@@ -345,7 +398,35 @@ def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
     only_normal = t.kind == AUTOENCODER
     train_xy = _preprocessed(featured, features, preprocessing, TRAIN, only_normal=only_normal).materialize()
     validation_xy = _preprocessed(featured, features, preprocessing, VALIDATION).materialize()
-    return PreparedData(featured, counts, plan, preprocessing, statistics, train_xy, validation_xy, features)
+    return PreparedData(
+        featured, counts, plan, preprocessing, statistics, train_xy, validation_xy, features, feature_set,
+        inputs.supervised,
+    )
+
+
+def fit_spec(source: SourceLike, spec: SourceSpec, row_kwargs: Mapping[str, Any], max_rows: int = FIT_ROWS) -> FeatureSet:
+    """The spec fitted on its training split: vocabularies learned from the first `max_rows` rows
+    of that split in the source's stored order (so a rerun on the same table version learns the
+    same vocabularies). Reads only the learned columns and those the split needs; a spec that
+    learns nothing reads nothing."""
+    learned = [f.columns[0] for f in spec.features if f.learns]
+    if not learned:
+        return spec.fit().feature_set()
+    plan = row_kwargs["plan"]
+    columns = list(dict.fromkeys([*learned, *plan.columns, *([spec.label] if spec.label else []),
+                                  *(spec.keys if row_kwargs.get("label_overrides") else ())]))
+    rows = read_rows(source, columns)
+    rows.context.execution_options.preserve_order = True
+    sample = (
+        rows
+        .map_batches(training_rows, fn_kwargs={"columns": learned, **row_kwargs}, batch_format="pandas")
+        .limit(max_rows)
+        .to_pandas()
+    )
+    fitted = spec.fit(sample)
+    log.info("spec %s fitted on %d training rows: %s", spec.name, len(sample),
+             {k: len(v) for k, v in fitted.vocabularies.items()})
+    return fitted.feature_set()
 
 
 # --- steps ----------------------------------------------------------------------------------
@@ -363,30 +444,29 @@ class _Clock:
         self.last = now
 
 
-def _split_plan(settings: Settings, source: SourceLike, columns: Sequence[str]) -> SplitPlan:
+def _split_plan(settings: Settings, source: SourceLike, spec: SourceSpec) -> SplitPlan:
+    """In time by the spec's date column (a partition column), else stratified by its keys."""
     t = settings.train
-    if S.IS_ANOMALY not in columns:
-        raise TrainingDataError(
-            f"{source.name} has no {S.IS_ANOMALY} column; training needs labels to stop early, choose a "
-            "threshold and evaluate (the autoencoder trains on the rows labelled normal)"
-        )
-    if S.EVENT_DATE in columns:
-        dates = source_dates(source)
+    if spec.date_column is not None:
+        column = spec.date_column
+        dates = source_dates(source, column)
         if not dates:
             raise TrainingDataError(
-                f"{source.name} has an {S.EVENT_DATE} column but no {S.EVENT_DATE} partitions; write it "
-                f"partitioned by {S.EVENT_DATE} (as `lakescore generate` does) so the time split can read its dates"
+                f"{source.name}: the spec's `date_column` {column!r} is no partition column of the table; write the "
+                f"table partitioned by {column} (as `lakescore generate` does) so the time split can read its dates, "
+                "or drop `date_column` from the spec to split by its keys"
             )
         try:
             mapping = date_splits(dates, t.validation_days, t.test_days, t.first_date, t.last_date)
         except ValueError as exc:
             raise TrainingDataError(f"{source.name}: {exc}") from None
-        return SplitPlan(dated=True, date_to_split=mapping)
-    if S.RECORD_ID in columns:
-        return SplitPlan(dated=False, validation_fraction=t.validation_fraction, test_fraction=t.test_fraction, seed=t.seed)
+        return SplitPlan(dated=True, date_to_split=mapping, date_column=column)
+    if spec.keys:
+        return SplitPlan(dated=False, validation_fraction=t.validation_fraction, test_fraction=t.test_fraction,
+                         seed=t.seed, keys=tuple(spec.keys))
     raise TrainingDataError(
-        f"{source.name} has neither {S.EVENT_DATE} (a time split) nor {S.RECORD_ID} (a stratified split); "
-        "add one of them to the table"
+        f"{source.name}: spec {spec.name} has neither `date_column` (a time split) nor `keys` (a stratified split); "
+        "add one of them to the spec"
     )
 
 
@@ -405,11 +485,13 @@ def split_counts(featured: "ray.data.Dataset") -> dict[str, dict[str, int]]:
     return out
 
 
-def _check_counts(counts: Mapping[str, Mapping[str, int]], kind: str, plan: SplitPlan) -> None:
+def _check_counts(counts: Mapping[str, Mapping[str, int]], kind: str, plan: SplitPlan, *, supervised: bool = True) -> None:
     how = "train.first_date/last_date, validation_days, test_days" if plan.dated else "train.validation_fraction/test_fraction"
     for split in SPLITS:
         if counts[split]["rows"] == 0:
             raise TrainingDataError(f"the {split} split has no rows; adjust {how}")
+    if not supervised:
+        return
     if counts[VALIDATION]["anomalies"] == 0 or counts[TEST]["anomalies"] == 0:
         raise TrainingDataError(
             f"the validation or test split holds no labelled anomaly ({counts}); early stopping, the threshold and "
@@ -519,7 +601,7 @@ def build_manifest(settings: Settings, candidate: Candidate, *, version: int) ->
     write), from the settings and what the run read, fitted and evaluated.
 
     Long on purpose: every field a bundle records is filled here, in one place, in manifest order."""
-    source, feature_set = candidate.inputs.source, candidate.inputs.feature_set
+    source, feature_set = candidate.inputs.source, candidate.data.feature_set
     data, trained = candidate.data, candidate.fitted.trained
     pos_weight, run_name = candidate.fitted.pos_weight, candidate.fitted.run_name
     threshold, evaluation = candidate.evaluation.threshold, candidate.evaluation.report
@@ -562,14 +644,14 @@ def build_manifest(settings: Settings, candidate: Candidate, *, version: int) ->
             source_path=source.path,
             source_format=source.format,
             source_version=source.version,
-            split="time" if data.plan.dated else "stratified hash of record_id",
+            split=data.plan.describe(),
             date_window=data.plan.window(),
             counts=_finite(data.counts),
         ),
         training=TrainingRecord(
             epochs_run=len(trained.history),
             best_epoch=trained.best_epoch,
-            best_validation_aucpr=_finite(trained.best_validation_aucpr),
+            best_validation_aucpr=_finite(trained.best_validation_aucpr) if data.supervised else None,
             history=tuple(_finite(trained.history)),
             attempts=tuple(_finite(trained.attempts)),
             num_workers=settings.ray.num_workers,

@@ -94,13 +94,14 @@ def _aucpr(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class EarlyStopping:
-    """Stop after `patience` epochs without a better validation AUCPR; remember the best epoch.
+    """Stop after `patience` epochs without a better validation figure (higher is better: the
+    AUCPR, or without labels the negated validation reconstruction loss); remember the best epoch.
 
     Its fields travel in every checkpoint (`state.json`), so a resumed run keeps counting.
     """
 
     patience: int
-    best_aucpr: float = -1.0
+    best_aucpr: float = -math.inf  # no epoch yet (a negated loss can be below -1)
     best_epoch: int = -1
     bad_epochs: int = 0
 
@@ -151,6 +152,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     pos_weight = config.get("pos_weight")
     shuffle_buffer = config.get("shuffle_buffer_rows") or None
     on_epoch_end = config.get("on_epoch_end")  # see fit_model
+    supervised = config.get("supervised", True)  # False: stop on the validation loss, not AUCPR
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -193,9 +195,13 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         scores, labels = validation_scores(
             plain, kind, validation.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device=device)
         )
-        aucpr, aucroc, total_rows, total_loss = _agree(_aucpr(scores, labels), rows, loss_sum, device, world)
+        # The autoencoder's score is its reconstruction error: their mean is its validation loss.
+        loss = float(scores.mean()) if kind != MLP and len(scores) else math.nan
+        aucpr, aucroc, validation_loss, total_rows, total_loss = _agree(
+            (*_aucpr(scores, labels), loss), rows, loss_sum, device, world
+        )
 
-        if stopping.update(epoch, aucpr):
+        if stopping.update(epoch, aucpr if supervised else -validation_loss):
             best_state = {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}
         state.update(best_aucpr=stopping.best_aucpr, best_epoch=stopping.best_epoch, bad_epochs=stopping.bad_epochs)
         metrics = {
@@ -203,6 +209,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             "train_loss": total_loss / max(total_rows, 1.0),
             "validation_aucpr": aucpr,
             "validation_aucroc": aucroc,
+            "validation_loss": validation_loss,
             "train_rows": int(total_rows),
             "train_seconds": train_seconds,
             "train_rows_per_s": total_rows / train_seconds if train_seconds > 0 else math.nan,
@@ -222,7 +229,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
 def _resume(model: nn.Module, checkpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict | None]:
     """(loop state, best weights, optimizer state) from Ray Train's last checkpoint, loading its
     weights into `model`; a fresh start's when there is none. Records this worker-group start."""
-    state: dict[str, Any] = {"epoch": -1, "best_aucpr": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "attempts": []}
+    state: dict[str, Any] = {"epoch": -1, "best_aucpr": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "attempts": []}
     best_state = copy.deepcopy(model.state_dict())
     optimizer_state = None
     if checkpoint is not None:
@@ -254,10 +261,10 @@ def _train_one_epoch(model: nn.Module, optimizer, loss_fn: nn.Module, kind: str,
 
 
 def _agree(
-    validation: tuple[float, float], rows: int, loss_sum: float, device: torch.device, world: int
-) -> tuple[float, float, float, float]:
-    """(AUCPR, AUCROC, rows, loss) every worker agrees on: rank 0's validation figures, and the
-    rows and loss summed over the workers' shards."""
+    validation: tuple[float, float, float], rows: int, loss_sum: float, device: torch.device, world: int
+) -> tuple[float, float, float, float, float]:
+    """(AUCPR, AUCROC, validation loss, rows, loss) every worker agrees on: rank 0's validation
+    figures, and the training rows and loss summed over the workers' shards."""
     figures = torch.tensor([*validation, rows, loss_sum], dtype=torch.float64, device=device)
     if world > 1:
         import torch.distributed as dist
@@ -267,9 +274,9 @@ def _agree(
         dist.broadcast(broadcast, src=0)
         summed = figures.clone()
         dist.all_reduce(summed)
-        figures = torch.stack([broadcast[0], broadcast[1], summed[2], summed[3]])
-    aucpr, aucroc, total_rows, total_loss = (float(v) for v in figures.cpu())
-    return aucpr, aucroc, total_rows, total_loss
+        figures = torch.stack([broadcast[0], broadcast[1], broadcast[2], summed[3], summed[4]])
+    aucpr, aucroc, validation_loss, total_rows, total_loss = (float(v) for v in figures.cpu())
+    return aucpr, aucroc, validation_loss, total_rows, total_loss
 
 
 def _report(metrics: dict[str, Any], state: dict[str, Any], tensors: Mapping[str, Any], rank: int) -> None:
@@ -320,6 +327,7 @@ def fit_model(
     run_name: str,
     pos_weight: float | None = None,
     on_epoch_end: EpochHook | None = None,
+    supervised: bool = True,
 ) -> TrainedModel:
     """Train with Ray Train's TorchTrainer on `train` ({"x", "y"}), early-stopping on `validation`.
 
@@ -334,6 +342,8 @@ def fit_model(
         on_epoch_end: `f(epoch, rank, world_size)`, called on every worker after the epoch's
             checkpoint is reported; it must pickle (Ray ships it to the workers). Tests pass one
             that kills a worker to prove that training resumes from the last checkpoint.
+        supervised: False when the source has no label: early stopping then follows the
+            validation reconstruction loss (the autoencoder), and no AUCPR is recorded.
 
     Returns the best epoch's weights with the per-epoch history. Raises ray.train's
     TrainingFailedError if the workers fail more often than `ray.max_failures`.
@@ -354,6 +364,7 @@ def fit_model(
         "pos_weight": pos_weight,
         "shuffle_buffer_rows": t.shuffle_buffer_rows,
         "on_epoch_end": on_epoch_end,
+        "supervised": supervised,
     }
     resources = {"CPU": ray_settings.cpus_per_worker}
     if ray_settings.use_gpu:
@@ -389,7 +400,7 @@ def fit_model(
         history=state["history"],
         attempts=state["attempts"],
         best_epoch=state["best_epoch"],
-        best_validation_aucpr=state["best_aucpr"],
+        best_validation_aucpr=state["best_aucpr"] if supervised else math.nan,
         checkpoint_path=result.checkpoint.path,
     )
 
