@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 
 from lakescore import schemas as S
 from lakescore.config import ScoreSettings
+from lakescore.feedback_keys import KEY_SEPARATOR
 from lakescore.feedback_keys import record_key_column as feedback_record_key
 from udfs.metrics import RunIdentity
 
@@ -171,11 +172,17 @@ def flagged_records(
         if several
         else rows.crossJoin(F.broadcast(provenance.drop(S.MODEL_INDEX)))
     )
+    def key_text(name: str) -> Column:
+        # lakescore.feedback_keys' rule: the value as Spark casts it to string (not record_text:
+        # the Ray side builds the same text from pandas values for analysts' verdicts).
+        value = (F.col(S.RUN_DATE) if name == run_date_column else F.col(name)).cast("string")
+        return hash_column(value, output.salt) if name in hashed else value
+
     key_columns = record_key_columns(output)
     record_key = (
-        copied(key_columns[0])
+        key_text(key_columns[0])
         if len(key_columns) == 1
-        else F.to_json(F.struct(*[copied(c).alias(c) for c in key_columns]))
+        else F.concat_ws(KEY_SEPARATOR, *[key_text(c) for c in key_columns])
     )
     return joined.select(
         record_key.alias(S.RECORD_KEY),
@@ -187,7 +194,8 @@ def flagged_records(
 def record_key_columns(output: OutputColumns) -> tuple[str, ...]:
     """The copied columns `flagged.record_key` is made of: the source's record key
     (`lakescore.feedback_keys`, the column analysts' verdicts name) when it is one of the keys,
-    else every key column (joined as a JSON object, so that no two key tuples give one string)."""
+    else every key column, joined by the rule in `lakescore.feedback_keys` (its `record_keys` is
+    the same text computed from pandas rows on the training side)."""
     single = feedback_record_key(output.keys)
     return (single,) if single is not None else output.keys
 
