@@ -237,3 +237,34 @@ def test_a_bundle_whose_manifest_was_edited_on_disk_is_refused_on_load(tmp_path)
     (copy_ / B.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(B.BundleError, match=r"bundle_v1/manifest.json: `threshold.value` is None: expected a number"):
         B.load_bundle(copy_)
+
+
+# Training settings a reproduction does not take from `train_overrides`, and why.
+NOT_FROM_OVERRIDES = {
+    "autoencoder_hidden": "an mlp bundle's architecture sets `hidden` (an autoencoder's sets this one)",
+    "spec": "`--reproduce` trains with the spec and vocabularies the bundle records, not a file",
+}
+
+
+def test_every_training_setting_is_taken_from_the_bundle_or_named_as_not_and_a_changed_config_does_not_leak_in(tmp_path):
+    from lakescore.config import TrainSettings
+    from lakescore.manifest import Manifest
+
+    data = _fixture_json()
+    data["training"].update(shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000)
+    overrides = Manifest.from_json(data).train_overrides()
+    covered = {key.split(".", 1)[1] for key in overrides if key.startswith("train.")}
+    assert {f.name for f in dataclasses.fields(TrainSettings)} - covered == set(NOT_FROM_OVERRIDES)
+
+    # Today's config differs in every one of them; the reproduction's settings are the bundle's.
+    changed = {f"train.{k}": v for k, v in {
+        "epochs": 3, "batch_size": 7, "learning_rate": 0.5, "weight_decay": 0.25, "dropout": 0.5, "seed": 99,
+        "patience": 1, "clip_low_quantile": 0.1, "clip_high_quantile": 0.9, "clip_margin": 3.0,
+        "max_pos_weight": 2.0, "shuffle_buffer_rows": 1, "precision_at_k": 5, "sample_rows": 10,
+        "threshold_policy": "alert_rate", "threshold_value": 0.05, "validation_days": 3, "test_days": 2,
+    }.items()}
+    today = Settings().with_overrides({"lake.root": str(tmp_path), "ray.num_workers": 5, **changed})
+    again = today.with_overrides(overrides)
+    from_defaults = Settings().with_overrides({"lake.root": str(tmp_path), **overrides})
+    assert again.train == from_defaults.train and again.ray == from_defaults.ray
+    assert (again.train.epochs, again.train.clip_margin, again.ray.num_workers) == (20, 0.5, 2)
