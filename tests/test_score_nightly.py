@@ -892,3 +892,56 @@ def test_the_command_line_exits_3_on_a_missing_partition_and_writes_nothing(sett
     assert missing.returncode == 3, missing.stderr[-3000:]
     assert f"partition event_date=2026-10-30 is missing or empty (0 rows" in missing.stderr
     assert not (lake.table_path(settings.with_overrides({"lake.root": str(root)}), S.FLAGGED) / "_delta_log").exists()
+
+
+# A job that kills itself (no cleanup, no finally) when the run reaches the boundary named in
+# $KILL_AT: the hook is the test's, passed in like any caller's.
+_KILLED_RUN = """
+import datetime as dt, json, os, sys
+from lakescore.config import load_settings
+from lakescore.spark import build_spark_session
+from pipelines.nightly import run_nightly
+
+settings = load_settings(overrides=json.loads(sys.argv[1]), environ={})
+spark = build_spark_session(settings, app_name="lakescore-killed")
+
+def die_at(boundary):
+    if boundary == os.environ["KILL_AT"]:
+        os._exit(9)
+
+run_nightly(spark, settings, dt.date.fromisoformat(sys.argv[2]), source=sys.argv[3], bundle_path=sys.argv[4], boundary=die_at)
+"""
+
+
+@pytest.mark.slow
+def test_a_job_killed_after_staging_its_rows_leaves_both_tables_as_they_were_and_a_rerun_completes(spark, settings, bundles, transactions, tmp_path):
+    from pipelines.nightly import STAGED, STAGING_DIR
+
+    root, database = tmp_path / "lake", "killstaged"
+    overrides = {"lake.root": str(root), "lake.database": database, "spark.master": "local[2]",
+                 "spark.shuffle_partitions": "2", "spark.jars_dir": str(settings.spark.jars_dir)}
+    sub_settings = settings.with_overrides(overrides)
+    source = lake.resolve_source(spark, settings, transactions).path
+    _, directory = bundles[MLP_NAME]
+    (previous,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
+    paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
+
+    def state():
+        return [
+            (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect()), key=repr))
+            for p in paths
+        ]
+
+    before = state()
+    job = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, json.dumps(overrides), DAY.isoformat(), source, str(directory)],
+        env={**_subprocess_env(), "KILL_AT": STAGED}, capture_output=True, text=True, timeout=300,
+    )
+    assert job.returncode == 9, job.stderr[-3000:]
+    assert state() == before  # the flagged rows were written, but only to the run's own folder
+    (staged,) = list((sub_settings.lake.tables_dir / STAGING_DIR).iterdir())
+    assert staged.name != previous.run_id and list(staged.glob("*.parquet"))
+
+    (again,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
+    flagged = spark.read.format("delta").load(paths[0]).collect()
+    assert {r[S.RUN_ID] for r in flagged} == {again.run_id} and len(flagged) == again.rows_flagged == previous.rows_flagged
