@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -381,9 +382,9 @@ def test_a_dated_runs_date_column_is_not_read_but_filled_with_the_run_date(spark
     assert sorted(rows[0][S.RECORD]) == sorted([S.RECORD_ID, S.EVENT_DATE, S.COUNTRY])
     hashed = OutputColumns(keys=output.keys, allowed=output.allowed, hashed=(S.RECORD_ID, S.EVENT_DATE), salt="pepper")
     rows = flagged_records(scored, hashed, identity, scored_at, S.EVENT_DATE).orderBy(S.SCORE).collect()
-    digest = hashlib.sha256(b"pepper2026-11-02").hexdigest()
+    digest = hmac.new(b"pepper", b"2026-11-02", hashlib.sha256).hexdigest()  # keyed: HMAC-SHA256
     # A hashed key is hashed in record_key too: the one value feedback's record_key can name.
-    key_digests = [hashlib.sha256(f"pepper{i}".encode()).hexdigest() for i in (3, 1)]
+    key_digests = [hmac.new(b"pepper", str(i).encode(), hashlib.sha256).hexdigest() for i in (3, 1)]
     assert [(r[S.RECORD_KEY], r[S.RECORD][S.RECORD_ID], r[S.RECORD][S.EVENT_DATE]) for r in rows] == [
         (key_digests[0], key_digests[0], digest), (key_digests[1], key_digests[1], digest)
     ]
