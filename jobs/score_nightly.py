@@ -28,7 +28,22 @@ champion) or `name@version`, or `--bundle DIR` for a bundle outside the registry
 name@version` a challenger scored in the same pass over the rows, written as its own slice
 (scoring_role `shadow`); `--run-date D` (default: yesterday, UTC) or `--from A --to B`, which runs
 each date as its own run. A run replaces only its own slice of the tables: (run_date, source,
-model, role).
+model, role). `--catch-up` scores every date after the last complete run of (source, model) up to
+yesterday (UTC), each its own run: what the schedules run, so that a night missed (the scheduler
+down, the partition late) is scored by the next one; with no run yet, `--from` gives the first date.
+
+Loud by default: a date partition that is missing, or holds fewer rows than score.min_rows or
+score.min_fraction_of_median x the median of the slice's last score.median_window complete runs,
+fails the run before anything is written (`--allow-empty` for a night that is legitimately
+empty); so does a run whose models did not score exactly the rows it read.
+
+Exit codes, distinct so that a scheduler can branch on them:
+    0  every run committed
+    1  internal error (a bug, or a failure of Spark itself): the traceback is printed
+    2  bad input or configuration: options, settings, an unknown model, missing or mistyped columns
+    3  source or partition missing, or short of the row floors: wait for the data, then re-run
+    4  verification failed: a bundle's checksums, or rows read != rows scored; nothing was written
+    5  conflict with a concurrent run of the same tables (Delta refused the commit): re-run the date
 
 What a run does and writes, step by step: pipelines/nightly.py.
 """
@@ -45,7 +60,44 @@ from jobs.common import ConfigOption, SetOption, VerboseOption, fail, lake_sessi
 from lakescore import lake
 from lakescore.bundle import BundleError
 from lakescore.registry import RegistryError
-from pipelines.nightly import run_nightly
+from pipelines.nightly import PartitionError, VerificationError, run_nightly
+
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_SOURCE = 3
+EXIT_VERIFICATION = 4
+EXIT_CONFLICT = 5
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The documented exit code of a run that raised `exc`; None: an internal error (exit 1,
+    with its traceback)."""
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    conflicts = (
+        DeltaConcurrentModificationException, ConcurrentWriteException, MetadataChangedException,
+        ProtocolChangedException, ConcurrentAppendException, ConcurrentDeleteReadException,
+        ConcurrentDeleteDeleteException, ConcurrentTransactionException,
+    )
+    # Most specific first: PartitionError is a SourceError, which is a ValueError.
+    for kinds, code in (
+        (conflicts, EXIT_CONFLICT),
+        ((BundleError, VerificationError), EXIT_VERIFICATION),
+        ((lake.SourceError,), EXIT_SOURCE),
+        ((RegistryError, ValueError), EXIT_BAD_INPUT),
+    ):
+        if isinstance(exc, kinds):
+            return code
+    return None
 
 
 def score(
@@ -57,6 +109,15 @@ def score(
     bundle: Optional[Path] = typer.Option(None, help="Score with this bundle directory instead of the registry."),
     shadow: Optional[str] = typer.Option(
         None, help="`name@version` of a challenger to score in the same pass, written as scoring_role 'shadow'."
+    ),
+    catch_up: bool = typer.Option(
+        False,
+        "--catch-up",
+        help="Score every date after the last complete run of this source and model up to yesterday (UTC), each its own run; "
+        "with no run yet, --from (or --run-date) gives the first date.",
+    ),
+    allow_empty: bool = typer.Option(
+        False, "--allow-empty", help="Score a date whose partition is missing or below the row floors (a legitimately empty night)."
     ),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
@@ -71,17 +132,31 @@ def score(
     try:
         if run_date and (first or last):
             raise ValueError("give either --run-date or --from/--to, not both")
-        if (first is None) != (last is None):
+        if catch_up and last:
+            raise ValueError("--catch-up runs up to yesterday by itself; leave out --to")
+        if (first is None) != (last is None) and not catch_up:
             raise ValueError("a range needs both --from and --to")
         start = dt.date.fromisoformat(run_date or first) if (run_date or first) else None
         end = dt.date.fromisoformat(last) if last else None
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), EXIT_BAD_INPUT)
     spark = lake_session(settings, "lakescore-score")
     try:
-        summaries = run_nightly(spark, settings, start, last_date=end, bundle_path=bundle, shadow=shadow)
-    except (BundleError, RegistryError, lake.SourceError, ValueError) as exc:
-        fail(str(exc))
+        summaries = run_nightly(
+            spark, settings, start, last_date=end, bundle_path=bundle, shadow=shadow, allow_empty=allow_empty,
+            catch_up=catch_up,
+        )
+    except Exception as exc:  # noqa: BLE001 - mapped to the documented exit codes; others re-raised
+        code = exit_code(exc)
+        if code is None:
+            raise
+        message = str(exc)
+        if code == EXIT_CONFLICT:
+            message = (
+                "another run committed to the same tables first, so this run's commit was refused and it wrote "
+                f"nothing visible; re-run the date (Delta: {message.splitlines()[0]})"
+            )
+        fail(message, code)
     finally:
         spark.stop()
     print_rows(

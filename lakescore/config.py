@@ -277,9 +277,20 @@ class ScoreSettings:
     key_columns: tuple[str, ...] = ()
     # Partition column a run filters on (--run-date / --from --to); a source without it is scored whole.
     date_column: str = S.EVENT_DATE
-    # Prefix hashed with sensitive values; set one per deployment (e.g. LAKESCORE_SCORE_HASH_SALT)
-    # so that hashes of guessable ids cannot be looked up, and keep it so hashes join across nights.
-    hash_salt: str = ""
+    # The secret key of the keyed hash (HMAC-SHA256) that replaces sensitive values: from
+    # $LAKESCORE_HASH_KEY, or read from hash_key_file. Required whenever a copied column is
+    # sensitive (a run refuses to start without it), so that hashes of guessable ids cannot be
+    # recomputed; keep it across nights, so that hashes join from night to night.
+    hash_key: str = ""
+    hash_key_file: Path | None = None
+    # Row floors a date partition must reach before a run writes anything (a run below them
+    # fails, exit 3; `--allow-empty` lifts both for a night that is legitimately empty):
+    # at least this many rows (1: a missing or empty partition fails)...
+    min_rows: int = 1
+    # ...and at least this fraction of the median rows_read of the slice's last complete runs
+    # (0: no relative floor), over this many trailing runs.
+    min_fraction_of_median: float = 0.0
+    median_window: int = 7
 
     def validated(self) -> "ScoreSettings":
         _check_source(self.table, "score.table")
@@ -287,7 +298,22 @@ class ScoreSettings:
             check_identifier(column, "a column in score.allow_columns/sensitive_columns/key_columns")
         check_identifier(self.date_column, "score.date_column")
         _require_choice("score.sensitive_action", self.sensitive_action, S.SENSITIVE_ACTIONS)
-        _require_positive(self, "score", "top_reasons")
+        _require_positive(self, "score", "top_reasons", "median_window")
+        if self.min_rows < 0:
+            raise ConfigError(f"score.min_rows={self.min_rows} is negative; use 0 for no absolute floor")
+        if not (self.min_fraction_of_median >= 0.0 and math.isfinite(self.min_fraction_of_median)):
+            raise ConfigError(
+                f"score.min_fraction_of_median={self.min_fraction_of_median} is not a fraction >= 0; "
+                "e.g. 0.5 fails a night with under half the usual rows, 0 turns the check off"
+            )
+        if self.hash_key_file is not None and not self.hash_key:
+            try:
+                return dataclasses.replace(self, hash_key=self.hash_key_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"score.hash_key_file {self.hash_key_file} cannot be read ({exc.strerror}); "
+                    "point it at the file holding the hash key, or set LAKESCORE_HASH_KEY"
+                ) from None
         return self
 
 
@@ -408,6 +434,9 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, str]:
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
         if section in sections and key:
             values[f"{section}.{key}"] = value
+    # The hash key's own name, as deployments' secret stores spell it.
+    if ENV_PREFIX + "HASH_KEY" in environ:
+        values["score.hash_key"] = environ[ENV_PREFIX + "HASH_KEY"]
     return values
 
 

@@ -14,6 +14,8 @@ A record key is the text analysts' verdicts (`label_overrides`, {record key: is_
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from typing import Sequence
 
 import numpy as np
@@ -81,3 +83,15 @@ def _value_text(v) -> str | None:
     if isinstance(v, dt.date):
         return v.isoformat()
     return str(v)
+
+
+def keyed_hash(key: str, value: str) -> str:
+    """HMAC-SHA256 of `value` under the secret `key`, as hex: what replaces a sensitive value in
+    `flagged` (udfs.flagged.hash_column), and the one function any other side (feedback keys,
+    training's join of verdicts) must use so that hashed keys join. Raises ValueError for an
+    empty key: a hash anyone can recompute hides nothing."""
+    if not key:
+        raise ValueError(
+            "the hash key is empty; set LAKESCORE_HASH_KEY (or score.hash_key_file) to a secret kept across nights"
+        )
+    return hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()

@@ -199,7 +199,7 @@ ALERT_RATE = "alert_rate"
 FIXED_THRESHOLD = "fixed"
 THRESHOLD_POLICIES = (TARGET_PRECISION, ALERT_RATE, FIXED_THRESHOLD)
 
-# What `flagged` holds in place of a sensitive column (udfs/flagged.py): a salted sha256, or nothing.
+# What `flagged` holds in place of a sensitive column (udfs/flagged.py): its keyed hash (HMAC-SHA256), or nothing.
 SENSITIVE_HASH = "hash"
 SENSITIVE_DROP = "drop"
 SENSITIVE_ACTIONS = (SENSITIVE_HASH, SENSITIVE_DROP)

@@ -7,6 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LS=.venv/bin/lakescore
 export LAKESCORE_LAKE_ROOT="${LAKESCORE_LAKE_ROOT:-$PWD/lake}"
+# The key of the keyed hash of sensitive columns (account_id): a run with sensitive columns refuses
+# to start without one. A demo key, made once per lake; a deployment reads it from a secret store.
+if [ -z "${LAKESCORE_HASH_KEY:-}" ]; then
+  mkdir -p "$LAKESCORE_LAKE_ROOT"
+  [ -s "$LAKESCORE_LAKE_ROOT/demo-hash.key" ] || (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$LAKESCORE_LAKE_ROOT/demo-hash.key")
+  export LAKESCORE_SCORE_HASH_KEY_FILE="$LAKESCORE_LAKE_ROOT/demo-hash.key"
+fi
 
 echo "== 1. generate a week of synthetic transactions into ${LAKESCORE_LAKE_ROOT}"
 $LS generate

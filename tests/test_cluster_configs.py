@@ -125,9 +125,10 @@ def test_the_scheduled_spark_application_forbids_overlapping_runs_of_the_nightly
     template = spec["template"]
     assert template["mainApplicationFile"].endswith("/jobs/score_nightly.py")
     assert template["deps"]["pyFiles"][0].endswith(f"/lakescore-{project_version()}.zip")
-    # No --run-date: the operator cannot template one, so the job must default to yesterday.
+    # No --run-date: the operator cannot template one, so the job catches up to yesterday.
     params = score_options(template["arguments"])
     assert (params["run_date"], params["model"], params["table"]) == (None, "transactions", "transactions")
+    assert params["catch_up"] is True
 
 
 class _Recorder:
@@ -146,7 +147,7 @@ class _Recorder:
         return False
 
 
-def test_the_airflow_dag_compiles_and_passes_the_logical_date_as_the_run_date(monkeypatch, tmp_path):
+def test_the_airflow_dag_compiles_and_catches_up_from_the_logical_date(monkeypatch, tmp_path):
     path = CONFIGS / "airflow" / "lakescore_nightly.py"
     py_compile.compile(str(path), cfile=str(tmp_path / "dag.pyc"), doraise=True)
     airflow = types.ModuleType("airflow")
@@ -168,10 +169,11 @@ def test_the_airflow_dag_compiles_and_passes_the_logical_date_as_the_run_date(mo
     assert task.kwargs["application"].endswith("/jobs/score_nightly.py")
     assert task.kwargs["py_files"].endswith(f"/lakescore-{project_version()}.zip")
     args = task.kwargs["application_args"]
-    assert args[args.index("--run-date") + 1] == "{{ ds }}"
+    assert args[args.index("--from") + 1] == "{{ ds }}"
     # Rendered as Airflow would for the run of 2026-11-28 02:30, the job accepts the arguments.
     rendered = [a.replace("{{ ds }}", "2026-11-27") for a in args]
-    assert score_options(rendered)["run_date"] == "2026-11-27"
+    params = score_options(rendered)
+    assert (params["first"], params["catch_up"], params["last"]) == ("2026-11-27", True, None)
 
 
 def _env(container: dict) -> dict[str, str]:

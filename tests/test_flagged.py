@@ -21,7 +21,7 @@ def test_flagged_keys_default_to_the_known_key_columns_the_source_has():
 
 def test_sensitive_columns_are_hashed_or_dropped_as_configured():
     columns = ["transaction_id", "account_id", "amount", "country"]
-    hashed = ScoreSettings(sensitive_columns=("account_id", "country"), hash_salt="pepper")
+    hashed = ScoreSettings(sensitive_columns=("account_id", "country"), hash_key="pepper")
     assert choose_output_columns(columns, hashed, "t").hashed == ("account_id", "country")
     dropped = dataclasses.replace(hashed, sensitive_action="drop")
     output = choose_output_columns(columns, dropped, "t")

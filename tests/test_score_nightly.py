@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from pipelines.nightly import run_nightly
+from pipelines.nightly import COUNTED, PartitionError, VerificationError, run_nightly
 from pipelines.sql import run_sql
 from lakescore import lake, registry
 from lakescore import schemas as S
@@ -209,10 +210,19 @@ def test_rerunning_a_date_replaces_its_rows_in_one_commit_with_identical_scores(
     assert _metrics(spark, settings)["_run_ids"] == {again.run_id}
 
 
-def test_a_date_range_runs_each_date_on_its_own_and_an_empty_date_records_zero_rows(spark, settings, bundles):
+def test_a_missing_partition_fails_naming_it_and_with_allow_empty_a_range_records_zero_rows(spark, settings, bundles):
     bundle, _ = bundles[AE_NAME]
     empty_day, full_day = dt.date(2026, 10, 31), dt.date(2026, 11, 1)  # the table starts on 11-01
-    summaries = run_nightly(spark, settings, empty_day, last_date=full_day, model=f"{AE_NAME}@{bundle.version}")
+    versions = _versions(spark, settings)
+    with pytest.raises(PartitionError) as error:
+        run_nightly(spark, settings, empty_day, last_date=full_day, model=f"{AE_NAME}@{bundle.version}")
+    assert f"{settings.table(S.TRANSACTIONS)} partition event_date=2026-10-31 is missing or empty (0 rows" in str(error.value)
+    assert "--allow-empty" in str(error.value)
+    assert _versions(spark, settings) == versions  # nothing written, not even the full day after it
+
+    summaries = run_nightly(
+        spark, settings, empty_day, last_date=full_day, model=f"{AE_NAME}@{bundle.version}", allow_empty=True
+    )
     assert [s.run_date for s in summaries] == [empty_day, full_day]
     assert len({s.run_id for s in summaries}) == 2
 
@@ -372,9 +382,9 @@ def test_a_dated_runs_date_column_is_not_read_but_filled_with_the_run_date(spark
     assert sorted(rows[0][S.RECORD]) == sorted([S.RECORD_ID, S.EVENT_DATE, S.COUNTRY])
     hashed = OutputColumns(keys=output.keys, allowed=output.allowed, hashed=(S.RECORD_ID, S.EVENT_DATE), salt="pepper")
     rows = flagged_records(scored, hashed, identity, scored_at, S.EVENT_DATE).orderBy(S.SCORE).collect()
-    digest = hashlib.sha256(b"pepper2026-11-02").hexdigest()
+    digest = hmac.new(b"pepper", b"2026-11-02", hashlib.sha256).hexdigest()  # keyed: HMAC-SHA256
     # A hashed key is hashed in record_key too: the one value feedback's record_key can name.
-    key_digests = [hashlib.sha256(f"pepper{i}".encode()).hexdigest() for i in (3, 1)]
+    key_digests = [hmac.new(b"pepper", str(i).encode(), hashlib.sha256).hexdigest() for i in (3, 1)]
     assert [(r[S.RECORD_KEY], r[S.RECORD][S.RECORD_ID], r[S.RECORD][S.EVENT_DATE]) for r in rows] == [
         (key_digests[0], key_digests[0], digest), (key_digests[1], key_digests[1], digest)
     ]
@@ -672,6 +682,107 @@ def test_tables_in_the_old_layout_are_refused_by_a_run_and_upgraded_once_by_the_
     assert upgrade_tables(spark, old, apply=True)[0].endswith("already in the current layout, left as it is")
 
 
+def test_a_partition_short_of_the_floors_fails_with_its_counts_before_anything_is_written(spark, settings, bundles, first_run):
+    earlier = DAY - dt.timedelta(days=1)
+    run_nightly(spark, settings, earlier, model=MLP_NAME)  # a complete run before DAY: the trailing median
+    trailing = _metrics(spark, settings, earlier)[("run", None, "rows_read")]
+    versions = _versions(spark, settings)
+
+    absolute = settings.with_overrides({"score.min_rows": str(first_run.rows_read + 1)})
+    with pytest.raises(PartitionError) as error:
+        run_nightly(spark, absolute, DAY, model=MLP_NAME)
+    assert (
+        f"{settings.table(S.TRANSACTIONS)} partition event_date={DAY} holds {first_run.rows_read} rows, "
+        f"fewer than score.min_rows={first_run.rows_read + 1}"
+    ) in str(error.value)
+
+    # Just above what DAY holds relative to the earlier night: the floor is a few rows over DAY's count.
+    fraction = round(first_run.rows_read / trailing + 0.05, 3)
+    relative = settings.with_overrides({"score.min_fraction_of_median": str(fraction)})
+    with pytest.raises(PartitionError) as error:
+        run_nightly(spark, relative, DAY, model=MLP_NAME)
+    assert (
+        f"holds {first_run.rows_read} rows, fewer than {fraction:g} x the median {trailing:g} of the last 1 complete runs"
+    ) in str(error.value)
+    assert _versions(spark, settings) == versions
+
+
+def test_a_catch_up_starts_the_day_after_the_last_complete_run_and_needs_a_first_date_without_one(spark, settings, bundles, first_run, day_rows, tmp_path):
+    from lakescore.feedback import source_name
+    from pipelines.nightly import last_complete_run_date
+
+    source = settings.table(S.TRANSACTIONS)
+    last = last_complete_run_date(spark, settings, source, MLP_NAME, S.PRIMARY)
+    assert last is not None and last >= DAY  # the table's last day has been scored
+    versions = _versions(spark, settings)
+    # Every later date is missing from the 4-day table: the first one is the one it stops at.
+    with pytest.raises(PartitionError, match=f"partition event_date={last + dt.timedelta(days=1)} is missing"):
+        run_nightly(spark, settings, model=MLP_NAME, catch_up=True)
+    assert _versions(spark, settings) == versions
+
+    fresh = _write_parquet_source(spark, day_rows.head(50), tmp_path / "fresh")
+    assert last_complete_run_date(spark, settings, source_name(settings, fresh), MLP_NAME, S.PRIMARY) is None
+    with pytest.raises(ValueError, match=f"found no complete run of model {MLP_NAME} on {re.escape(source_name(settings, fresh))}.*--from"):
+        run_nightly(spark, settings, source=fresh, model=MLP_NAME, catch_up=True)
+
+
+def test_sensitive_columns_without_a_hash_key_are_refused_before_anything_is_written(spark, settings, bundles, first_run):
+    from lakescore.config import ConfigError
+
+    keyless = settings.with_overrides({"score.sensitive_columns": S.ACCOUNT_ID, "score.hash_key": ""})
+    versions = _versions(spark, settings)
+    with pytest.raises(ConfigError, match="account_id are sensitive and would be hashed, but the hash key is empty"):
+        run_nightly(spark, keyless, DAY, model=MLP_NAME)
+    assert _versions(spark, settings) == versions
+
+
+def test_a_flagged_row_holds_no_clear_value_of_any_sensitive_column(spark, settings, bundles, day_rows, tmp_path):
+    from lakescore.feedback_keys import keyed_hash
+
+    key = "night-key"
+    sensitive = (S.TRANSACTION_ID, S.ACCOUNT_ID)
+    private = settings.with_overrides({"score.sensitive_columns": ",".join(sensitive), "score.hash_key": key})
+    source = _write_parquet_source(spark, day_rows, tmp_path / "private")
+    (summary,) = run_nightly(spark, private, DAY, source=source, model=MLP_NAME)
+    rows = spark.table(settings.table(S.FLAGGED)).where(F.col(S.RUN_ID) == summary.run_id).collect()
+    assert len(rows) == summary.rows_flagged > 0
+    by_hash = {keyed_hash(key, str(r[S.TRANSACTION_ID])): r for r in day_rows.to_dict("records")}
+    clear = {str(r[c]) for r in day_rows.to_dict("records") for c in sensitive}
+    for row in rows:
+        source_row = by_hash[row[S.RECORD_KEY]]  # the key is the keyed hash of the transaction id
+        assert row[S.RECORD][S.ACCOUNT_ID] == keyed_hash(key, str(source_row[S.ACCOUNT_ID]))
+        assert row[S.RECORD][S.TRANSACTION_ID] == row[S.RECORD_KEY]
+        assert row[S.RECORD][S.EVENT_TS].startswith(source_row[S.EVENT_TS].strftime("%Y-%m-%dT%H:%M:%S"))  # not sensitive: kept
+        assert not clear & ({row[S.RECORD_KEY]} | set(row[S.RECORD].values()))
+        assert not {reason[S.REASON_FEATURE] for reason in row[S.REASONS]} & set(sensitive)
+
+
+def test_rows_read_that_were_not_all_scored_fail_the_run_before_it_commits(spark, settings, bundles, day_rows, first_run, tmp_path):
+    """A file of the partition vanishes between the count and the scan (a VACUUM or compaction
+    racing the run) and the scan skips it: the models score fewer rows than were read."""
+    source = tmp_path / "vanishing"
+    spark.createDataFrame(day_rows).repartition(3).write.partitionBy(S.EVENT_DATE).parquet(str(source))
+    versions = _versions(spark, settings)
+    removed = []
+
+    def remove_a_file(boundary: str) -> None:
+        if boundary == COUNTED:
+            victim = sorted(source.glob("*/*.parquet"))[0]
+            removed.append(len(pd.read_parquet(victim)))
+            victim.unlink()
+
+    spark.conf.set("spark.sql.files.ignoreMissingFiles", "true")
+    try:
+        with pytest.raises(VerificationError) as error:
+            run_nightly(spark, settings, DAY, source=str(source), model=MLP_NAME, boundary=remove_a_file)
+    finally:
+        spark.conf.unset("spark.sql.files.ignoreMissingFiles")
+    assert removed and removed[0] > 0
+    assert f"{len(day_rows)} rows read but {len(day_rows) - removed[0]} scored, so nothing was written" in str(error.value)
+    assert _versions(spark, settings) == versions
+    assert not list((settings.lake.tables_dir / "_staging").glob("*"))  # the staged rows are gone too
+
+
 # --- whole jobs in subprocesses, each on its own lake root (Derby admits one process) -----------
 
 
@@ -765,3 +876,73 @@ def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spar
         time.sleep(0.2)
     assert session_processes(job.pid) == []
     assert state() == before
+
+
+@pytest.mark.slow
+def test_the_command_line_exits_3_on_a_missing_partition_and_writes_nothing(settings, bundles, transactions, spark, tmp_path):
+    root = tmp_path / "lake"
+    source = lake.resolve_source(spark, settings, transactions).path
+    _, directory = bundles[MLP_NAME]
+    command = [str(Path(sys.executable).parent / "lakescore"), "score", "--table", source, "--bundle", str(directory),
+               *_job_flags(settings, root)]
+    bad = subprocess.run([*command, "--run-date", "2026-13-01"], env=_subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    assert "month must be in 1..12" in bad.stderr
+
+    missing = subprocess.run([*command, "--run-date", "2026-10-30"], env=_subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert missing.returncode == 3, missing.stderr[-3000:]
+    assert f"partition event_date=2026-10-30 is missing or empty (0 rows" in missing.stderr
+    assert not (lake.table_path(settings.with_overrides({"lake.root": str(root)}), S.FLAGGED) / "_delta_log").exists()
+
+
+# A job that kills itself (no cleanup, no finally) when the run reaches the boundary named in
+# $KILL_AT: the hook is the test's, passed in like any caller's.
+_KILLED_RUN = """
+import datetime as dt, json, os, sys
+from lakescore.config import load_settings
+from lakescore.spark import build_spark_session
+from pipelines.nightly import run_nightly
+
+settings = load_settings(overrides=json.loads(sys.argv[1]), environ={})
+spark = build_spark_session(settings, app_name="lakescore-killed")
+
+def die_at(boundary):
+    if boundary == os.environ["KILL_AT"]:
+        os._exit(9)
+
+run_nightly(spark, settings, dt.date.fromisoformat(sys.argv[2]), source=sys.argv[3], bundle_path=sys.argv[4], boundary=die_at)
+"""
+
+
+@pytest.mark.slow
+def test_a_job_killed_after_staging_its_rows_leaves_both_tables_as_they_were_and_a_rerun_completes(spark, settings, bundles, transactions, tmp_path):
+    from pipelines.nightly import STAGED, STAGING_DIR
+
+    root, database = tmp_path / "lake", "killstaged"
+    overrides = {"lake.root": str(root), "lake.database": database, "spark.master": "local[2]",
+                 "spark.shuffle_partitions": "2", "spark.jars_dir": str(settings.spark.jars_dir)}
+    sub_settings = settings.with_overrides(overrides)
+    source = lake.resolve_source(spark, settings, transactions).path
+    _, directory = bundles[MLP_NAME]
+    (previous,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
+    paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
+
+    def state():
+        return [
+            (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect()), key=repr))
+            for p in paths
+        ]
+
+    before = state()
+    job = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, json.dumps(overrides), DAY.isoformat(), source, str(directory)],
+        env={**_subprocess_env(), "KILL_AT": STAGED}, capture_output=True, text=True, timeout=300,
+    )
+    assert job.returncode == 9, job.stderr[-3000:]
+    assert state() == before  # the flagged rows were written, but only to the run's own folder
+    (staged,) = list((sub_settings.lake.tables_dir / STAGING_DIR).iterdir())
+    assert staged.name != previous.run_id and list(staged.glob("*.parquet"))
+
+    (again,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
+    flagged = spark.read.format("delta").load(paths[0]).collect()
+    assert {r[S.RUN_ID] for r in flagged} == {again.run_id} and len(flagged) == again.rows_flagged == previous.rows_flagged

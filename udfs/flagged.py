@@ -13,13 +13,14 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakescore import schemas as S
 from lakescore.config import ScoreSettings
-from lakescore.feedback_keys import KEY_SEPARATOR
+from lakescore.feedback_keys import KEY_SEPARATOR, keyed_hash
 from lakescore.feedback_keys import record_key_column as feedback_record_key
 from udfs.metrics import RunIdentity
 
@@ -37,8 +38,8 @@ class OutputColumns:
 
     keys: tuple[str, ...]
     allowed: tuple[str, ...]  # allow-listed, not keys
-    hashed: tuple[str, ...]  # of keys + allowed: replaced by sha256(salt || value)
-    salt: str
+    hashed: tuple[str, ...]  # of keys + allowed: replaced by keyed_hash(salt, value)
+    salt: str  # the secret key of keyed_hash (settings.score.hash_key)
 
     @property
     def copied(self) -> tuple[str, ...]:
@@ -84,7 +85,7 @@ def choose_output_columns(columns: Sequence[str], score: ScoreSettings, where: s
         hashed: tuple[str, ...] = ()
     else:
         hashed = tuple(c for c in keys + allowed if c in sensitive)
-    return OutputColumns(keys=keys, allowed=allowed, hashed=hashed, salt=score.hash_salt)
+    return OutputColumns(keys=keys, allowed=allowed, hashed=hashed, salt=score.hash_key)
 
 
 def scan_columns(
@@ -108,9 +109,19 @@ def scan_columns(
     return columns, run_date_column
 
 
-def hash_column(column: Column, salt: str) -> Column:
-    """sha256 hex of salt || value-as-string; NULL stays NULL."""
-    return F.sha2(F.concat(F.lit(salt), column.cast("string")), 256)
+def hash_column(column: Column, key: str) -> Column:
+    """`keyed_hash(key, value-as-string)` of each value; NULL stays NULL.
+
+    Spark has no HMAC, so this is a pandas UDF: use it on the few flagged rows, not on a whole
+    table. The key travels to the executors inside the UDF, as the model's bytes do.
+    """
+    keyed_hash(key, "")  # an empty key fails here, on the driver, before any task starts
+
+    @F.pandas_udf(T.StringType())
+    def hmac_sha256(values: pd.Series) -> pd.Series:
+        return values.map(lambda v: None if v is None else keyed_hash(key, v))
+
+    return hmac_sha256(column.cast("string"))
 
 
 def flagged_records(

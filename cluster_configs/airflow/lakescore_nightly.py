@@ -9,10 +9,17 @@ Deploy: copy this file into the DAGs folder of an Airflow 2.7+ (or 3.x) that has
 - an Airflow connection `spark_lakescore` of type Spark: host spark://spark-master.internal,
   port 7077 (or host yarn, or k8s://https://...), extra {"deploy-mode": "client"}.
 
-`{{ ds }}` is the run's logical date, the START of its data interval: the 02:30 run of
-2026-11-28 has ds = 2026-11-27, the day that just ended. Re-running a date (Clear in the UI, or
-`airflow dags backfill -s 2026-11-01 -e 2026-11-07 lakescore_nightly`) replaces that date's
-flagged rows in one Delta commit, so retries and backfills never duplicate them.
+The task runs `--catch-up`: every date after the last complete run of (source, model) up to
+yesterday (UTC), each its own run, so a night that failed or was skipped is scored by the next
+one. `{{ ds }}` (the run's logical date, the START of its data interval: the 02:30 run of
+2026-11-28 has ds = 2026-11-27, the day that just ended) is passed as `--from`, which a catch-up
+uses only when the slice has never been scored. To re-score a date that is already complete, run
+`lakescore score --run-date YYYY-MM-DD`: it replaces that date's slice, so a re-run never
+duplicates rows.
+
+The job's exit codes (jobs/score_nightly.py) tell a failed task's cause: 2 bad input or config
+(fix, then clear), 3 source partition missing or short (the data is late: a retry may succeed),
+4 verification failed, 5 a concurrent run committed first, 1 an internal error.
 """
 
 from __future__ import annotations
@@ -53,7 +60,8 @@ with DAG(
         py_files=f"{LAKESCORE_HOME}/dist/lakescore-{LAKESCORE_VERSION}.zip",
         name="lakescore-nightly-{{ ds }}",
         application_args=[
-            "--run-date", "{{ ds }}",
+            "--catch-up",
+            "--from", "{{ ds }}",
             "--model", "transactions",
             "--table", "transactions",
         ],
