@@ -60,7 +60,7 @@ from jobs.common import ConfigOption, SetOption, VerboseOption, fail, lake_sessi
 from lakescore import lake
 from lakescore.bundle import BundleError
 from lakescore.registry import RegistryError
-from pipelines.nightly import PartitionError, VerificationError, run_nightly
+from pipelines.nightly import VerificationError, run_nightly
 
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2

@@ -891,7 +891,7 @@ def test_the_command_line_exits_3_on_a_missing_partition_and_writes_nothing(sett
 
     missing = subprocess.run([*command, "--run-date", "2026-10-30"], env=_subprocess_env(), capture_output=True, text=True, timeout=240)
     assert missing.returncode == 3, missing.stderr[-3000:]
-    assert f"partition event_date=2026-10-30 is missing or empty (0 rows" in missing.stderr
+    assert "partition event_date=2026-10-30 is missing or empty (0 rows" in missing.stderr
     assert not (lake.table_path(settings.with_overrides({"lake.root": str(root)}), S.FLAGGED) / "_delta_log").exists()
 
 

@@ -5,7 +5,6 @@ label; wrong specs fail before any work; the builtin specs give the features tra
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
