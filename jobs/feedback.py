@@ -46,9 +46,15 @@ def feedback(
     spark = lake_session(settings, "lakescore-feedback")
     try:
         verdicts = VerdictSource(key, verdict, analyst, comment, file, from_table)
-        count = run_feedback(spark, settings, verdicts, table or settings.score.table)
+        result = run_feedback(spark, settings, verdicts, table or settings.score.table)
     except FeedbackError as exc:
         fail(str(exc))
     finally:
         spark.stop()
-    typer.echo(f"recorded {count} verdict(s) in {settings.table(S.FEEDBACK)}")
+    typer.echo(f"recorded {result.recorded} verdict(s) in {settings.table(S.FEEDBACK)}")
+    if result.unknown:
+        more = ", ..." if result.unknown > len(result.unknown_examples) else ""
+        typer.echo(
+            f"{result.unknown} of them name no flagged row of that table (a missed anomaly, or check the key): "
+            f"{', '.join(result.unknown_examples)}{more}"
+        )

@@ -267,16 +267,18 @@ class ScoreSettings:
     table: str = S.TRANSACTIONS
     model: str = S.TRANSACTIONS
     # Source columns copied into `flagged` besides the keys, score and reasons.
-    allow_columns: tuple[str, ...] = (S.AMOUNT, S.MERCHANT_CATEGORY, S.COUNTRY)
-    # Of the copied columns (keys or allowed), these are replaced by a salted sha256 ("hash") or left out ("drop").
+    allow_columns: tuple[str, ...] = (S.ACCOUNT_ID, S.EVENT_TS, S.AMOUNT, S.MERCHANT_CATEGORY, S.COUNTRY)
+    # Of the copied columns (keys or allowed), these, besides the feature spec's `sensitive`, are
+    # replaced by a salted sha256 ("hash") or left out ("drop"); a reason never shows their value.
     sensitive_columns: tuple[str, ...] = ()
     sensitive_action: str = S.SENSITIVE_HASH
     top_reasons: int = 3
-    # Key columns copied into `flagged`; empty: whichever of transaction_id, account_id,
-    # event_ts, event_date, record_id the source has.
+    # Key columns copied into `flagged` (and its record_key); empty: the feature spec's `keys`, or for a
+    # bundle without a spec whichever of transaction_id, account_id, event_ts, event_date, record_id the source has.
     key_columns: tuple[str, ...] = ()
-    # Partition column a run filters on (--run-date / --from --to); a source without it is scored whole.
-    date_column: str = S.EVENT_DATE
+    # Partition column a run filters on (--run-date / --from --to); a source without it is scored
+    # whole. None: the model's feature spec's date_column (event_date for a bundle without a spec).
+    date_column: str | None = None
     # The secret key of the keyed hash (HMAC-SHA256) that replaces sensitive values: from
     # $LAKESCORE_HASH_KEY, or read from hash_key_file. Required whenever a copied column is
     # sensitive (a run refuses to start without it), so that hashes of guessable ids cannot be
@@ -294,9 +296,15 @@ class ScoreSettings:
 
     def validated(self) -> "ScoreSettings":
         _check_source(self.table, "score.table")
+        # Any column name (`Temp C`): scoring quotes every one it names (udfs.flagged.quoted).
         for column in self.allow_columns + self.sensitive_columns + self.key_columns:
-            check_identifier(column, "a column in score.allow_columns/sensitive_columns/key_columns")
-        check_identifier(self.date_column, "score.date_column")
+            if not isinstance(column, str) or not column.strip():
+                raise ConfigError(
+                    f"an empty column name in score.allow_columns/sensitive_columns/key_columns ({column!r}); "
+                    "remove it or name the column"
+                )
+        if self.date_column is not None:
+            check_identifier(self.date_column, "score.date_column")
         _require_choice("score.sensitive_action", self.sensitive_action, S.SENSITIVE_ACTIONS)
         _require_positive(self, "score", "top_reasons", "median_window")
         if self.min_rows < 0:

@@ -19,6 +19,7 @@ in SQL. Readers take the latest verdict per record (by recorded_at), so both way
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -28,6 +29,7 @@ from pyspark.sql.window import Window
 from lakescore import lake
 from lakescore import schemas as S
 from lakescore.config import Settings
+from lakescore.feedback_keys import KEY_SEPARATOR
 
 REQUIRED = ("record_key", "verdict")
 
@@ -54,6 +56,16 @@ def source_name_column(settings: Settings, column: Column) -> Column:
         F.concat(F.lit(settings.lake.database.lower() + "."), F.lower(name))
     )
     return F.when(name.contains("/"), path).otherwise(qualified)
+
+
+def record_key_expression(parts: Sequence[Column]) -> Column:
+    """A row's record key as Spark computes it, from its key columns as text (`CAST(k AS STRING)`,
+    or their hashes where they are sensitive), in the spec's order: the rule of
+    `lakescore.feedback_keys` (one key: its text; several: joined with `KEY_SEPARATOR`), which
+    `lakescore.feedback_keys.record_keys` follows in pandas. `flagged.record_key` is built here."""
+    if not parts:
+        raise ValueError("a record key needs at least one key column; list the table's key column(s) in the spec's `keys`")
+    return parts[0] if len(parts) == 1 else F.concat_ws(KEY_SEPARATOR, *parts)
 
 
 VERDICT_CONSTRAINT = "verdict_known"
@@ -151,6 +163,19 @@ def record_feedback(spark: SparkSession, settings: Settings, verdicts: DataFrame
         .execute()
     )
     return count
+
+
+def unknown_keys(spark: SparkSession, settings: Settings, verdicts: DataFrame) -> DataFrame:
+    """The normalised `verdicts` whose record key names no row `flagged` holds for their source,
+    in any run (before any run, all of them). Such a verdict is still recorded (an analyst may
+    report an anomaly the model missed), but a typo in a key would otherwise go unnoticed: the
+    caller reports them. Keys compare as text: `flagged.record_key` (the rule of
+    `lakescore.feedback_keys`) against the verdict's trimmed key."""
+    path = str(lake.table_path(settings, S.FLAGGED))
+    if not DeltaTable.isDeltaTable(spark, path):
+        return verdicts
+    flagged = spark.read.format("delta").load(path).select(S.SOURCE_TABLE, S.RECORD_KEY).distinct()
+    return verdicts.join(flagged, [S.SOURCE_TABLE, S.RECORD_KEY], "left_anti")
 
 
 def latest_verdicts(feedback: DataFrame) -> DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,20 @@ from pyspark.sql import DataFrame, SparkSession
 
 from lakescore import schemas as S
 from lakescore.config import Settings
-from lakescore.feedback import FeedbackError, normalise_verdicts, record_feedback
+from lakescore.feedback import FeedbackError, normalise_verdicts, record_feedback, unknown_keys
+
+log = logging.getLogger(__name__)
+# Unknown keys a result lists by name (the count covers all of them).
+UNKNOWN_EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What `run_feedback` did: verdicts recorded, and how many of them name no flagged row."""
+
+    recorded: int
+    unknown: int  # verdict keys that match no row of `flagged` for their source (any run)
+    unknown_examples: tuple[str, ...]  # up to UNKNOWN_EXAMPLES of those keys, sorted
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,20 @@ class VerdictSource:
         return spark.table(self.from_table)
 
 
-def run_feedback(spark: SparkSession, settings: Settings, verdicts: VerdictSource, table: str | None = None) -> int:
+def run_feedback(
+    spark: SparkSession, settings: Settings, verdicts: VerdictSource, table: str | None = None
+) -> FeedbackResult:
     """Read `verdicts` about source `table`, check them and upsert them into `feedback` in one
-    commit, or write nothing; return how many were recorded."""
-    return record_feedback(spark, settings, normalise_verdicts(verdicts.read(spark), settings, table))
+    commit, or write nothing; return how many were recorded and how many name a key that no
+    flagged row of that source has (recorded anyway, and logged: a missed anomaly, or a typo)."""
+    shaped = normalise_verdicts(verdicts.read(spark), settings, table)
+    recorded = record_feedback(spark, settings, shaped)
+    unknown = unknown_keys(spark, settings, shaped).select(S.RECORD_KEY).distinct()
+    count = unknown.count()
+    examples = tuple(sorted(r[0] for r in unknown.orderBy(S.RECORD_KEY).limit(UNKNOWN_EXAMPLES).collect()))
+    if count:
+        log.warning(
+            "%d verdict key(s) name no flagged row of their source (recorded anyway): %s%s",
+            count, ", ".join(examples), ", ..." if count > len(examples) else "",
+        )
+    return FeedbackResult(recorded=recorded, unknown=count, unknown_examples=examples)

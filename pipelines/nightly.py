@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lakescore import lake
 from lakescore import schemas as S
@@ -53,6 +54,7 @@ from lakescore.feedback import source_name
 from lakescore.registry import load_registered
 
 if TYPE_CHECKING:  # the scoring code imports torch: only when a run starts (fast `--help`)
+    from lakescore.specs import SourceSpec
     from udfs.broadcast import BroadcastModel
     from udfs.flagged import OutputColumns
     from udfs.metrics import RunIdentity
@@ -109,6 +111,9 @@ class RunPlan:
     run_dates: tuple[dt.date, ...]
     output: "OutputColumns"  # the source columns copied into flagged
     run_date_column: str | None  # a copied column filled with the run date instead of being read
+    # Source columns whose values never leave the source in clear: the primary's feature spec's
+    # `sensitive` plus settings.score.sensitive_columns (hashed or dropped in flagged, no reason value).
+    sensitive: tuple[str, ...] = ()
 
     @property
     def bundles(self) -> tuple[Bundle, ...]:
@@ -117,8 +122,16 @@ class RunPlan:
 
     def rows_of(self, run_date: dt.date) -> DataFrame:
         """The rows one run scores: its date's partition, or every row of an undated source."""
-        rows = self.df if self.date_column is None else self.df.filter(F.col(self.date_column) == F.lit(run_date))
-        return rows.select(*self.columns)
+        from udfs.flagged import source_column
+
+        if self.date_column is None:
+            rows = self.df
+        else:
+            day = source_column(self.date_column)
+            if not isinstance(self.df.schema[self.date_column].dataType, T.DateType):
+                day = F.to_date(day)  # a timestamp date column: the rows of that calendar day
+            rows = self.df.filter(day == F.lit(run_date))
+        return rows.select(*[source_column(c) for c in self.columns])
 
 
 def run_nightly(
@@ -140,8 +153,9 @@ def run_nightly(
     (the primary's first).
 
     Args:
-        run_date: the date partition to score (settings.score.date_column); default yesterday (UTC).
-            An undated source (no such column) is scored whole as the run of this date.
+        run_date: the date partition to score (the date column of the primary model's feature
+            spec, or settings.score.date_column: see `plan_run`); default yesterday (UTC). An
+            undated source (no date column) is scored whole as the run of this date.
         last_date: with it, every date from run_date to last_date.
         source: catalog table or path (default settings.score.table).
         model: `name` (champion) or `name@version` (default settings.score.model): the primary model.
@@ -189,7 +203,19 @@ def plan_run(
     catch_up: bool = False,
 ) -> RunPlan:
     """Resolve the bundles and the source and run every check that can fail on the input, once.
-    `catch_up`: see run_nightly."""
+
+    What a run reads of the source follows the primary bundle's feature spec
+    (`bundle.manifest.feature_set.fitted.spec`):
+    - date column: settings.score.date_column when set (an explicit override), else the spec's
+      `date_column` (a spec without one: an undated run), else, for a bundle without a spec,
+      `event_date`;
+    - keys (flagged's key columns and `record_key`): settings.score.key_columns when set, else
+      the spec's `keys`, else (no spec) the known key columns (`udfs.flagged.KEY_CANDIDATES`);
+      a shadow must resolve to the same keys, or the run is refused here;
+    - sensitive columns: the spec's `sensitive` (of either model) plus settings.score.sensitive_columns.
+
+    `catch_up`: see run_nightly.
+    """
     from pipelines.upgrade import check_table_layouts
     from udfs.flagged import choose_output_columns, scan_columns
     from udfs.scoring import check_source_columns, shared_inputs
@@ -203,26 +229,42 @@ def plan_run(
             f"--shadow {shadow} is the primary model {bundle.label} itself; "
             "name another version as the shadow (e.g. the challenger to compare with the champion)"
         )
+    bundles = (bundle,) if challenger is None else (bundle, challenger)
+    specs = [_source_spec(b) for b in bundles]
+    keys = [(score.key_columns or (s.keys if s is not None else ())) for s in specs]
+    if len(set(keys)) > 1:
+        raise ValueError(
+            f"the primary model {bundle.label} keys its rows by {list(keys[0]) or 'the known key columns'}, "
+            f"the shadow {challenger.label} by {list(keys[1]) or 'the known key columns'}: one pass writes one "
+            "record key per row; shadow a model trained with the same spec keys, or name the keys for both "
+            "in score.key_columns"
+        )
     resolved = lake.resolve_source(spark, settings, source or score.table)
     df = lake.read_source(spark, resolved)
     where = f"source {resolved.name}"
-    bundles = (bundle,) if challenger is None else (bundle, challenger)
     for b in bundles:
         check_source_columns(df, b.feature_set, f"{where} (model {b.label})")
-    output = choose_output_columns(df.columns, score, where)
+    sensitive = tuple(dict.fromkeys([*(c for s in specs if s is not None for c in s.sensitive), *score.sensitive_columns]))
+    output = choose_output_columns(df.columns, score, where, keys=keys[0] or None, sensitive=sensitive)
     if output.hashed and not output.salt:
         raise ConfigError(
             f"{where}: column(s) {', '.join(output.hashed)} are sensitive and would be hashed, but the hash key is "
             "empty; set LAKESCORE_HASH_KEY (or score.hash_key_file) to a secret kept across nights"
         )
+    date_column = score.date_column or (specs[0].date_column if specs[0] is not None else S.EVENT_DATE)
+    if not score.date_column and specs[0] is not None and date_column is not None and date_column not in df.columns:
+        raise ValueError(
+            f"{where} lacks the date column {date_column!r} that model {bundle.label}'s feature spec names; "
+            "score the table the model was trained on, or set score.date_column to its date column"
+        )
     name = source_name(settings, resolved.name)
     if catch_up:
         run_date, last_date = _catch_up_dates(spark, settings, name, bundle.name, run_date, last_date)
-    run_dates, dated = _run_dates(df, score.date_column, run_date, last_date, where, catch_up)
+    run_dates, dated = _run_dates(df, date_column, run_date, last_date, where, catch_up)
     # Only what flagged and the models need leaves the scan (the date column only if flagged
     # cannot take it from the run).
     inputs, _ = shared_inputs([b.feature_set for b in bundles])
-    columns, run_date_column = scan_columns(output, inputs, df.schema, score.date_column if dated else None)
+    columns, run_date_column = scan_columns(output, inputs, df.schema, date_column if dated else None)
     return RunPlan(
         bundle=bundle,
         shadow=challenger,
@@ -230,10 +272,11 @@ def plan_run(
         source_name=name,
         df=df,
         columns=tuple(columns),
-        date_column=score.date_column if dated else None,
+        date_column=date_column if dated else None,
         run_dates=tuple(run_dates),
         output=output,
         run_date_column=run_date_column,
+        sensitive=sensitive,
     )
 
 
@@ -279,18 +322,31 @@ def last_complete_run_date(
     return row["last"]
 
 
+def _source_spec(bundle: Bundle) -> "SourceSpec | None":
+    """The feature spec `bundle` was trained with (None: a bundle from before specs)."""
+    fitted = bundle.manifest.feature_set.fitted
+    return None if fitted is None else fitted.spec
+
+
 def _run_dates(
-    df: DataFrame, column: str, run_date: dt.date | None, last_date: dt.date | None, where: str, catch_up: bool = False
+    df: DataFrame,
+    column: str | None,
+    run_date: dt.date | None,
+    last_date: dt.date | None,
+    where: str,
+    catch_up: bool = False,
 ) -> tuple[list[dt.date], bool]:
-    """(dates to run, whether to filter on the date column); a catch-up with nothing to do: none."""
+    """(dates to run, whether to filter on the date column); `column` None: an undated source;
+    a catch-up with nothing to do: none."""
     first = run_date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
-    if column not in df.columns:
+    if column is None or column not in df.columns:
         if last_date is not None:
             raise ValueError(
                 f"{where} has no date column {column!r}, so a date range cannot be scored; "
-                "score it whole with --run-date only, or set score.date_column"
+                "score it whole with --run-date only, or name its date column in the spec's "
+                "`date_column` (or score.date_column)"
             )
-        log.info("%s has no %s column: scoring every row as the run of %s", where, column, first)
+        log.info("%s has no date column %r: scoring every row as the run of %s", where, column, first)
         return [first], False
     last = last_date or first
     if last < first:
@@ -339,9 +395,11 @@ def score_date(
     # The job writes only flagged rows; the totals still count every row. One model takes the
     # plain path; a shadow scores in the same UDF over the same rows (one scan, one transfer).
     if len(models) == 1:
-        flagged = score_dataframe(rows, models[0], top_k=top_k, totals=totals[0], flagged_only=True)
+        flagged = score_dataframe(
+            rows, models[0], top_k=top_k, totals=totals[0], flagged_only=True, sensitive=plan.sensitive
+        )
     else:
-        flagged = score_models_dataframe(rows, models, top_k=top_k, totals=totals)
+        flagged = score_models_dataframe(rows, models, top_k=top_k, totals=totals, sensitive=plan.sensitive)
     # The one action over the source rows: the flagged rows are written while the UDF adds up
     # the metrics of every row into `totals` (no cache, no second pass, no second model run).
     # They go to a folder of this run's own first: the row counts are known only once the pass

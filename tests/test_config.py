@@ -109,7 +109,7 @@ def test_an_anomaly_rate_out_of_range_is_refused(tmp_path):
         ({"train.shuffle_buffer_rows": "-1"}, r"train\.shuffle_buffer_rows=-1 must be >= 0"),
         ({"train.validation_fraction": "0.5"}, r"train\.validation_fraction=0\.5 must be in \(0, 0\.5\)"),
         ({"score.sensitive_action": "mask"}, r"score\.sensitive_action='mask' is not one of: hash, drop"),
-        ({"score.allow_columns": "amount,bad column"}, r"a column in score\.allow_columns"),
+        ({"score.allow_columns": "amount, ,country"}, r"an empty column name in score\.allow_columns"),
         ({"score.date_column": "day-1"}, r"score\.date_column 'day-1' is not a plain SQL identifier"),
         ({"score.top_reasons": "0"}, r"score\.top_reasons=0 must be a positive number"),
     ],

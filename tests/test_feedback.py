@@ -10,7 +10,7 @@ def test_single_verdicts_and_files_land_and_the_latest_verdict_wins(spark, setti
     run_feedback(spark, settings, VerdictSource(key="17", verdict="confirmed_anomaly", analyst="ana"), table="fb_t")
     csv = tmp_path / "verdicts.csv"
     csv.write_text("record_key,verdict,comment\n17,false_positive,called the customer\n 18 ,CONFIRMED_ANOMALY,\n")
-    assert run_feedback(spark, settings, VerdictSource(file=csv), table="fb_t") == 2
+    assert run_feedback(spark, settings, VerdictSource(file=csv), table="fb_t").recorded == 2
     assert verdicts_for(spark, settings, "fb_t") == {"17": False, "18": True}
     rows = spark.sql("SELECT * FROM lakescore.feedback WHERE source_table = 'lakescore.fb_t' AND record_key = '17'").collect()
     assert len(rows) == 1 and rows[0]["comment"] == "called the customer"

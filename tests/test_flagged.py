@@ -69,3 +69,55 @@ def test_the_typed_view_casts_each_copied_column_back_to_the_sources_type_and_ke
         "record['country'] AS `country`, from_json(record['tags'], 'array<string>') AS `tags`, `record_key`, `score`"
     )
     assert sql.endswith("FROM db.flagged WHERE source_table = 'it\\'s/t'")
+
+
+def test_the_specs_keys_and_sensitive_columns_decide_flagged_and_score_key_columns_still_override():
+    columns = ["Reading ID", "site", "Temp C", "transaction_id"]
+    score = ScoreSettings(allow_columns=("site", "Temp C"), hash_key="pepper")
+    output = choose_output_columns(columns, score, "t", keys=("Reading ID",), sensitive=("site",))
+    assert output.keys == ("Reading ID",) and output.record_keys == ("Reading ID",)
+    assert output.allowed == ("site", "Temp C") and output.hashed == ("site",)
+    overridden = choose_output_columns(columns, dataclasses.replace(score, key_columns=("transaction_id",)), "t", keys=("Reading ID",))
+    assert overridden.keys == ("transaction_id",)
+    with pytest.raises(ValueError, match="lacks key column.*reading_id.*Fix the feature spec's keys"):
+        choose_output_columns(columns, score, "source t", keys=("reading_id",))
+
+
+def test_a_spec_keyed_by_two_columns_makes_the_record_key_of_both_even_when_one_is_transaction_id():
+    from udfs.flagged import record_key_columns
+
+    output = choose_output_columns(["site", "transaction_id", "x"], ScoreSettings(allow_columns=()), "t", keys=("site", "transaction_id"))
+    assert record_key_columns(output) == ("site", "transaction_id")
+
+
+def test_column_names_with_spaces_dots_and_backticks_are_quoted_as_one_identifier():
+    from udfs.flagged import quoted
+
+    assert quoted("Temp C") == "`Temp C`"
+    assert quoted("a.b") == "`a.b`"
+    assert quoted("odd`name") == "`odd``name`"
+
+
+def test_the_spark_record_key_and_the_pandas_record_key_are_the_same_strings(spark):
+    import pandas as pd
+
+    from lakescore.feedback import record_key_expression
+    from lakescore.feedback_keys import record_keys
+    from udfs.flagged import record_text, source_column
+
+    rows = pd.DataFrame(
+        {
+            "id": pd.array([7, -12, 3_000_000_000], dtype="Int64"),
+            "Plant name": ["Plant 7", "Zürich ü ✓", "a|b"],
+        }
+    )
+    df = spark.createDataFrame(rows, "id BIGINT, `Plant name` STRING")
+    types = {f.name: f.dataType for f in df.schema.fields}
+
+    def spark_keys(keys):
+        parts = [record_text(source_column(k), types[k]) for k in keys]
+        return [r[0] for r in df.select(record_key_expression(parts)).collect()]
+
+    for keys in (["id"], ["Plant name"], ["id", "Plant name"]):
+        assert spark_keys(keys) == list(record_keys(rows, keys)), keys
+    assert spark_keys(["id", "Plant name"])[1] == "-12|Zürich ü ✓"

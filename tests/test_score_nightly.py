@@ -42,10 +42,11 @@ DAY = dt.date(2026, 11, 4)
 MLP_NAME = "scoretest"
 AE_NAME = "scoretest_ae"
 REPO = Path(__file__).resolve().parent.parent
-# The typed view of the transactions' flagged rows: the source's copied columns, then flagged's own.
+# The typed view of the transactions' flagged rows: the spec's key, the allow-listed columns
+# (account_id, sensitive in the spec, as its hash), then flagged's own.
 VIEW = "flagged_transactions"
 VIEW_COLUMNS = [
-    S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS, S.EVENT_DATE, S.AMOUNT, S.MERCHANT_CATEGORY, S.COUNTRY,
+    S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS, S.AMOUNT, S.MERCHANT_CATEGORY, S.COUNTRY,
     S.RECORD_KEY, S.SCORE, S.THRESHOLD, S.REASONS, S.MODEL_NAME, S.MODEL_VERSION, S.MODEL_SHA256,
     S.SCORING_ROLE, S.SOURCE_TABLE, S.RUN_ID, S.RUN_DATE, S.SCORED_AT,
 ]
@@ -119,7 +120,10 @@ def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(s
     assert flagged.columns == VIEW_COLUMNS
     # The view reads the record back in the source's types.
     source_types = dict(spark.table(settings.table(S.TRANSACTIONS)).dtypes)
-    assert {c: t for c, t in flagged.dtypes if c in source_types} == {c: source_types[c] for c in VIEW_COLUMNS[:7]}
+    # account_id is sensitive in the transactions spec: the view holds its hash, as text.
+    assert {c: t for c, t in flagged.dtypes if c in source_types} == {
+        c: "string" if c == S.ACCOUNT_ID else source_types[c] for c in VIEW_COLUMNS[:6]
+    }
     rows = flagged.collect()
     assert {r[S.TRANSACTION_ID] for r in rows} == expected["flagged"]
     assert len(rows) == summary.rows_flagged > 0
@@ -127,7 +131,8 @@ def test_a_run_writes_the_flagged_rows_of_the_date_with_reasons_and_provenance(s
         assert r[S.SCORE] == pytest.approx(expected["scores"][r[S.TRANSACTION_ID]], rel=1e-6)
         assert r[S.SCORE] >= r[S.THRESHOLD] == bundle.threshold
         assert (r[S.MODEL_VERSION], r[S.MODEL_SHA256], r[S.RUN_ID]) == (bundle.version, bundle.sha256, summary.run_id)
-        assert r[S.EVENT_DATE] == DAY and r[S.SOURCE_TABLE] == settings.table(S.TRANSACTIONS)
+        assert r[S.RUN_DATE] == DAY and r[S.SOURCE_TABLE] == settings.table(S.TRANSACTIONS)
+        assert len(r[S.ACCOUNT_ID]) == 64  # sha256 hex, never the clear id
         assert r[S.RECORD_KEY] == str(r[S.TRANSACTION_ID]) and r[S.SCORING_ROLE] == S.PRIMARY
         features = [reason[S.REASON_FEATURE] for reason in r[S.REASONS]]
         contributions = [reason[S.REASON_CONTRIBUTION] for reason in r[S.REASONS]]
@@ -198,6 +203,25 @@ def _logit(p: float) -> float:
     return float(np.log(p) - np.log1p(-p))
 
 
+def test_feedback_counts_verdict_keys_that_name_no_flagged_row_and_records_them_anyway(spark, settings, first_run, expected):
+    from lakescore.feedback import verdicts_for
+    from pipelines.feedback import VerdictSource, run_feedback
+
+    flagged_key = str(sorted(expected["flagged"])[0])
+    try:
+        known = run_feedback(spark, settings, VerdictSource(key=flagged_key, verdict="false_positive"), table="transactions")
+        assert (known.recorded, known.unknown) == (1, 0)
+        missed = run_feedback(spark, settings, VerdictSource(key="999999999", verdict="confirmed_anomaly"), table="transactions")
+        assert (missed.recorded, missed.unknown, missed.unknown_examples) == (1, 1, ("999999999",))
+        verdicts = verdicts_for(spark, settings, "transactions")
+        assert verdicts[flagged_key] is False and verdicts["999999999"] is True
+    finally:  # the session's transactions feed retraining tests: leave no verdict behind
+        spark.sql(
+            f"DELETE FROM {settings.table(S.FEEDBACK)} WHERE source_table = 'lakescore.transactions' "
+            f"AND record_key IN ('{flagged_key}', '999999999')"
+        )
+
+
 def test_rerunning_a_date_replaces_its_rows_in_one_commit_with_identical_scores(spark, settings, first_run):
     summary = first_run
     before = {r[S.TRANSACTION_ID]: r[S.SCORE] for r in _flagged(spark, settings).collect()}
@@ -210,7 +234,7 @@ def test_rerunning_a_date_replaces_its_rows_in_one_commit_with_identical_scores(
     assert _metrics(spark, settings)["_run_ids"] == {again.run_id}
 
 
-def test_a_missing_partition_fails_naming_it_and_with_allow_empty_a_range_records_zero_rows(spark, settings, bundles):
+def test_a_missing_partition_fails_naming_it_and_with_allow_empty_a_range_records_zero_rows(spark, settings, bundles, transactions):
     bundle, _ = bundles[AE_NAME]
     empty_day, full_day = dt.date(2026, 10, 31), dt.date(2026, 11, 1)  # the table starts on 11-01
     versions = _versions(spark, settings)
@@ -236,7 +260,8 @@ def test_a_missing_partition_fails_naming_it_and_with_allow_empty_a_range_record
 
     rows = _flagged(spark, settings, full_day, AE_NAME).collect()
     assert len(rows) == full.rows_flagged > 0 and full.rows_read > 0
-    assert {r[S.EVENT_DATE] for r in rows} == {full_day}
+    of_the_day = {r[0] for r in spark.table(transactions).where(F.col(S.EVENT_DATE) == F.lit(full_day)).select(S.TRANSACTION_ID).collect()}
+    assert {r[S.TRANSACTION_ID] for r in rows} <= of_the_day
     assert {(r[S.MODEL_NAME], r[S.MODEL_VERSION]) for r in rows} == {(AE_NAME, bundle.version)}
     assert _metrics(spark, settings, full_day, AE_NAME)[("run", None, "rows_flagged")] == full.rows_flagged
 
@@ -426,6 +451,25 @@ def test_a_bundle_that_fails_verification_is_refused_before_anything_is_written(
     assert _versions(spark, settings) == versions
 
 
+def test_a_shadow_whose_spec_keys_rows_otherwise_is_refused_before_anything_is_written(spark, settings, bundles, first_run, transactions):
+    import dataclasses
+
+    from lakescore.specs import builtin_spec
+
+    train = spark.table(transactions).where(F.col(S.EVENT_DATE) < F.lit(DAY)).toPandas()
+    spec = dataclasses.replace(builtin_spec("transactions_v1"), keys=(S.ACCOUNT_ID, S.EVENT_TS))
+    name = "scoretest_keys"
+    version = registry.next_version(spark, settings, name)
+    directory = registry.bundle_dir(settings, name, version)
+    other = build_test_bundle(directory, train, train[S.IS_ANOMALY].to_numpy(), spec.fit(train).feature_set(),
+                              name=name, version=version, epochs=2)
+    registry.register_bundle(spark, settings, other, directory)
+    versions = _versions(spark, settings)
+    with pytest.raises(ValueError, match=r"keys its rows by \['transaction_id'\].*by \['account_id', 'event_ts'\].*score.key_columns"):
+        run_nightly(spark, settings, DAY, model=MLP_NAME, shadow=name)
+    assert _versions(spark, settings) == versions
+
+
 def test_null_nan_inf_and_unknown_values_in_the_source_are_imputed_and_counted(spark, settings, bundles, day_rows, tmp_path):
     odd_day = dt.date(2026, 12, 1)
     frame = day_rows.head(8).copy()
@@ -453,9 +497,10 @@ def _sql_examples() -> list[tuple[str, str]]:
 
 
 def test_every_documented_sql_example_runs_and_returns_the_runs_results(spark, settings, first_run, expected, day_rows):
-    account = int(day_rows.set_index(S.TRANSACTION_ID).loc[sorted(expected["flagged"])[0], S.ACCOUNT_ID])
-    # The docs use the demo's dates and an example account; point them at this test's data.
-    substitutions = {"2026-11-27": DAY.isoformat(), "2026-11-21": "2026-11-01", "account_id = 4211": f"account_id = {account}"}
+    first = sorted(expected["flagged"])[0]
+    account = int(day_rows.set_index(S.TRANSACTION_ID).loc[first, S.ACCOUNT_ID])
+    # The docs use the demo's dates and an example payment; point them at this test's data.
+    substitutions = {"2026-11-27": DAY.isoformat(), "2026-11-21": "2026-11-01", "6289398866": str(first)}
     examples = dict(_sql_examples())
     assert len(examples) == 8
     results = {}

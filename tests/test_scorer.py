@@ -100,3 +100,57 @@ def test_models_scored_in_one_pass_get_categories_as_codes_only_when_every_model
     fewer[column] = fewer[column][:-1]
     other = dataclasses.replace(TRANSACTIONS_V1, categories=fewer)
     assert shared_inputs([TRANSACTIONS_V1, other]) == (list(TRANSACTIONS_V1.inputs), None)
+
+
+def test_a_reason_shows_no_value_for_a_feature_that_reads_a_sensitive_column():
+    import pandas as pd
+
+    from lakescore.specs import parse_spec
+    from udfs.scorer import reason_value_mask
+
+    spec = parse_spec(
+        """
+name = "masks_v1"
+version = 1
+keys = ["id"]
+sensitive = ["site"]
+[[features]]
+name = "temp_c"
+kind = "numeric"
+column = "Temp C"
+[[features]]
+name = "site"
+kind = "categorical"
+column = "site"
+[[features]]
+name = "temp_vs_load"
+kind = "numeric"
+columns = ["Temp C", "load"]
+transform = "ratio"
+"""
+    )
+    feature_set = spec.fit(pd.DataFrame({"site": ["Plant-7", "Plant-2", None]})).feature_set()
+    assert feature_set.features == ("temp_c", "site=Plant-2", "site=Plant-7", "site=(other)", "temp_vs_load")
+    assert reason_value_mask(feature_set, {"site"}).tolist() == [True, False, False, False, True]
+    assert reason_value_mask(feature_set, {"load", "operator"}).tolist() == [True, True, True, True, False]
+    assert reason_value_mask(feature_set, ()).all()
+
+
+def test_masked_reason_values_are_none_and_every_other_value_and_contribution_is_unchanged(mlp_bundle):
+    from udfs.scorer import reason_value_mask
+
+    scoring = build_scoring_model(mlp_bundle)
+    raw, _ = raw_transactions(500, seed=4)
+    shown = reason_value_mask(scoring.feature_set, {S.AMOUNT})
+    assert 0 < shown.sum() < len(shown)  # amount feeds some features, not all
+    plain, masked = score_rows(scoring, raw, top_k=3), score_rows(scoring, raw, top_k=3, shown=shown)
+    names = dict(zip(scoring.feature_set.features, shown))
+    checked = 0
+    for row in np.flatnonzero(plain.flagged):
+        for before, after in zip(plain.reasons[row], masked.reasons[row]):
+            assert after[S.REASON_FEATURE] == before[S.REASON_FEATURE]
+            assert after[S.REASON_CONTRIBUTION] == before[S.REASON_CONTRIBUTION]
+            expected = before[S.REASON_VALUE] if names[before[S.REASON_FEATURE]] else None
+            assert after[S.REASON_VALUE] == expected
+            checked += not names[before[S.REASON_FEATURE]]
+    assert checked > 0  # some flagged row's reason reads amount

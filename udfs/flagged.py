@@ -1,8 +1,13 @@
 """Shaping scored rows into `flagged` records: keys, allow-listed columns, score and provenance.
 
 A pure DataFrame transformation (no I/O). Which source columns reach `flagged` is decided here
-and nowhere else: the keys, the allow-list (settings.score.allow_columns), and of those the
-sensitive ones hashed or dropped. Nothing else of the source row leaves the source table.
+and nowhere else: the keys (the bundle's feature spec's `keys`, or settings.score.key_columns),
+the allow-list (settings.score.allow_columns), and of those the sensitive ones (the spec's
+`sensitive` plus settings.score.sensitive_columns) hashed or dropped. Nothing else of the source
+row leaves the source table.
+
+Source column names may hold spaces, dots or mixed case (`Temp C`): every reference to one goes
+through `source_column` / `quoted`, never a bare `F.col(name)` (a dot would read as a struct field).
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from pyspark.sql import types as T
 
 from lakescore import schemas as S
 from lakescore.config import ScoreSettings
-from lakescore.feedback_keys import KEY_SEPARATOR, keyed_hash
+from lakescore.feedback import record_key_expression
+from lakescore.feedback_keys import keyed_hash
 from lakescore.feedback_keys import record_key_column as feedback_record_key
 from udfs.metrics import RunIdentity
 
 log = logging.getLogger(__name__)
 
-# Columns that identify a source row, in output order (the synthetic and benchmark tables' keys).
+# Columns that identify a source row, in output order, for bundles without a feature spec (the
+# synthetic and benchmark tables' keys); a spec names its own `keys`.
 KEY_CANDIDATES = (S.TRANSACTION_ID, S.ACCOUNT_ID, S.EVENT_TS, S.EVENT_DATE, S.RECORD_ID)
 HASH = S.SENSITIVE_HASH
 DROP = S.SENSITIVE_DROP
@@ -40,43 +47,72 @@ class OutputColumns:
     allowed: tuple[str, ...]  # allow-listed, not keys
     hashed: tuple[str, ...]  # of keys + allowed: replaced by keyed_hash(salt, value)
     salt: str  # the secret key of keyed_hash (settings.score.hash_key)
+    # The keys `flagged.record_key` is made of; empty: chosen as before specs (`record_key_columns`).
+    record_keys: tuple[str, ...] = ()
 
     @property
     def copied(self) -> tuple[str, ...]:
         return self.keys + self.allowed
 
 
-def choose_output_columns(columns: Sequence[str], score: ScoreSettings, where: str) -> OutputColumns:
+def quoted(name: str) -> str:
+    """`name` as a Spark SQL identifier: in backticks (a backtick inside doubled), so that spaces,
+    dots and mixed case read as one column name."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def source_column(name: str) -> Column:
+    """The source column `name` (`F.col` would read `a.b` as field b of struct a)."""
+    return F.col(quoted(name))
+
+
+def choose_output_columns(
+    columns: Sequence[str],
+    score: ScoreSettings,
+    where: str,
+    *,
+    keys: Sequence[str] | None = None,
+    sensitive: Sequence[str] = (),
+) -> OutputColumns:
     """Decide the keys and allow-listed columns of `flagged` for a source with `columns`.
 
-    Raises ValueError if configured key columns are missing, or if the source has none of the
-    known keys and none are configured. Allow-listed columns the source lacks are skipped with
-    a warning (an allow-list can only let less through).
+    Args:
+        keys: the bundle's feature spec's `keys`; None (a bundle without a spec, or a spec without
+            keys): whichever of `KEY_CANDIDATES` the source has. score.key_columns overrides both.
+        sensitive: the spec's sensitive columns; score.sensitive_columns are added to them.
+
+    Raises ValueError if the key columns are missing, or if the source has none of the known
+    keys and none are named. Allow-listed columns the source lacks are skipped with a warning
+    (an allow-list can only let less through).
     """
     present = set(columns)
-    if score.key_columns:
-        missing = [c for c in score.key_columns if c not in present]
+    named, by = (score.key_columns, "score.key_columns") if score.key_columns else (keys, "the feature spec's keys")
+    if named:
+        missing = [c for c in named if c not in present]
         if missing:
             raise ValueError(
-                f"{where} lacks key column(s) {', '.join(missing)} named in score.key_columns; "
-                f"its columns are: {', '.join(columns)}. Fix score.key_columns"
+                f"{where} lacks key column(s) {', '.join(missing)} named in {by}; "
+                f"its columns are: {', '.join(columns)}. Fix {by}"
             )
-        keys = tuple(score.key_columns)
+        keys = tuple(named)
+        record_keys = keys
     else:
         keys = tuple(c for c in KEY_CANDIDATES if c in present)
+        record_keys = ()
         if not keys:
             raise ValueError(
                 f"{where} has none of the known key columns ({', '.join(KEY_CANDIDATES)}); "
-                "name the columns that identify a row in score.key_columns"
+                "name the columns that identify a row in the feature spec's `keys` or in score.key_columns"
             )
     absent = [c for c in score.allow_columns if c not in present]
     if absent:
         log.warning("%s lacks allow-listed column(s) %s; they are left out of flagged", where, ", ".join(absent))
     allowed = tuple(c for c in score.allow_columns if c in present and c not in keys)
-    sensitive = set(score.sensitive_columns)
+    sensitive = set(sensitive) | set(score.sensitive_columns)
     if score.sensitive_action == DROP:
         keys = tuple(c for c in keys if c not in sensitive)
         allowed = tuple(c for c in allowed if c not in sensitive)
+        record_keys = tuple(c for c in record_keys if c not in sensitive)
         if not keys:
             raise ValueError(
                 f"score.sensitive_action=drop would drop every key column of {where}; hash them instead "
@@ -85,7 +121,7 @@ def choose_output_columns(columns: Sequence[str], score: ScoreSettings, where: s
         hashed: tuple[str, ...] = ()
     else:
         hashed = tuple(c for c in keys + allowed if c in sensitive)
-    return OutputColumns(keys=keys, allowed=allowed, hashed=hashed, salt=score.hash_key)
+    return OutputColumns(keys=keys, allowed=allowed, hashed=hashed, salt=score.hash_key, record_keys=record_keys)
 
 
 def scan_columns(
@@ -174,10 +210,10 @@ def flagged_records(
         if name == run_date_column:
             value = F.col(S.RUN_DATE).cast("string")
         else:
-            value = record_text(F.col(name), types[name])
+            value = record_text(source_column(name), types[name])
         return hash_column(value, output.salt) if name in hashed else value
 
-    rows = scored.select(*scanned, F.col(S.SCORE), F.col(S.REASONS), *([F.col(S.MODEL_INDEX)] if several else []))
+    rows = scored.select(*[source_column(c) for c in scanned], F.col(S.SCORE), F.col(S.REASONS), *([F.col(S.MODEL_INDEX)] if several else []))
     joined = (
         rows.join(F.broadcast(provenance), S.MODEL_INDEX)
         if several
@@ -186,15 +222,10 @@ def flagged_records(
     def key_text(name: str) -> Column:
         # lakescore.feedback_keys' rule: the value as Spark casts it to string (not record_text:
         # the Ray side builds the same text from pandas values for analysts' verdicts).
-        value = (F.col(S.RUN_DATE) if name == run_date_column else F.col(name)).cast("string")
+        value = (F.col(S.RUN_DATE) if name == run_date_column else source_column(name)).cast("string")
         return hash_column(value, output.salt) if name in hashed else value
 
-    key_columns = record_key_columns(output)
-    record_key = (
-        key_text(key_columns[0])
-        if len(key_columns) == 1
-        else F.concat_ws(KEY_SEPARATOR, *[key_text(c) for c in key_columns])
-    )
+    record_key = record_key_expression([key_text(c) for c in record_key_columns(output)])
     return joined.select(
         record_key.alias(S.RECORD_KEY),
         F.create_map(*[x for c in output.copied for x in (F.lit(c), copied(c))]).alias(S.RECORD),
@@ -203,10 +234,12 @@ def flagged_records(
 
 
 def record_key_columns(output: OutputColumns) -> tuple[str, ...]:
-    """The copied columns `flagged.record_key` is made of: the source's record key
-    (`lakescore.feedback_keys`, the column analysts' verdicts name) when it is one of the keys,
-    else every key column, joined by the rule in `lakescore.feedback_keys` (its `record_keys` is
-    the same text computed from pandas rows on the training side)."""
+    """The copied columns `flagged.record_key` is made of (joined by the rule of
+    `lakescore.feedback_keys`): the spec's (or score.key_columns') keys; without either, the
+    source's record key column (`transaction_id`, `record_id`) when it is one of the keys, else
+    every key column."""
+    if output.record_keys:
+        return output.record_keys
     single = feedback_record_key(output.keys)
     return (single,) if single is not None else output.keys
 
@@ -254,7 +287,7 @@ def flagged_view_sql(
     """
     hashed = set(output.hashed)
     copied = [
-        f"{typed_value_sql(f'{S.RECORD}[{sql_string(c)}]', T.StringType() if c in hashed else schema[c].dataType)} AS `{c}`"
+        f"{typed_value_sql(f'{S.RECORD}[{sql_string(c)}]', T.StringType() if c in hashed else schema[c].dataType)} AS {quoted(c)}"
         for c in output.copied
     ]
     common = [f"`{c}`" for c in S.FLAGGED_SCHEMA.names if c != S.RECORD]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Collection
 
 import numpy as np
 from torch import nn
@@ -85,13 +86,13 @@ class ScoredBatch:
     explained: np.ndarray  # int64 (m,): the flagged rows, ascending
     reason_features: np.ndarray  # int64 (m, k): feature index, largest contribution first
     reason_contributions: np.ndarray  # float64 (m, k)
-    reason_values: np.ndarray  # float64 (m, k): the raw feature value; NaN where it was invalid
+    reason_values: np.ndarray  # float64 (m, k): the raw feature value; NaN where it was invalid or is not shown
     feature_names: tuple[str, ...]
     totals: RunTotals
 
     @property
     def reasons(self) -> np.ndarray:
-        """object (n,): None, or a list of {feature, contribution, value} dicts (value None if invalid)."""
+        """object (n,): None, or a list of {feature, contribution, value} dicts (value None if invalid or not shown)."""
         reasons = np.full(len(self.scores), None, dtype=object)
         for j, row in enumerate(self.explained.tolist()):
             reasons[row] = [
@@ -107,7 +108,30 @@ class ScoredBatch:
         return reasons
 
 
-def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int, coded: bool = False) -> ScoredBatch:
+def reason_value_mask(feature_set: FeatureSet, sensitive: Collection[str]) -> np.ndarray:
+    """bool (features,): whether a reason may show the feature's value, True only where every
+    source column the feature reads is not `sensitive`. Computed once per run on the driver and
+    passed to `score_rows` (a reason's value for a masked feature is NULL).
+
+    The columns a feature reads come from the bundle's feature spec (`FeatureSpec.columns`); a
+    feature set without a spec (numeric pass-through) reads the column of the feature's name.
+    """
+    sensitive = set(sensitive)
+    fitted = feature_set.fitted
+    if fitted is None:
+        reads = {name: (name,) for name in feature_set.features}
+    else:
+        reads = {
+            name: f.columns
+            for f in fitted.spec.features
+            for name in f.output_names(fitted.vocabularies.get(f.name, ()))
+        }
+    return np.array([not (set(reads.get(name, (name,))) & sensitive) for name in feature_set.features], dtype=bool)
+
+
+def score_rows(
+    scoring: ScoringModel, raw: RawRows, *, top_k: int, coded: bool = False, shown: np.ndarray | None = None
+) -> ScoredBatch:
     """Score one batch of raw source rows.
 
     Args:
@@ -116,6 +140,7 @@ def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int, coded: bool =
             batch or struct array (what the Spark UDF passes; no pandas conversion).
         top_k: reasons per flagged row.
         coded: an Arrow `raw`'s category inputs hold their codes (see `FeatureSet.transform`).
+        shown: `reason_value_mask` for the run's sensitive columns; None shows every value.
 
     Deterministic: the same rows in the same batch give bit-identical output (CPU, one thread).
     """
@@ -126,6 +151,8 @@ def score_rows(scoring: ScoringModel, raw: RawRows, *, top_k: int, coded: bool =
     rows = np.flatnonzero(flagged)
     order, contributions = explain_batch(scoring.model, scoring.kind, x[rows], top_k)
     values = raw_features[rows[:, None], order].astype(np.float64)
+    if shown is not None:
+        values[~shown[order]] = np.nan  # a sensitive column's value never leaves in a reason
     return ScoredBatch(
         scores=scores,
         flagged=flagged,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence, Tuple, Union
 
+import numpy as np
 import pyarrow as pa
 from pyspark import Accumulator, Broadcast
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -27,9 +28,10 @@ from lakescore import schemas as S
 from lakescore.features import FeatureSet
 from udfs.arrow_output import FLAGGED_TYPE, SCORED_TYPE, to_arrow, to_arrow_flagged
 from udfs.broadcast import BroadcastModel, load_scoring_model
+from udfs.flagged import source_column
 from udfs.metrics import RunTotalsParam
 from udfs.run_totals import RunTotals
-from udfs.scorer import score_rows
+from udfs.scorer import reason_value_mask, score_rows
 
 _SCORED = "_lakescore_scored"
 _BY_MODEL = "_lakescore_by_model"
@@ -48,6 +50,7 @@ def scoring_udf(
     totals: Accumulator | None = None,
     flagged_only: bool = False,
     coded: bool = False,
+    shown: np.ndarray | None = None,
 ):
     """Return an iterator Arrow UDF that scores raw input columns.
 
@@ -77,6 +80,8 @@ def scoring_udf(
             `RunTotals` (rows scored, invalid values, histograms, score sum/min/max) to it.
         flagged_only: return flagged rows' results only (null for the others).
         coded: the feature set's category inputs arrive as `category_codes`, not as text.
+        shown: which features' values a reason may show (`udfs.scorer.reason_value_mask`,
+            shipped once in the UDF's closure); None: all.
 
     Operational caveats (as for pyspark.ml.functions.predict_batch_udf):
     - the model is built once per Python worker and cached by sha256; this needs
@@ -103,7 +108,7 @@ def scoring_udf(
         names = list(scoring.feature_set.inputs)
         for columns in batches:
             raw = pa.RecordBatch.from_arrays(_column_list(columns), names=names)  # no copy
-            batch = score_rows(scoring, raw, top_k=top_k, coded=coded)
+            batch = score_rows(scoring, raw, top_k=top_k, coded=coded, shown=shown)
             if totals is not None:
                 totals.add(batch.totals)
             yield to_arrow_flagged(batch) if flagged_only else to_arrow(batch)
@@ -121,6 +126,7 @@ def models_scoring_udf(
     inputs: Sequence[str],
     top_k: int = 3,
     coded: bool = False,
+    shown: Sequence[np.ndarray | None] | None = None,
 ):
     """Return an iterator Arrow UDF that scores the same rows with several models (a primary
     model and its shadow challengers) in one pass: the rows are scanned and sent to Python once,
@@ -130,7 +136,8 @@ def models_scoring_udf(
     separate arguments and returns `struct<m0, m1, ...>`, one `struct<score, reasons>` per model
     (see `models_flagged_type`), each null where that model does not flag the row, and the whole
     struct null where no model flags it (what `score_models_dataframe` filters on). `totals[i]`
-    adds up model i's `RunTotals` over every row.
+    adds up model i's `RunTotals` over every row; `shown[i]` masks model i's reason values (see
+    `scoring_udf`).
 
     Each model is built once per Python worker through the same cache as `scoring_udf` (its
     capacity holds a primary and a shadow); the caveats of `scoring_udf` apply.
@@ -140,6 +147,7 @@ def models_scoring_udf(
     if len(models) != len(totals):
         raise ValueError(f"{len(models)} models but {len(totals)} totals; give one accumulator per model")
     shipped = [(m.files, m.sha256) for m in models]
+    masks = list(shown) if shown is not None else [None] * len(models)
     result_type = models_flagged_type(len(models))
     names = list(inputs)
     fields = list(to_arrow_type(result_type))
@@ -150,8 +158,8 @@ def models_scoring_udf(
             raw = pa.RecordBatch.from_arrays(_column_list(columns), names=names)  # no copy
             per_model = []
             flagged_by_any = None
-            for scoring, model_totals in zip(scorings, totals):
-                batch = score_rows(scoring, raw, top_k=top_k, coded=coded)
+            for scoring, model_totals, mask_of_values in zip(scorings, totals, masks):
+                batch = score_rows(scoring, raw, top_k=top_k, coded=coded, shown=mask_of_values)
                 model_totals.add(batch.totals)
                 per_model.append(to_arrow_flagged(batch))
                 flagged_by_any = batch.flagged if flagged_by_any is None else flagged_by_any | batch.flagged
@@ -177,7 +185,7 @@ def category_codes(column: str, categories: tuple[str, ...]) -> Column:
     `RawColumns.codes` gives for the text (exact, case-sensitive match), computed in the JVM.
     Sending a category to the UDF as this int instead of its text saves the JVM time: writing
     strings into Arrow is slow (see docs/measurements.md, "Scoring worker and UDF")."""
-    position = F.array_position(F.array(*[F.lit(c) for c in categories]), F.col(column))
+    position = F.array_position(F.array(*[F.lit(c) for c in categories]), source_column(column))
     return F.coalesce((position - 1).cast("int"), F.lit(-1))
 
 
@@ -185,7 +193,7 @@ def udf_inputs(feature_set: FeatureSet) -> list[Column]:
     """The scoring UDF's arguments: the feature set's input columns in order, its categories as
     `category_codes` (a `scoring_udf(..., coded=True)` reads them so)."""
     return [
-        category_codes(c, feature_set.categories[c]) if c in feature_set.categories else F.col(c)
+        category_codes(c, feature_set.categories[c]) if c in feature_set.categories else source_column(c)
         for c in feature_set.inputs
     ]
 
@@ -223,6 +231,7 @@ def score_dataframe(
     top_k: int = 3,
     totals: Accumulator | None = None,
     flagged_only: bool = False,
+    sensitive: Sequence[str] = (),
 ) -> DataFrame:
     """Add `score`, `is_flagged` and `reasons` to `df`; with `flagged_only`, keep only the
     flagged rows (what the nightly job writes: far cheaper in the JVM, see `scoring_udf`).
@@ -233,10 +242,13 @@ def score_dataframe(
     (`category_codes`); every other column of `df` stays in the JVM. With `totals` (see
     `new_run_totals`), the run's metric totals are gathered as the rows flow through whatever
     single action consumes the result, so the model runs exactly once per row, flagged or not:
-    read `totals.value` after that action.
+    read `totals.value` after that action. A reason's value is NULL for a feature that reads a
+    `sensitive` column (see `udfs.scorer.reason_value_mask`).
     """
+    shown = reason_value_mask(model.feature_set, sensitive) if sensitive else None
     udf = scoring_udf(
-        model.files, sha256=model.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only, coded=True
+        model.files, sha256=model.sha256, top_k=top_k, totals=totals, flagged_only=flagged_only, coded=True,
+        shown=shown,
     )
     scored = df.withColumn(_SCORED, udf(*udf_inputs(model.feature_set)))
     if flagged_only:
@@ -245,7 +257,7 @@ def score_dataframe(
     else:
         is_flagged = F.col(f"{_SCORED}.{S.IS_FLAGGED}")
     return scored.select(
-        *[F.col(c) for c in df.columns],
+        *[source_column(c) for c in df.columns],
         F.col(f"{_SCORED}.{S.SCORE}").alias(S.SCORE),
         is_flagged.alias(S.IS_FLAGGED),
         F.col(f"{_SCORED}.{S.REASONS}").alias(S.REASONS),
@@ -258,6 +270,7 @@ def score_models_dataframe(
     *,
     totals: Sequence[Accumulator],
     top_k: int = 3,
+    sensitive: Sequence[str] = (),
 ) -> DataFrame:
     """The flagged rows of `df` under each of `models`, scored in ONE pass over the rows: `df`'s
     columns plus `S.MODEL_INDEX` (the model's position in `models`), `score`, `is_flagged` (true)
@@ -267,16 +280,17 @@ def score_models_dataframe(
     the models agree on them, see `shared_inputs`), every model scores each batch, and only rows
     some model flags come back to the JVM. `totals[i]` (from `new_run_totals(spark, models[i])`)
     gathers model i's totals over every row; as with `score_dataframe`, use the result in one
-    action. One model gives the rows `score_dataframe(..., flagged_only=True)` gives, with
+    action; `sensitive` masks reason values as there. One model gives the rows `score_dataframe(..., flagged_only=True)` gives, with
     `S.MODEL_INDEX` 0: prefer that for one model (it returns them without the per-model struct).
     """
     if not models:
         raise ValueError("no models to score with; give at least one")
     inputs, codes = shared_inputs([m.feature_set for m in models])
     arguments = [
-        category_codes(c, codes[c]) if codes and c in codes else F.col(c) for c in inputs
+        category_codes(c, codes[c]) if codes and c in codes else source_column(c) for c in inputs
     ]
-    udf = models_scoring_udf(models, totals, inputs=inputs, top_k=top_k, coded=codes is not None)
+    shown = [reason_value_mask(m.feature_set, sensitive) for m in models] if sensitive else None
+    udf = models_scoring_udf(models, totals, inputs=inputs, top_k=top_k, coded=codes is not None, shown=shown)
     per_model = F.array(
         *[
             F.when(
@@ -294,9 +308,9 @@ def score_models_dataframe(
         df.withColumn(_SCORED, udf(*arguments))
         .filter(F.col(_SCORED).isNotNull())
         # One row per model that flagged the row; the UDF's column is computed once, above.
-        .select(*[F.col(c) for c in df.columns], F.explode(F.filter(per_model, lambda m: m.isNotNull())).alias(_BY_MODEL))
+        .select(*[source_column(c) for c in df.columns], F.explode(F.filter(per_model, lambda m: m.isNotNull())).alias(_BY_MODEL))
         .select(
-            *[F.col(c) for c in df.columns],
+            *[source_column(c) for c in df.columns],
             F.col(f"{_BY_MODEL}.{S.MODEL_INDEX}").alias(S.MODEL_INDEX),
             F.col(f"{_BY_MODEL}.{S.SCORE}").alias(S.SCORE),
             F.lit(True).alias(S.IS_FLAGGED),
