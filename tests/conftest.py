@@ -15,6 +15,11 @@ from lakescore.config import Settings, load_settings
 
 # Spark's Python workers and Ray's must run this interpreter, with the project installed.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# The secret of the keyed hash that replaces sensitive columns (account_id, in the transactions
+# spec): a scoring run refuses to start without one. Jobs the tests start in subprocesses inherit
+# it from the environment; the session's settings name it too.
+TEST_HASH_KEY = "lakescore-tests-only-hash-key"
+os.environ.setdefault("LAKESCORE_HASH_KEY", TEST_HASH_KEY)
 
 SMALL = {
     "generate.days": "4",
@@ -38,6 +43,7 @@ def settings(lake_root) -> Settings:
             "spark.master": "local[2]",
             "spark.shuffle_partitions": "2",
             "spark.arrow_batch_size": "1000",
+            "score.hash_key": TEST_HASH_KEY,
             **SMALL,
         },
         environ={},
