@@ -625,7 +625,10 @@ def test_sources_models_and_roles_scored_the_same_night_keep_their_slices_byte_f
     )
 
     undated_day = DAY  # an undated source is scored whole as the run of the date given
-    (other,) = run_nightly(spark, settings, undated_day, source=branch_path, model=AE_NAME)
+    # The model's spec names event_date; naming it in score.date_column overrides the spec's check,
+    # and a source without it is scored whole.
+    undated = settings.with_overrides({"score.date_column": S.EVENT_DATE})
+    (other,) = run_nightly(spark, undated, undated_day, source=branch_path, model=AE_NAME)
     assert other.rows_read == other.rows_scored == 300 and other.scoring_role == S.PRIMARY
     branch_view = spark.table(settings.table("flagged_branch_payments")).where(F.col(S.RUN_DATE) == F.lit(undated_day))
     assert S.EVENT_DATE not in branch_view.columns and dict(branch_view.dtypes)[S.TRANSACTION_ID] == "bigint"
@@ -948,7 +951,7 @@ from lakescore.config import load_settings
 from lakescore.spark import build_spark_session
 from pipelines.nightly import run_nightly
 
-settings = load_settings(overrides=json.loads(sys.argv[1]), environ={})
+settings = load_settings(overrides=json.loads(sys.argv[1]), environ={k: v for k, v in os.environ.items() if k == "LAKESCORE_HASH_KEY"})
 spark = build_spark_session(settings, app_name="lakescore-killed")
 
 def die_at(boundary):
