@@ -123,11 +123,14 @@ class ArrowColumns(RawColumns):
             return self.batch.field(name)
         return self.batch.column(name)
 
-    def numbers(self, name: str) -> np.ndarray:
+    def _decoded(self, name: str) -> pa.Array | pa.ChunkedArray:
+        """The column with a dictionary encoding resolved to its values."""
         column = self._column(name)
+        return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+    def numbers(self, name: str) -> np.ndarray:
+        column = self._decoded(name)
         kind = column.type
-        if pa.types.is_dictionary(kind):
-            column, kind = column.cast(kind.value_type), kind.value_type
         if pa.types.is_float64(kind):
             return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)  # nulls -> NaN
         if (pa.types.is_integer(kind) or pa.types.is_boolean(kind)) and column.null_count == 0:
@@ -147,8 +150,7 @@ class ArrowColumns(RawColumns):
                     f"{list(categories)}: make FeatureSet.categories list what the function uses"
                 )
             return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
-        if pa.types.is_dictionary(column.type):
-            column = column.cast(column.type.value_type)
+        column = self._decoded(name)
         if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             # Not text: matched as pandas would match it (nothing but a string equals a category).
             return PandasColumns(pd.DataFrame({name: column.to_pandas()})).codes(name, categories)
@@ -160,10 +162,8 @@ class ArrowColumns(RawColumns):
         return np.asarray(pc.is_null(column, nan_is_null=True).to_numpy(zero_copy_only=False), dtype=bool)
 
     def timestamps(self, name: str) -> np.ndarray:
-        column = self._column(name)
+        column = self._decoded(name)
         kind = column.type
-        if pa.types.is_dictionary(kind):
-            column, kind = column.cast(kind.value_type), kind.value_type
         if pa.types.is_date(kind):
             column, kind = pc.cast(column, pa.timestamp("us")), pa.timestamp("us")
         if not pa.types.is_timestamp(kind):

@@ -213,6 +213,15 @@ def read_source(spark: SparkSession, source: Source, version: int | None = None)
         ) from None
 
 
+def partition_columns(spark: SparkSession, source: Source) -> tuple[str, ...]:
+    """The source's partition columns (Delta: from its log; Parquet: its `name=value` folders)."""
+    if source.format == "delta":
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{source.path}`").collect()[0]
+        return tuple(detail["partitionColumns"] or ())
+    root = Path(source.path)
+    return tuple(sorted({p.name.split("=", 1)[0] for p in root.glob("*=*") if p.is_dir()})) if root.is_dir() else ()
+
+
 def _nanosecond_timestamps_as_timestamps(df: DataFrame) -> DataFrame:
     """Read TIMESTAMP(NANOS) columns (pandas' and pyarrow's default when they write Parquet) as
     Spark timestamps, truncated to Spark's microseconds.
@@ -265,6 +274,7 @@ __all__ = [
     "write_date_partitions",
     "ensure_database",
     "ensure_own_table",
+    "partition_columns",
     "read_source",
     "register_table",
     "resolve_source",

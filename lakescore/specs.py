@@ -928,3 +928,9 @@ def _render(spec: SourceSpec, notes: Mapping[str, str], left_out: Sequence[str] 
     if left_out:
         lines += ["", "# Columns left out:"] + [f"#   {line}" for line in left_out]
     return "\n".join(lines) + "\n"
+
+
+def spec_name_for(table: str) -> str:
+    """A spec name for a table (`lakescore.sensors` or a path): `sensors_v1`."""
+    stem = re.sub(r"[^a-z0-9]+", "_", table.rstrip("/").split("/")[-1].split(".")[-1].lower()).strip("_")
+    return f"{stem if stem[:1].isalpha() else 't_' + stem}_v1"

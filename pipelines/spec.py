@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from pyspark.sql import SparkSession
 
 from lakescore import lake
 from lakescore.config import Settings
-from lakescore.specs import render_suggestion, suggest_spec
+from lakescore.specs import render_suggestion, spec_name_for, suggest_spec
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +33,7 @@ def suggest_for_table(spark: SparkSession, settings: Settings, table: str, sampl
     fraction = min(1.0, 2.0 * sample_rows / total) if total else 1.0
     sample = frame.sample(fraction=fraction, seed=0).limit(sample_rows).toPandas()
     log.info("suggesting a spec for %s from %d of its %d rows", table, len(sample), total)
-    stem = re.sub(r"[^a-z0-9]+", "_", table.rstrip("/").split("/")[-1].split(".")[-1].lower()).strip("_")
-    name = f"{stem if stem[:1].isalpha() else 't_' + stem}_v1"
-    suggestion = suggest_spec(types, sample, name=name, partition_columns=_partition_columns(spark, source))
+    suggestion = suggest_spec(
+        types, sample, name=spec_name_for(table), partition_columns=lake.partition_columns(spark, source)
+    )
     return render_suggestion(suggestion.spec, suggestion.notes, suggestion.left_out)
-
-
-def _partition_columns(spark: SparkSession, source: lake.Source) -> tuple[str, ...]:
-    if source.format != "delta":
-        return ()
-    detail = spark.sql(f"DESCRIBE DETAIL delta.`{source.path}`").collect()[0]
-    return tuple(detail["partitionColumns"] or ())

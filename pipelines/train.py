@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -32,7 +31,7 @@ from lakescore import lake, registry
 from lakescore import schemas as S
 from lakescore.config import Settings
 from lakescore.features import builtin_spec_for_table
-from lakescore.specs import SourceSpec, SpecError, load_spec, render_suggestion, suggest_spec
+from lakescore.specs import SourceSpec, SpecError, load_spec, render_suggestion, spec_name_for, suggest_spec
 
 if TYPE_CHECKING:  # training imports torch and ray: only when a run starts
     from training.pipeline import TrainingInput, TrainingRun
@@ -136,8 +135,8 @@ def resolve_training_input(
     # label's values and duplicated keys, and to draft a spec from.
     if spec is None:
         sample = frame.limit(CHECK_SAMPLE_ROWS).toPandas()
-        partitions = _partitions(spark, source)
-        suggestion = suggest_spec(types, sample, name=_spec_name(source.name), partition_columns=partitions)
+        partitions = lake.partition_columns(spark, source)
+        suggestion = suggest_spec(types, sample, name=spec_name_for(source.name), partition_columns=partitions)
         spec, notes = suggestion.spec, dict(suggestion.notes)
         if spec.date_column is not None and spec.date_column not in partitions and spec.keys:
             # The time split reads dates from partitions: without one, split by the keys.
@@ -182,21 +181,6 @@ def resolve_training_input(
         label_overrides=dict(label_overrides or {}),
         suggested=suggested,
     )
-
-
-def _spec_name(table: str) -> str:
-    """A spec name for a table (`lakescore.sensors` or a path): `sensors_v1`."""
-    stem = re.sub(r"[^a-z0-9]+", "_", table.rstrip("/").split("/")[-1].split(".")[-1].lower()).strip("_")
-    return f"{stem if stem[:1].isalpha() else 't_' + stem}_v1"
-
-
-def _partitions(spark: SparkSession, source: lake.Source) -> tuple[str, ...]:
-    """The source's partition columns (Delta: from its log; Parquet: `name=value` folders)."""
-    if source.format == "delta":
-        detail = spark.sql(f"DESCRIBE DETAIL delta.`{source.path}`").collect()[0]
-        return tuple(detail["partitionColumns"] or ())
-    root = Path(source.path)
-    return tuple(sorted({p.name.split("=", 1)[0] for p in root.glob("*=*") if p.is_dir()})) if root.is_dir() else ()
 
 
 def register_run(spark: SparkSession, settings: Settings, run: "TrainingRun") -> registry.ModelEntry:

@@ -834,6 +834,14 @@ def test_rows_read_that_were_not_all_scored_fail_the_run_before_it_commits(spark
 # --- whole jobs in subprocesses, each on its own lake root (Derby admits one process) -----------
 
 
+def _tables_state(spark, paths: list[str]) -> list:
+    """Each Delta table's version and rows (reasons aside), to compare before and after a job."""
+    return [
+        (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect()), key=repr))
+        for p in paths
+    ]
+
+
 def _subprocess_env() -> dict:
     return {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
 
@@ -891,13 +899,7 @@ def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spar
     run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
     paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
 
-    def state():
-        return [
-            (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect()), key=repr))
-            for p in paths
-        ]
-
-    before = state()
+    before = _tables_state(spark, paths)
     # One row per Arrow batch makes the scoring stage last seconds, long enough to kill it mid-way.
     job = subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / "score_nightly.py"), "--run-date", DAY.isoformat(), "--table", source,
@@ -923,7 +925,7 @@ def test_a_job_killed_while_scoring_leaves_both_tables_exactly_as_they_were(spar
     while session_processes(job.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert session_processes(job.pid) == []
-    assert state() == before
+    assert _tables_state(spark, paths) == before
 
 
 @pytest.mark.slow
@@ -975,19 +977,13 @@ def test_a_job_killed_after_staging_its_rows_leaves_both_tables_as_they_were_and
     (previous,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
     paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
 
-    def state():
-        return [
-            (lake.delta_version(spark, p), sorted(map(tuple, spark.read.format("delta").load(p).drop(S.REASONS).collect()), key=repr))
-            for p in paths
-        ]
-
-    before = state()
+    before = _tables_state(spark, paths)
     job = subprocess.run(
         [sys.executable, "-c", _KILLED_RUN, json.dumps(overrides), DAY.isoformat(), source, str(directory)],
         env={**_subprocess_env(), "KILL_AT": STAGED}, capture_output=True, text=True, timeout=300,
     )
     assert job.returncode == 9, job.stderr[-3000:]
-    assert state() == before  # the flagged rows were written, but only to the run's own folder
+    assert _tables_state(spark, paths) == before  # the flagged rows were written, but only to the run's own folder
     (staged,) = list((sub_settings.lake.tables_dir / STAGING_DIR).iterdir())
     assert staged.name != previous.run_id and list(staged.glob("*.parquet"))
 
