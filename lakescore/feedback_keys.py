@@ -29,20 +29,39 @@ RECORD_KEY_COLUMNS = (S.TRANSACTION_ID, S.RECORD_ID)
 KEY_SEPARATOR = "|"
 
 
+def verdict_key_columns(keys: Sequence[str], sensitive: Sequence[str], action: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the columns of the record key `flagged` writes for a spec's `keys`, those of them hashed)
+    when the `sensitive` columns are hashed (action `hash`) or dropped (`drop`), as
+    udfs.flagged.choose_output_columns decides: analysts copy verdict keys from `flagged`, so
+    training must build the same text to find their rows."""
+    if action == S.SENSITIVE_DROP:
+        return tuple(k for k in keys if k not in sensitive), ()
+    return tuple(keys), tuple(k for k in keys if k in sensitive)
+
+
 def record_key_column(columns: Sequence[str]) -> str | None:
     return next((c for c in RECORD_KEY_COLUMNS if c in columns), None)
 
 
-def record_keys(rows: pd.DataFrame, keys: Sequence[str]) -> pd.Series:
+def record_keys(rows: pd.DataFrame, keys: Sequence[str], *, hashed: Sequence[str] = (), hash_key: str = "") -> pd.Series:
     """The record key of every row of `rows` as text (the module docstring gives the rule).
 
-    Raises ValueError when `keys` is empty or names a column `rows` lacks."""
+    `hashed`: key columns whose text is replaced by `keyed_hash(hash_key, text)` before joining,
+    as `flagged` writes a sensitive key (see `verdict_key_columns`), so that verdicts copied from
+    `flagged` name the same rows here. Raises ValueError when `keys` is empty or names a column
+    `rows` lacks, or when a column is hashed under an empty key."""
     if not keys:
         raise ValueError("a record key needs at least one key column; list the table's key column(s) in the spec's `keys`")
     missing = [k for k in keys if k not in rows.columns]
     if missing:
         raise ValueError(f"key column(s) {missing} are not among the rows' columns {list(rows.columns)}")
-    parts = [_as_spark_string(rows[k]) for k in keys]
+    if hashed:
+        keyed_hash(hash_key, "")  # an empty key fails before any row is hashed
+    parts = [
+        _as_spark_string(rows[k]).map(lambda v: None if v is None else keyed_hash(hash_key, v)) if k in hashed
+        else _as_spark_string(rows[k])
+        for k in keys
+    ]
     out = parts[0]
     for part in parts[1:]:
         out = out + KEY_SEPARATOR + part

@@ -121,3 +121,47 @@ def test_the_spark_record_key_and_the_pandas_record_key_are_the_same_strings(spa
     for keys in (["id"], ["Plant name"], ["id", "Plant name"]):
         assert spark_keys(keys) == list(record_keys(rows, keys)), keys
     assert spark_keys(["id", "Plant name"])[1] == "-12|Zürich ü ✓"
+
+
+def test_a_verdict_key_copied_from_flagged_relabels_the_same_row_in_training_when_a_key_column_is_sensitive(spark):
+    """flagged hashes a sensitive key under the secret; an analyst copies that key into a verdict;
+    training must find the row by building the same text, or the verdict is silently lost."""
+    import datetime as dt
+    import hashlib
+    import hmac
+
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from lakescore import schemas as S
+    from lakescore.features import numeric_feature_set
+    from lakescore.feedback_keys import verdict_key_columns
+    from training.data import LABEL_COLUMN, SplitPlan
+    from training.feature_batches import features_batch
+    from udfs.flagged import OutputColumns, flagged_records
+    from udfs.metrics import RunIdentity
+
+    secret = "night-key"
+    raw = pd.DataFrame({"account_id": [7, 12, 12], "seq": [1, 1, 2], "f": [0.5, None, 2.0], "label": [False, False, True]})
+    keys, hashed = verdict_key_columns(("account_id", "seq"), ("account_id",), S.SENSITIVE_HASH)
+    assert (keys, hashed) == (("account_id", "seq"), ("account_id",))
+    scored = spark.createDataFrame(raw[["account_id", "seq"]].assign(score=[0.9, 0.8, 0.7]), "account_id BIGINT, seq BIGINT, score DOUBLE")
+    output = OutputColumns(keys=keys, allowed=(), hashed=hashed, salt=secret, record_keys=keys)
+    run = RunIdentity(
+        run_id="r1", run_date=dt.date(2026, 11, 4), model_name="m", model_version=1, model_sha256="ab" * 32,
+        source="lakescore.accounts", source_version=1, threshold=0.5,
+    )
+    flagged = flagged_records(scored.withColumn(S.REASONS, F.lit(None).cast(S.REASONS_TYPE)), output, run, dt.datetime(2026, 11, 5))
+    copied = {r[S.RECORD_KEY] for r in flagged.collect()}
+    hash_of_7 = hmac.new(secret.encode(), b"7", hashlib.sha256).hexdigest()
+    assert f"{hash_of_7}|1" in copied and not any(k.startswith("7|") for k in copied)  # no clear account id
+
+    plan = SplitPlan(dated=False, validation_fraction=0.0, test_fraction=0.0, seed=0, keys=keys)
+    verdict = {f"{hash_of_7}|1": True}  # "confirmed_anomaly" on the first row, by the key flagged shows
+    relabelled = features_batch(raw, numeric_feature_set(["f"]), plan, "label", verdict, keys, hashed, secret).to_pandas()
+    assert relabelled[LABEL_COLUMN].tolist() == [True, False, True]
+    clear = features_batch(raw, numeric_feature_set(["f"]), plan, "label", verdict, keys).to_pandas()
+    assert clear[LABEL_COLUMN].tolist() == [False, False, True]  # joined on clear keys, the verdict finds nothing
+    with pytest.raises(ValueError, match="hash key is empty"):
+        features_batch(raw, numeric_feature_set(["f"]), plan, "label", verdict, keys, hashed, "")
+    assert verdict_key_columns(("account_id", "seq"), ("account_id",), S.SENSITIVE_DROP) == (("seq",), ())

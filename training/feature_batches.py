@@ -44,6 +44,8 @@ def features_batch(
     label: str | None = None,
     label_overrides: Mapping[str, bool] | None = None,
     keys: Sequence[str] = (),
+    hashed_keys: Sequence[str] = (),
+    hash_key: str = "",
 ) -> pa.Table:
     """Ray Data batch function: raw source rows -> one column per feature (null where the value
     is null/NaN/inf), the label, the split name and the anomaly type; rows outside the window
@@ -52,9 +54,10 @@ def features_batch(
     `label` is the spec's label column (None: unsupervised, every row normal), read as
     `training.data.labels_of` reads it. `label_overrides` ({record key: is_anomaly}, analysts'
     verdicts) replace it for the rows whose record key (`lakescore.feedback_keys.record_keys` of
-    the `keys` columns) they name, before the split is assigned.
+    the `keys` columns, `hashed_keys` of them under `hash_key` as `flagged` hashes them) they
+    name, before the split is assigned.
     """
-    labels, split = label_and_split(raw, plan, label, label_overrides, keys)
+    labels, split = label_and_split(raw, plan, label, label_overrides, keys, hashed_keys, hash_key)
     keep = split != ""
     x = feature_set.transform(raw.loc[keep].reset_index(drop=True))
     columns = {
@@ -75,13 +78,15 @@ def label_and_split(
     label: str | None = None,
     label_overrides: Mapping[str, bool] | None = None,
     keys: Sequence[str] = (),
+    hashed_keys: Sequence[str] = (),
+    hash_key: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(label as bool, split name) of every raw row; '' for rows outside a dated window."""
     if not len(raw):
         return np.zeros(0, bool), np.zeros(0, dtype=object)
     labels = labels_of(raw[label] if label is not None else None, len(raw))
     if label_overrides and keys:
-        verdicts = record_keys(raw, keys).map(label_overrides)
+        verdicts = record_keys(raw, keys, hashed=hashed_keys, hash_key=hash_key).map(label_overrides)
         known = verdicts.notna().to_numpy()
         labels = labels.copy()
         labels[known] = verdicts[known].astype(bool).to_numpy()
@@ -95,10 +100,12 @@ def training_rows(
     label: str | None = None,
     label_overrides: Mapping[str, bool] | None = None,
     keys: Sequence[str] = (),
+    hashed_keys: Sequence[str] = (),
+    hash_key: str = "",
 ) -> pd.DataFrame:
     """Ray Data batch function: the `columns` of the raw rows that fall in the training split
     (what a feature spec learns its vocabularies from)."""
-    _, split = label_and_split(raw, plan, label, label_overrides, keys)
+    _, split = label_and_split(raw, plan, label, label_overrides, keys, hashed_keys, hash_key)
     return raw.loc[split == TRAIN, list(columns)].reset_index(drop=True)
 
 

@@ -35,6 +35,7 @@ from lakescore import schemas as S
 from lakescore.bundle import Bundle, write_bundle
 from lakescore.config import Settings
 from lakescore.features import FeatureSet
+from lakescore.feedback_keys import verdict_key_columns
 from lakescore.manifest import (
     Architecture,
     FeatureSetSpec,
@@ -362,7 +363,7 @@ def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
             "name the column(s) that identify a row in `keys`"
         )
     plan = _split_plan(settings, source, spec)
-    row_kwargs = {"plan": plan, "label": spec.label, "label_overrides": label_overrides, "keys": spec.keys}
+    row_kwargs = {"plan": plan, "label": spec.label, "label_overrides": label_overrides, **verdict_keys(settings, spec, label_overrides)}
     feature_set = fit_spec(source, spec, row_kwargs)
     features = feature_set.features
     read_columns = list(dict.fromkeys([*feature_set.inputs, *plan.columns, *([spec.label] if spec.label else []),
@@ -402,6 +403,27 @@ def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
         featured, counts, plan, preprocessing, statistics, train_xy, validation_xy, features, feature_set,
         inputs.supervised,
     )
+
+
+def verdict_keys(settings: Settings, spec: SourceSpec, label_overrides: Mapping[str, bool]) -> dict[str, Any]:
+    """How training builds the record key that verdicts name (the `keys`, `hashed_keys` and
+    `hash_key` of training.feature_batches.label_and_split): as `flagged` writes it, with the
+    spec's and score.sensitive_columns' key columns hashed under score.hash_key (or dropped, as
+    score.sensitive_action says). The key then travels to the Ray tasks with the verdicts, as it
+    travels to Spark's executors with the scoring UDF."""
+    score = settings.score
+    keys, hashed = verdict_key_columns(spec.keys, (*spec.sensitive, *score.sensitive_columns), score.sensitive_action)
+    if label_overrides and not keys:
+        raise TrainingDataError(
+            f"every key column of spec {spec.name} ({', '.join(spec.keys)}) is sensitive and dropped from flagged "
+            "(score.sensitive_action=drop), so no verdict can name a row; hash them instead (score.sensitive_action=hash)"
+        )
+    if label_overrides and hashed and not score.hash_key:
+        raise TrainingDataError(
+            f"key column(s) {', '.join(hashed)} of spec {spec.name} are sensitive: verdicts name their keyed hash, "
+            "but the hash key is empty; set LAKESCORE_HASH_KEY (or score.hash_key_file) to the key the nightly job uses"
+        )
+    return {"keys": keys, "hashed_keys": hashed, "hash_key": score.hash_key if hashed else ""}
 
 
 def fit_spec(source: SourceLike, spec: SourceSpec, row_kwargs: Mapping[str, Any], max_rows: int = FIT_ROWS) -> FeatureSet:
