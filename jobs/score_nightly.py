@@ -43,7 +43,8 @@ Exit codes, distinct so that a scheduler can branch on them:
     2  bad input or configuration: options, settings, an unknown model, missing or mistyped columns
     3  source or partition missing, or short of the row floors: wait for the data, then re-run
     4  verification failed: a bundle's checksums, or rows read != rows scored; nothing was written
-    5  conflict with a concurrent run of the same tables (Delta refused the commit): re-run the date
+    5  a concurrent run of the same slice published first (Delta refused this run's commit): its
+       night stands whole, this run withdrew its rows; re-run the date only to replace that night
 
 What a run does and writes, step by step: pipelines/nightly.py.
 """
@@ -72,25 +73,9 @@ EXIT_CONFLICT = 5
 def exit_code(exc: BaseException) -> int | None:
     """The documented exit code of a run that raised `exc`; None: an internal error (exit 1,
     with its traceback)."""
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
-
-    conflicts = (
-        DeltaConcurrentModificationException, ConcurrentWriteException, MetadataChangedException,
-        ProtocolChangedException, ConcurrentAppendException, ConcurrentDeleteReadException,
-        ConcurrentDeleteDeleteException, ConcurrentTransactionException,
-    )
     # Most specific first: PartitionError is a SourceError, which is a ValueError.
     for kinds, code in (
-        (conflicts, EXIT_CONFLICT),
+        (lake.delta_conflicts(), EXIT_CONFLICT),
         ((BundleError, VerificationError), EXIT_VERIFICATION),
         ((lake.SourceError,), EXIT_SOURCE),
         ((RegistryError, ValueError), EXIT_BAD_INPUT),

@@ -12,7 +12,7 @@ at its place under `lake.root`, and each model the registry lists must have its 
 table, both locations and the fix: `lakescore catalog repair` (dry run) and `--apply`, which
 re-points the catalog entries and the registry's bundle paths to the current root.
 
-The lake's tables are lakescore's own (flagged, run_metrics, model_registry, feedback) and any
+The lake's tables are lakescore's own (flagged_all, run_metrics, model_registry, feedback) and any
 table of the lake's database stored in lakescore's layout (`.../tables/<database>/<name>`, as
 `lakescore generate` and `load-benchmarks` write them). Other tables a team registers in that
 database (a source at its own location) are theirs, and left alone.
@@ -33,7 +33,8 @@ from lakescore.config import Settings
 
 log = logging.getLogger(__name__)
 
-OWN_TABLES = (S.FLAGGED, S.RUN_METRICS, S.MODEL_REGISTRY, S.FEEDBACK)
+# S.FLAGGED: the table a lake written before publishing kept its flagged rows in (now a view).
+OWN_TABLES = (S.FLAGGED_ALL, S.FLAGGED, S.RUN_METRICS, S.MODEL_REGISTRY, S.FEEDBACK)
 
 OK = "ok"
 MISPLACED = "misplaced"  # the catalog names another location than this lake's

@@ -293,6 +293,10 @@ class ScoreSettings:
     # (0: no relative floor), over this many trailing runs.
     min_fraction_of_median: float = 0.0
     median_window: int = 7
+    # Flagged rows of a run that never published (killed, or the loser of a race on its slice)
+    # are invisible; the next run of the slice deletes them once they are this old. Longer than
+    # any run takes, so that it never deletes the rows of a run still going.
+    orphan_grace_hours: float = 24.0
 
     def validated(self) -> "ScoreSettings":
         _check_source(self.table, "score.table")
@@ -313,6 +317,11 @@ class ScoreSettings:
             raise ConfigError(
                 f"score.min_fraction_of_median={self.min_fraction_of_median} is not a fraction >= 0; "
                 "e.g. 0.5 fails a night with under half the usual rows, 0 turns the check off"
+            )
+        if not (self.orphan_grace_hours >= 0.0 and math.isfinite(self.orphan_grace_hours)):
+            raise ConfigError(
+                f"score.orphan_grace_hours={self.orphan_grace_hours} is not a number of hours >= 0; make it longer "
+                "than the longest run (default 24)"
             )
         if self.hash_key_file is not None and not self.hash_key:
             try:

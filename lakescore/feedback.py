@@ -166,16 +166,16 @@ def record_feedback(spark: SparkSession, settings: Settings, verdicts: DataFrame
 
 
 def unknown_keys(spark: SparkSession, settings: Settings, verdicts: DataFrame) -> DataFrame:
-    """The normalised `verdicts` whose record key names no row `flagged` holds for their source,
-    in any run (before any run, all of them). Such a verdict is still recorded (an analyst may
+    """The normalised `verdicts` whose record key names no row `flagged` shows for their source,
+    in any published run (before any run, all of them). Such a verdict is still recorded (an analyst may
     report an anomaly the model missed), but a typo in a key would otherwise go unnoticed: the
     caller reports them. Keys compare as text: `flagged.record_key` (the rule of
     `lakescore.feedback_keys`) against the verdict's trimmed key."""
-    path = str(lake.table_path(settings, S.FLAGGED))
-    if not DeltaTable.isDeltaTable(spark, path):
+    flagged = lake.published_flagged(spark, settings)
+    if flagged is None:
         return verdicts
-    flagged = spark.read.format("delta").load(path).select(S.SOURCE_TABLE, S.RECORD_KEY).distinct()
-    return verdicts.join(flagged, [S.SOURCE_TABLE, S.RECORD_KEY], "left_anti")
+    keys = flagged.select(S.SOURCE_TABLE, S.RECORD_KEY).distinct()
+    return verdicts.join(keys, [S.SOURCE_TABLE, S.RECORD_KEY], "left_anti")
 
 
 def latest_verdicts(feedback: DataFrame) -> DataFrame:

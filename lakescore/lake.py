@@ -3,6 +3,10 @@
 Tables lakescore writes are external Delta tables at `<root>/tables/<database>/<table>`,
 registered in the catalog under `<database>.<table>`, so analysts find them by name and
 JVM-free readers (delta-rs, DuckDB, Ray Data) find them by path.
+
+One exception: flagged rows are stored in the folder `flagged` but registered as `flagged_all`
+(every row a run appended, published or not), and `flagged` is the view of the published runs'
+rows (`register_flagged`). A reader by path takes `published_flagged`, not the folder as it is.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from pathlib import Path
 from typing import Iterator
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
+from lakescore import schemas as S
 from lakescore.config import ConfigError, Settings, check_identifier, check_table_name
 
 log = logging.getLogger(__name__)
@@ -25,11 +31,82 @@ class SourceError(ValueError):
     """A source table or path cannot be read; the message says what to do."""
 
 
+# Tables stored in a folder of another name: flagged rows stayed in the folder they had before
+# `flagged` became the view of published runs, so lakes written before keep their files.
+_FOLDERS = {S.FLAGGED_ALL: S.FLAGGED}
+
+
 def table_path(settings: Settings, table: str) -> Path:
     """Storage location of one of lakescore's own tables."""
     qualified = settings.table(table)
     database, name = qualified.split(".")
-    return settings.lake.tables_dir / database / name
+    return settings.lake.tables_dir / database / _FOLDERS.get(name, name)
+
+
+def published_flagged_sql(settings: Settings) -> str:
+    """The query of the `flagged` view: the rows of `flagged_all` whose run is published, i.e.
+    whose `run_complete` metric is in `run_metrics`. A run's metrics are replaced in one commit
+    with its slice's, so each slice shows exactly one run, entirely, or none."""
+    return (
+        f"SELECT f.* FROM {settings.table(S.FLAGGED_ALL)} f LEFT SEMI JOIN "
+        f"(SELECT {S.RUN_ID} FROM {settings.table(S.RUN_METRICS)} WHERE {S.METRIC} = '{S.RUN_COMPLETE_METRIC}') p "
+        f"ON f.{S.RUN_ID} = p.{S.RUN_ID}"
+    )
+
+
+def published_flagged(spark: SparkSession, settings: Settings) -> DataFrame | None:
+    """What the view `flagged` shows, read by path (this lake's tables, whatever the catalog
+    says): the flagged rows of published runs; None before the first run."""
+    flagged, metrics = table_path(settings, S.FLAGGED_ALL), table_path(settings, S.RUN_METRICS)
+    if not (flagged / "_delta_log").is_dir() or not (metrics / "_delta_log").is_dir():
+        return None
+    published = (
+        spark.read.format("delta")
+        .load(str(metrics))
+        .where(F.col(S.METRIC) == S.RUN_COMPLETE_METRIC)
+        .select(S.RUN_ID)
+    )
+    return spark.read.format("delta").load(str(flagged)).join(published, S.RUN_ID, "left_semi")
+
+
+def delta_conflicts() -> tuple[type[Exception], ...]:
+    """Delta's exceptions for a commit it refused because a concurrent commit changed what the
+    transaction read (none is a subclass of another in delta-spark's Python API)."""
+    from delta import exceptions as e
+
+    return (
+        e.DeltaConcurrentModificationException, e.ConcurrentWriteException, e.MetadataChangedException,
+        e.ProtocolChangedException, e.ConcurrentAppendException, e.ConcurrentDeleteReadException,
+        e.ConcurrentDeleteDeleteException, e.ConcurrentTransactionException,
+    )
+
+
+def register_flagged(spark: SparkSession, settings: Settings) -> str:
+    """Register `flagged_all` and `run_metrics`, and create or replace the view `flagged` of the
+    published runs' rows (`published_flagged_sql`); return the view's qualified name.
+
+    A lake written before runs were published kept its flagged rows as the TABLE `flagged`: its
+    catalog entry is dropped (an external table: the files stay, and are `flagged_all` now) and
+    the view takes its name. A managed table of that name is not lakescore's; it is refused."""
+    view = settings.table(S.FLAGGED)
+    ensure_database(spark, settings, view.split(".")[0])
+    if spark.catalog.tableExists(view):
+        kind = spark.catalog.getTable(view).tableType
+        if kind == "EXTERNAL":
+            log.info("%s was a table (a lake written by an older lakescore): it becomes the view of published runs", view)
+            spark.sql(f"DROP TABLE {view}")
+        elif kind != "VIEW":
+            raise ConfigError(
+                f"{view} is a {kind.lower()} table, not lakescore's flagged rows; rename or drop it, or set another "
+                "lake.database"
+            )
+    register_table(spark, settings, S.FLAGGED_ALL, table_path(settings, S.FLAGGED_ALL), "delta")
+    register_table(spark, settings, S.RUN_METRICS, table_path(settings, S.RUN_METRICS), "delta")
+    spark.sql(
+        f"CREATE OR REPLACE VIEW {view} COMMENT 'flagged rows of published runs only (every row: "
+        f"{settings.table(S.FLAGGED_ALL)})' AS {published_flagged_sql(settings)}"
+    )
+    return view
 
 
 def ensure_database(spark: SparkSession, settings: Settings, database: str | None = None) -> None:

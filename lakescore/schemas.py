@@ -15,7 +15,11 @@ PARQUET = "parquet"
 TABLE_FORMATS = (DELTA, PARQUET)
 
 # --- tables lakescore writes ----------------------------------------------------------------
+# What analysts read: a view of FLAGGED_ALL showing the rows of published runs only (a run is
+# published by the commit that writes its `run_complete` metric; lakescore.lake.register_flagged).
 FLAGGED = "flagged"
+# Every flagged row a run appended, published or not; stored in the folder named FLAGGED.
+FLAGGED_ALL = "flagged_all"
 RUN_METRICS = "run_metrics"
 MODEL_REGISTRY = "model_registry"
 FEEDBACK = "feedback"

@@ -18,13 +18,22 @@ night are never touched (see lakescore.schemas.SLICE_COLUMNS).
                          into a staging folder the run owns, then
       4.                 verify that every model scored exactly the rows read (VerificationError
                          otherwise: the staged rows are deleted and no table is touched), then
-      5.                 write `flagged` (every model's slice replaced in ONE Delta commit), then
-      6.                 write `run_metrics` (every model's metrics and `run_complete` row, one commit)
-      7.                 register both tables in the catalog, and the source's typed view
+      5.                 append the flagged rows to `flagged_all` (one commit, every model's rows
+                         under its own run_id): nobody sees them yet, then
+      6.                 PUBLISH: replace the slices of `run_metrics` with every model's metrics
+                         and `run_complete` row (one commit), then
+      7.                 delete from `flagged_all` the rows no one can see any more (the runs this
+                         one replaced, and runs that never published, after score.orphan_grace_hours)
+      8.                 register the tables, the view `flagged` and the source's typed view
                          `flagged_<source>`; delete the staging folder
 
-A run that dies before step 5 commits leaves both tables as they were. One that dies between the
-two commits leaves `flagged` slices whose run_id has no `run_complete` row: re-run the date.
+Analysts read `flagged`, the view of the rows whose run is published (lakescore.lake.register_flagged):
+commit 6 is the one that shows a night, in Delta's one atomic step, with its metrics. A run killed
+anywhere before it leaves what analysts see as it was (its appended rows are invisible; a later run
+deletes them); one killed after it has published the whole night. Two runs of the same slice at
+once (two schedulers, a retry racing a late original) both append, invisibly, and race to publish:
+Delta lets one replace the slice of run_metrics and refuses the other (a conflict, exit 5), which
+then deletes its own rows; a slice never shows two runs, nor half of one.
 
 `boundary`, when given, is called with the name of each point between a run's steps
 (BOUNDARIES), in order: what a caller or a test hooks in to watch (or to interrupt) a run.
@@ -63,13 +72,16 @@ log = logging.getLogger(__name__)
 
 # Under the lake's tables folder: one folder per run, holding its flagged rows until they are verified.
 STAGING_DIR = "_staging"
+# How many of run_metrics' latest commits a run searches for its own publish commit: far more
+# than the commits of runs racing it.
+_HISTORY_LOOKBACK = 100
 
 # The points between a run's steps, in order, as `boundary` hooks are told about them.
 COUNTED = "counted"  # the partition's rows counted and above the floors; nothing written yet
 STAGED = "staged"  # flagged rows scored into the run's staging folder; no table touched yet
-FLAGGED_WRITTEN = "flagged_written"  # flagged's commit made; run_metrics not yet
-METRICS_WRITTEN = "metrics_written"  # run_metrics' commit made; the run is complete
-BOUNDARIES = (COUNTED, STAGED, FLAGGED_WRITTEN, METRICS_WRITTEN)
+FLAGGED_WRITTEN = "flagged_written"  # flagged rows appended to flagged_all, not yet published
+PUBLISHED = "published"  # run_metrics' commit made: analysts see the run; replaced rows not yet deleted
+BOUNDARIES = (COUNTED, STAGED, FLAGGED_WRITTEN, PUBLISHED)
 
 
 class PartitionError(lake.SourceError):
@@ -368,8 +380,10 @@ def score_date(
 ) -> list[RunSummary]:
     """One night of one source: refuse a missing or short partition, score the rows of
     `run_date` in one pass with every model (the primary, then a shadow), check that each model
-    scored every row read, write each model's slice of flagged (one commit), then of the metrics
-    (one commit); one summary per model. `allow_empty` and `boundary`: see run_nightly."""
+    scored every row read, append every model's flagged rows (one commit), then publish the run
+    by replacing each model's slice of the metrics (one commit; a Delta conflict exception if a
+    concurrent run of the slice published first); one summary per model. `allow_empty` and
+    `boundary`: see run_nightly."""
     from udfs.flagged import flagged_records
     from udfs.metrics import metric_records
     from udfs.scoring import new_run_totals, score_dataframe, score_models_dataframe
@@ -405,7 +419,8 @@ def score_date(
     # They go to a folder of this run's own first: the row counts are known only once the pass
     # is over, and a run that did not score every row read must not replace anything. Only the
     # flagged rows (few) are read back for the commit.
-    flagged_path = lake.table_path(settings, S.FLAGGED)
+    flagged_path = lake.table_path(settings, S.FLAGGED_ALL)
+    metrics_path = lake.table_path(settings, S.RUN_METRICS)
     staging = settings.lake.tables_dir / STAGING_DIR / runs[0].run_id
     records = flagged_records(flagged, plan.output, runs, scored_at, plan.run_date_column)
     try:
@@ -414,28 +429,34 @@ def score_date(
         _reached(boundary, STAGED)
         for run, run_totals in zip(runs, (t.value for t in totals)):
             verify_rows_scored(run, rows_read, run_totals.rows, plan.source_name, _partition(plan, run_date))
-        replace_slices(spark.read.schema(S.FLAGGED_SCHEMA).parquet(str(staging)), flagged_path, runs)
+        append_flagged(spark.read.schema(S.FLAGGED_SCHEMA).parquet(str(staging)), flagged_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _reached(boundary, FLAGGED_WRITTEN)
 
-    metric_rows = []
-    for run, model, run_totals in zip(runs, models, (t.value for t in totals)):
-        metric_rows += metric_records(
-            run,
-            model.layout,
-            run_totals,
-            rows_read=rows_read,
-            reference=model.bundle.reference,
-            scoring_seconds=scoring_seconds,
-            duration_seconds=time.perf_counter() - started,
-            recorded_at=dt.datetime.now(dt.timezone.utc),
-        )
-    metrics_path = lake.table_path(settings, S.RUN_METRICS)
-    replace_slices(spark.createDataFrame(metric_rows, S.RUN_METRICS_SCHEMA), metrics_path, runs)
-    _reached(boundary, METRICS_WRITTEN)
-    lake.register_table(spark, settings, S.FLAGGED, flagged_path, "delta")
-    lake.register_table(spark, settings, S.RUN_METRICS, metrics_path, "delta")
+    try:
+        metric_rows = []
+        for run, model, run_totals in zip(runs, models, (t.value for t in totals)):
+            metric_rows += metric_records(
+                run,
+                model.layout,
+                run_totals,
+                rows_read=rows_read,
+                reference=model.bundle.reference,
+                scoring_seconds=scoring_seconds,
+                duration_seconds=time.perf_counter() - started,
+                recorded_at=dt.datetime.now(dt.timezone.utc),
+            )
+        publish = f"lakescore publish {runs[0].run_id}"  # finds the commit in the table's history
+        replace_slices(spark.createDataFrame(metric_rows, S.RUN_METRICS_SCHEMA), metrics_path, runs, user_metadata=publish)
+    except BaseException:
+        withdraw_flagged(spark, flagged_path, metrics_path, runs)
+        raise
+    _reached(boundary, PUBLISHED)
+    grace = dt.timedelta(hours=settings.score.orphan_grace_hours)
+    replaced = replaced_run_ids(spark, metrics_path, runs, publish)
+    delete_unpublished(spark, flagged_path, metrics_path, runs, replaced, older_than=scored_at - grace)
+    lake.register_flagged(spark, settings)
     register_source_view(spark, settings, plan)
     duration = time.perf_counter() - started
     summaries = []
@@ -565,7 +586,117 @@ def slice_condition(runs: "Sequence[RunIdentity]") -> str:
     )
 
 
-def replace_slices(df: DataFrame, path: Path, runs: "Sequence[RunIdentity]") -> None:
+def append_flagged(df: DataFrame, path: Path) -> None:
+    """Append flagged rows to the Delta table at `path` (`flagged_all`), in one commit.
+
+    A blind append: it never conflicts with another run's append, publish or delete, so two runs
+    of one slice race only where it matters, on publishing (`replace_slices` of run_metrics).
+    The rows are invisible until their run is published (see the module docstring).
+    """
+    with lake.unsorted_partition_writes(df.sparkSession):
+        df.write.format("delta").mode("append").partitionBy(*S.SLICE_COLUMNS).save(str(path))
+
+
+def published_run_ids(spark: SparkSession, metrics_path: Path, runs: "Sequence[RunIdentity]") -> set[str]:
+    """The run_ids published now in the slices of `runs` (their `run_complete` rows)."""
+    if not (metrics_path / "_delta_log").is_dir():
+        return set()
+    rows = (
+        spark.read.format("delta")
+        .load(str(metrics_path))
+        .where(F.expr(slice_condition(runs)) & (F.col(S.METRIC) == S.RUN_COMPLETE_METRIC))
+        .select(S.RUN_ID)
+        .distinct()
+        .collect()
+    )
+    return {r[S.RUN_ID] for r in rows}
+
+
+def replaced_run_ids(spark: SparkSession, metrics_path: Path, runs: "Sequence[RunIdentity]", publish: str) -> set[str]:
+    """The run_ids that the publish commit tagged `publish` replaced: those published in the
+    slices of `runs` at the version before that commit, whenever the other runs committed."""
+    from delta.tables import DeltaTable
+
+    commits = (
+        DeltaTable.forPath(spark, str(metrics_path))
+        .history(_HISTORY_LOOKBACK)
+        .where(F.col("userMetadata") == publish)
+        .select("version")
+        .collect()
+    )
+    if not commits or commits[0]["version"] == 0:
+        return set()
+    rows = (
+        spark.read.format("delta")
+        .option("versionAsOf", commits[0]["version"] - 1)
+        .load(str(metrics_path))
+        .where(F.expr(slice_condition(runs)) & (F.col(S.METRIC) == S.RUN_COMPLETE_METRIC))
+        .select(S.RUN_ID)
+        .distinct()
+        .collect()
+    )
+    return {r[S.RUN_ID] for r in rows}
+
+
+def withdraw_flagged(spark: SparkSession, flagged_path: Path, metrics_path: Path, runs: "Sequence[RunIdentity]") -> None:
+    """After a failure between appending and publishing: delete the rows `runs` appended, unless
+    the publish went through after all. Best effort: rows left behind are invisible, and a later
+    run deletes them (score.orphan_grace_hours)."""
+    mine = [r.run_id for r in runs]
+    try:
+        if published_run_ids(spark, metrics_path, runs) & set(mine):
+            return
+        _delete_retrying(spark, flagged_path, F.expr(slice_condition(runs)) & F.col(S.RUN_ID).isin(mine))
+        log.info("run %s did not publish: its flagged rows were deleted", ", ".join(mine))
+    except Exception as exc:  # the original failure is what the caller must see
+        log.warning("run %s did not publish and its invisible flagged rows stay until a later run deletes them: %s",
+                    ", ".join(mine), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def delete_unpublished(
+    spark: SparkSession,
+    flagged_path: Path,
+    metrics_path: Path,
+    runs: "Sequence[RunIdentity]",
+    replaced: set[str],
+    *,
+    older_than: dt.datetime,
+) -> None:
+    """Once `runs` are published, delete the rows of their slices in `flagged_all` that no one
+    can see any more: those of the runs this publish `replaced`, and those of runs that never
+    published and were scored before `older_than` (killed, or failed to publish). Never the rows
+    of a run published now (this one, or a later one that won the slice since) nor those of a
+    younger unpublished run, which may still be on its way to publish.
+
+    Best effort: what another commit keeps it from deleting stays invisible until a later run."""
+    published = published_run_ids(spark, metrics_path, runs) | {r.run_id for r in runs}
+    gone = (
+        F.expr(slice_condition(runs))
+        & ~F.col(S.RUN_ID).isin(sorted(published))
+        & (F.col(S.RUN_ID).isin(sorted(replaced) or [""]) | (F.col(S.SCORED_AT) < F.lit(older_than)))
+    )
+    try:
+        _delete_retrying(spark, flagged_path, gone)
+    except lake.delta_conflicts() as exc:
+        log.warning("rows of replaced runs stay in flagged_all (invisible) until a later run deletes them: %s",
+                    str(exc).splitlines()[0])
+
+
+def _delete_retrying(spark: SparkSession, path: Path, condition, attempts: int = 3) -> None:
+    """DeltaTable.delete, tried again when a concurrent commit made Delta refuse it."""
+    from delta.tables import DeltaTable
+
+    for attempt in range(1, attempts + 1):
+        try:
+            DeltaTable.forPath(spark, str(path)).delete(condition)
+            return
+        except lake.delta_conflicts():
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
+
+
+def replace_slices(df: DataFrame, path: Path, runs: "Sequence[RunIdentity]", *, user_metadata: str | None = None) -> None:
     """Replace the slices of `runs` in the Delta table at `path` with `df`, in one commit.
 
     The table is partitioned by the slice columns (S.SLICE_COLUMNS) and the predicate names
@@ -575,9 +706,12 @@ def replace_slices(df: DataFrame, path: Path, runs: "Sequence[RunIdentity]") -> 
     has the same slice, so the write skips Spark's sort by partition
     (lake.unsorted_partition_writes); with a shadow, a task meeting the second slice sorts.
     """
+    writer = df.write.format("delta")
+    if user_metadata is not None:
+        writer = writer.option("userMetadata", user_metadata)  # DESCRIBE HISTORY shows it with the commit
     with lake.unsorted_partition_writes(df.sparkSession):
         (
-            df.write.format("delta")
+            writer
             .mode("overwrite")
             .option("replaceWhere", slice_condition(runs))
             .partitionBy(*S.SLICE_COLUMNS)

@@ -10,7 +10,12 @@ guarantee that a run replaces only its own slice, so the nightly run refuses to 
                   a null value is left out, since the old table cannot say which columns were a
                   source's), `record_key` from the record key column (or every key column),
                   `scoring_role` = primary; one typed view per source from the columns it filled
-    run_metrics   `source_table` from each run's `source` scope row, `scoring_role` = primary
+    run_metrics   `source_table` from each run's `source` scope row, `scoring_role` = primary,
+                  and `run_complete` for a run from before that row existed (its metrics are
+                  all there: an older lakescore wrote them in one commit)
+
+and `flagged` is registered as `flagged_all` under the view `flagged` of published runs
+(lakescore.lake.register_flagged).
 
 each in ONE overwrite commit (overwriteSchema): readers see the old table or the new one.
 """
@@ -82,34 +87,42 @@ def check_table_layouts(spark: SparkSession, settings: Settings) -> None:
 def upgrade_tables(spark: SparkSession, settings: Settings, *, apply: bool = False) -> list[str]:
     """Rewrite every old-layout lakescore table into today's layout (each in one overwrite
     commit) when `apply`; return what was done, or with `apply` False what would be done."""
-    done = []
-    for layout in read_layouts(spark, settings):
+    done, views = [], {}
+    layouts = read_layouts(spark, settings)
+    for layout in layouts:
         name = settings.table(layout.table)
         if layout.current:
             done.append(f"{name}: already in the current layout, left as it is")
             continue
         old = spark.read.format("delta").load(str(layout.path))
         if layout.table == S.FLAGGED:
-            new, views = upgraded_flagged(old), _source_views(old, settings)
+            new, source_views = upgraded_flagged(old), _source_views(old, settings)
+            views.update(source_views)
             what = (
                 f"{name}: rewrite {old.count()} rows into record_key + record (columns "
                 f"{', '.join(_copied_columns(old)) or 'none'}), scoring_role=primary, partitioned by "
-                f"{', '.join(S.SLICE_COLUMNS)} (was {', '.join(layout.partition_columns) or 'unpartitioned'}); "
-                f"typed views: {', '.join(sorted(views)) or 'none'}"
+                f"{', '.join(S.SLICE_COLUMNS)} (was {', '.join(layout.partition_columns) or 'unpartitioned'}), "
+                f"registered as {settings.table(S.FLAGGED_ALL)} under the view {name} of published runs; "
+                f"typed views: {', '.join(sorted(source_views)) or 'none'}"
             )
         else:
-            new, views = upgraded_run_metrics(old), {}
+            new = upgraded_run_metrics(old)
             what = (
                 f"{name}: rewrite {old.count()} rows with source_table (from each run's source row) and "
                 f"scoring_role=primary, partitioned by {', '.join(S.SLICE_COLUMNS)}"
             )
         if apply:
             _overwrite(new, layout.path)
-            lake.register_table(spark, settings, layout.table, layout.path, "delta")
-            for sql in views.values():
-                spark.sql(sql)
             log.info("upgraded %s", name)
         done.append(what if apply else f"would {what}")
+    if apply:
+        present = {layout.table for layout in layouts}
+        if {S.FLAGGED, S.RUN_METRICS} <= present:
+            lake.register_flagged(spark, settings)  # the typed views read the view `flagged`
+            for sql in views.values():
+                spark.sql(sql)
+        elif S.RUN_METRICS in present:
+            lake.register_table(spark, settings, S.RUN_METRICS, lake.table_path(settings, S.RUN_METRICS), "delta")
     return done
 
 
@@ -179,9 +192,26 @@ def upgraded_run_metrics(old: DataFrame) -> DataFrame:
         S.SOURCE_TABLE, F.coalesce(F.col(S.SOURCE_TABLE), F.lit("unknown"))
     )
     derived = {S.SCORING_ROLE: F.lit(S.PRIMARY)}
-    return joined.select(
+    upgraded = joined.select(
         *[derived[f.name].alias(f.name) if f.name in derived else F.col(f.name) for f in S.RUN_METRICS_SCHEMA]
     )
+    # A run with metrics is complete: an older lakescore wrote all of a run's metrics in one
+    # commit, after its flagged rows. Runs from before `run_complete` existed get the row, so
+    # that the view `flagged` (published runs) shows them.
+    complete = upgraded.where(F.col(S.METRIC) == S.RUN_COMPLETE_METRIC).select(S.RUN_ID)
+    missing = (
+        upgraded.join(complete, S.RUN_ID, "left_anti")
+        .groupBy(S.RUN_ID, S.RUN_DATE, S.SOURCE_TABLE, S.MODEL_NAME, S.MODEL_VERSION, S.SCORING_ROLE)
+        .agg(F.max("recorded_at").alias("recorded_at"))
+        .select(
+            *[
+                {S.SCOPE: F.lit("run"), S.FEATURE: F.lit(None).cast("string"), S.METRIC: F.lit(S.RUN_COMPLETE_METRIC),
+                 S.VALUE: F.lit(1.0)}.get(f.name, F.col(f.name)).alias(f.name)
+                for f in S.RUN_METRICS_SCHEMA
+            ]
+        )
+    )
+    return upgraded.unionByName(missing)
 
 
 def _overwrite(df: DataFrame, path: Path) -> None:

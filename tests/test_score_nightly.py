@@ -222,13 +222,18 @@ def test_feedback_counts_verdict_keys_that_name_no_flagged_row_and_records_them_
         )
 
 
-def test_rerunning_a_date_replaces_its_rows_in_one_commit_with_identical_scores(spark, settings, first_run):
+def test_rerunning_a_date_publishes_it_in_one_commit_with_identical_scores_and_deletes_the_replaced_rows(spark, settings, first_run):
     summary = first_run
     before = {r[S.TRANSACTION_ID]: r[S.SCORE] for r in _flagged(spark, settings).collect()}
     versions = _versions(spark, settings)
     (again,) = run_nightly(spark, settings, DAY, model=MLP_NAME)
     after = _flagged(spark, settings).collect()
-    assert _versions(spark, settings) == (versions[0] + 1, versions[1] + 1)
+    # flagged_all: the new rows appended, then the replaced run's deleted; run_metrics: the publish.
+    assert _versions(spark, settings) == (versions[0] + 2, versions[1] + 1)
+    stored = spark.table(settings.table(S.FLAGGED_ALL)).where(
+        (F.col(S.RUN_DATE) == F.lit(DAY)) & (F.col(S.MODEL_NAME) == MLP_NAME) & (F.col(S.SCORING_ROLE) == S.PRIMARY)
+    )
+    assert {r[S.RUN_ID] for r in stored.select(S.RUN_ID).distinct().collect()} == {again.run_id}
     assert {r[S.TRANSACTION_ID]: r[S.SCORE] for r in after} == before  # bit-identical, no duplicates
     assert len(after) == len(before) and {r[S.RUN_ID] for r in after} == {again.run_id} != {summary.run_id}
     assert _metrics(spark, settings)["_run_ids"] == {again.run_id}
@@ -598,12 +603,14 @@ def test_sources_models_and_roles_scored_the_same_night_keep_their_slices_byte_f
     versions = _versions(spark, settings)
 
     primary, shadow = run_nightly(spark, settings, DAY, model=MLP_NAME, shadow=f"{MLP_NAME}@{shadow_bundle.version}")
-    # Both slices in one commit to each table; one pass: each model's own totals count every row.
-    assert _versions(spark, settings) == (versions[0] + 1, versions[1] + 1)
-    predicate = spark.sql(f"DESCRIBE HISTORY delta.`{lake.table_path(settings, S.FLAGGED)}` LIMIT 1").collect()[0]
-    assert predicate["operation"] == "WRITE" and "'shadow'" in str(predicate["operationParameters"]) and "'primary'" in str(
-        predicate["operationParameters"]
+    # Both slices in one commit to each table (flagged_all: the append, then the delete of the
+    # rows it replaced); one pass: each model's own totals count every row.
+    assert _versions(spark, settings) == (versions[0] + 2, versions[1] + 1)
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{lake.table_path(settings, S.RUN_METRICS)}` LIMIT 1").collect()[0]
+    assert history["operation"] == "WRITE" and "'shadow'" in str(history["operationParameters"]) and "'primary'" in str(
+        history["operationParameters"]
     )
+    assert history["userMetadata"] == f"lakescore publish {primary.run_id}"
     assert (primary.scoring_role, shadow.scoring_role) == (S.PRIMARY, S.SHADOW)
     assert primary.rows_scored == shadow.rows_scored == primary.rows_read == len(day_rows)
     assert shadow.model == f"{MLP_NAME}@{shadow_bundle.version}" and primary.run_id != shadow.run_id
@@ -727,6 +734,10 @@ def test_tables_in_the_old_layout_are_refused_by_a_run_and_upgraded_once_by_the_
     assert {(r[S.RUN_ID], r[S.SOURCE_TABLE], r[S.SCORING_ROLE]) for r in metrics.collect()} == {
         ("r1", "lakescore.transactions", S.PRIMARY), ("r2", "/data/shuttle", S.PRIMARY)
     }
+    # Runs from before `run_complete` are complete (their metrics are there): published in the view.
+    assert sorted(r[S.RUN_ID] for r in metrics.where(F.col(S.METRIC) == S.RUN_COMPLETE_METRIC).collect()) == ["r1", "r2"]
+    assert spark.catalog.getTable("oldlayout.flagged").tableType == "VIEW"
+    assert sorted(r[S.RECORD_KEY] for r in spark.table("oldlayout.flagged").collect()) == ["5", "7", "8"]
     assert upgrade_tables(spark, old, apply=True)[0].endswith("already in the current layout, left as it is")
 
 
@@ -964,29 +975,147 @@ run_nightly(spark, settings, dt.date.fromisoformat(sys.argv[2]), source=sys.argv
 """
 
 
-@pytest.mark.slow
-def test_a_job_killed_after_staging_its_rows_leaves_both_tables_as_they_were_and_a_rerun_completes(spark, settings, bundles, transactions, tmp_path):
-    from pipelines.nightly import STAGED, STAGING_DIR
+def _visible(spark, sub_settings) -> tuple[list, list]:
+    """What analysts see of a lake: the published flagged rows (reasons aside) and run_metrics."""
+    flagged = lake.published_flagged(spark, sub_settings).drop(S.REASONS)
+    metrics = spark.read.format("delta").load(str(lake.table_path(sub_settings, S.RUN_METRICS)))
+    return sorted(flagged.collect(), key=repr), sorted(metrics.collect(), key=repr)
 
-    root, database = tmp_path / "lake", "killstaged"
+
+def _stored_run_ids(spark, sub_settings) -> set[str]:
+    """The run_ids of every row flagged_all stores, published or not."""
+    rows = spark.read.format("delta").load(str(lake.table_path(sub_settings, S.FLAGGED_ALL))).select(S.RUN_ID).distinct()
+    return {r[S.RUN_ID] for r in rows.collect()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["staged", "flagged_written", "published"])
+def test_a_job_killed_between_its_writes_shows_the_old_night_or_the_new_one_whole_and_a_rerun_completes(
+    spark, settings, bundles, transactions, tmp_path, kill_at
+):
+    from pipelines.nightly import BOUNDARIES, FLAGGED_WRITTEN, PUBLISHED, STAGED, STAGING_DIR
+
+    assert kill_at in BOUNDARIES
+    root, database = tmp_path / "lake", f"kill_{kill_at}"
+    # A zero grace: the re-run deletes every unpublished row, so the test sees the lake tidied.
     overrides = {"lake.root": str(root), "lake.database": database, "spark.master": "local[2]",
-                 "spark.shuffle_partitions": "2", "spark.jars_dir": str(settings.spark.jars_dir)}
+                 "spark.shuffle_partitions": "2", "spark.jars_dir": str(settings.spark.jars_dir),
+                 "score.orphan_grace_hours": "0"}
     sub_settings = settings.with_overrides(overrides)
     source = lake.resolve_source(spark, settings, transactions).path
     _, directory = bundles[MLP_NAME]
     (previous,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
-    paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED, S.RUN_METRICS)]
+    paths = [str(lake.table_path(sub_settings, t)) for t in (S.FLAGGED_ALL, S.RUN_METRICS)]
 
-    before = _tables_state(spark, paths)
+    stored, seen = _tables_state(spark, paths), _visible(spark, sub_settings)
     job = subprocess.run(
         [sys.executable, "-c", _KILLED_RUN, json.dumps(overrides), DAY.isoformat(), source, str(directory)],
-        env={**_subprocess_env(), "KILL_AT": STAGED}, capture_output=True, text=True, timeout=300,
+        env={**_subprocess_env(), "KILL_AT": kill_at}, capture_output=True, text=True, timeout=300,
     )
     assert job.returncode == 9, job.stderr[-3000:]
-    assert _tables_state(spark, paths) == before  # the flagged rows were written, but only to the run's own folder
-    (staged,) = list((sub_settings.lake.tables_dir / STAGING_DIR).iterdir())
-    assert staged.name != previous.run_id and list(staged.glob("*.parquet"))
+    flagged_seen, metrics_seen = _visible(spark, sub_settings)
+    if kill_at == STAGED:
+        assert _tables_state(spark, paths) == stored  # the flagged rows were written, but only to the run's own folder
+        (staged,) = list((sub_settings.lake.tables_dir / STAGING_DIR).iterdir())
+        assert staged.name != previous.run_id and list(staged.glob("*.parquet"))
+    if kill_at in (STAGED, FLAGGED_WRITTEN):
+        assert (flagged_seen, metrics_seen) == seen  # analysts see the previous night, as it was
+    if kill_at == FLAGGED_WRITTEN:
+        (killed,) = _stored_run_ids(spark, sub_settings) - {previous.run_id}  # appended, invisible
+    if kill_at == PUBLISHED:
+        # The whole new night: its rows, the same records as before, and its metrics; nothing of the old one.
+        (killed,) = {r[S.RUN_ID] for r in metrics_seen}
+        assert killed != previous.run_id and {r[S.RUN_ID] for r in flagged_seen} == {killed}
+        records = lambda rows: sorted((r[S.RECORD_KEY], r[S.SCORE]) for r in rows)  # noqa: E731
+        assert records(flagged_seen) == records(seen[0]) and len(flagged_seen) == previous.rows_flagged
+        assert _stored_run_ids(spark, sub_settings) == {previous.run_id, killed}  # the replaced rows not yet deleted
+        # The catalog's view shows the same rows as the reader by path.
+        assert sorted(r[S.RECORD_KEY] for r in spark.table(f"{database}.{S.FLAGGED}").collect()) == sorted(
+            r[S.RECORD_KEY] for r in flagged_seen
+        )
 
     (again,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
-    flagged = spark.read.format("delta").load(paths[0]).collect()
-    assert {r[S.RUN_ID] for r in flagged} == {again.run_id} and len(flagged) == again.rows_flagged == previous.rows_flagged
+    flagged_seen, metrics_seen = _visible(spark, sub_settings)
+    assert {r[S.RUN_ID] for r in flagged_seen} == {r[S.RUN_ID] for r in metrics_seen} == {again.run_id}
+    assert len(flagged_seen) == len({r[S.RECORD_KEY] for r in flagged_seen}) == again.rows_flagged == previous.rows_flagged
+    assert _stored_run_ids(spark, sub_settings) == {again.run_id}  # the killed run's rows and the replaced ones deleted
+
+
+# Two runs of one slice at once: each appends its rows, then waits for the other to have done so
+# too, and both publish at the same moment. Exits as the job does (jobs.score_nightly.exit_code).
+_RACING_RUN = """
+import datetime as dt, json, os, sys, time
+from pathlib import Path
+from lakescore.config import load_settings
+from lakescore.spark import build_spark_session
+from jobs.score_nightly import exit_code
+from pipelines.nightly import FLAGGED_WRITTEN, run_nightly
+
+settings = load_settings(overrides=json.loads(sys.argv[1]), environ={k: v for k, v in os.environ.items() if k == "LAKESCORE_HASH_KEY"})
+spark = build_spark_session(settings, app_name="lakescore-race")
+barrier = Path(sys.argv[5])
+
+def meet(boundary):
+    if boundary == FLAGGED_WRITTEN:
+        (barrier / str(os.getpid())).touch()
+        deadline = time.monotonic() + 240
+        while len(list(barrier.iterdir())) < 2:
+            if time.monotonic() > deadline:
+                os._exit(7)
+            time.sleep(0.02)
+
+try:
+    (summary,) = run_nightly(spark, settings, dt.date.fromisoformat(sys.argv[2]), source=sys.argv[3], bundle_path=sys.argv[4], boundary=meet)
+    print(json.dumps({"run_id": summary.run_id}))
+except Exception as exc:
+    code = exit_code(exc)
+    if code is None:
+        raise
+    print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_slice_at_once_publish_one_night_whole_and_the_other_fails_cleanly_or_is_replaced(
+    spark, settings, bundles, transactions, tmp_path
+):
+    from jobs.score_nightly import EXIT_CONFLICT
+
+    root, database = tmp_path / "lake", "racetest"
+    overrides = {"lake.root": str(root), "lake.database": database, "spark.master": "local[1]",
+                 "spark.shuffle_partitions": "1", "spark.jars_dir": str(settings.spark.jars_dir)}
+    sub_settings = settings.with_overrides(overrides)
+    source = lake.resolve_source(spark, settings, transactions).path
+    _, directory = bundles[MLP_NAME]
+    (previous,) = run_nightly(spark, sub_settings, DAY, source=source, bundle_path=directory)
+    before = _visible(spark, sub_settings)[0]
+
+    # Each process has a catalog of its own (Derby admits one process); the tables are shared, by path.
+    racer = {**overrides, "spark.conf": {"spark.sql.catalogImplementation": "in-memory"}}
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACING_RUN, json.dumps(racer), DAY.isoformat(), source, str(directory), str(barrier)],
+            env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(job.wait(timeout=400), *job.communicate()) for job in jobs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes in ([0, 0], [0, EXIT_CONFLICT]), [err[-3000:] for _, _, err in results]
+    published = [json.loads(out.strip().splitlines()[-1])["run_id"] for code, out, _ in results if code == 0]
+    for code, _, err in results:
+        if code == EXIT_CONFLICT:  # the loser names Delta's conflict
+            assert "error: Concurrent" in err, err[-3000:]
+
+    flagged_seen, metrics_seen = _visible(spark, sub_settings)
+    (winner,) = {r[S.RUN_ID] for r in metrics_seen}  # one night: every metric of the slice from one run
+    assert winner in published and {r[S.RUN_ID] for r in flagged_seen} == {winner}
+    keys = [r[S.RECORD_KEY] for r in flagged_seen]
+    assert len(keys) == len(set(keys)) == previous.rows_flagged  # never duplicated
+    assert sorted(keys) == sorted(r[S.RECORD_KEY] for r in before)
+    # The loser's rows (withdrawn on its conflict, or deleted by the run that replaced it) and the
+    # previous night's are gone; only the night shown is stored.
+    assert _stored_run_ids(spark, sub_settings) == {winner}
