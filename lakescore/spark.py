@@ -18,6 +18,7 @@ Embedded default:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -196,5 +197,32 @@ def build_spark_session(settings: Settings, app_name: str | None = None) -> Spar
     _python_workers_from_conf(launched)
     settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
     session = SparkSession.builder.config(conf=launched).enableHiveSupport().getOrCreate()
+    keep_py4j_connections_open_in_forked_children()
     log.info("Spark %s on %s, lake root %s", session.version, master, settings.lake.root)
     return session
+
+
+@functools.cache
+def keep_py4j_connections_open_in_forked_children() -> None:
+    """Stop a forked child process from shutting down this process's connections to the JVM.
+
+    py4j (pinned-thread mode, PySpark's default) gives each Python thread its own socket to the
+    JVM, and closes it with `socket.shutdown` when the thread's state is freed. A fork that runs
+    Python code in the child (`subprocess.Popen(preexec_fn=...)`, as `ray.init` does for each Ray
+    process it starts) frees, in the child, the state of every thread but the forking one: the
+    child then shuts down those threads' sockets, which it shares with this process. The JVM ends
+    the connection, and the thread's next call (py4j's garbage-collection thread, within a second)
+    fails with "Connection reset by peer", which py4j logs as a traceback before it reconnects.
+
+    Registered once per process: just before each fork, the connections idle in py4j's pool get
+    one more reference, which the child keeps until it execs, so it never closes them; the parent
+    drops it after the fork.
+    """
+    held: list[object] = []
+
+    def hold() -> None:
+        gateway = SparkContext._gateway
+        if gateway is not None:
+            held.extend(gateway._gateway_client.deque)
+
+    os.register_at_fork(before=hold, after_in_parent=held.clear)
