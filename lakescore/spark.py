@@ -13,7 +13,9 @@ Embedded default:
   `spark.hadoop.javax.jdo.option.ConnectionURL` at a shared metastore; see cluster_configs/);
 - Python worker reuse and an explicit Arrow batch size (and Parquet reader batch) for the scoring UDF;
 - in local mode, a 4g driver heap (the driver is the executor; Spark's default is 1g) in G1
-  regions of 16 MiB.
+  regions of 16 MiB;
+- the driver JVM logging with lakescore/log4j2.properties: warnings only, without the ones every
+  session prints (`spark.log_level`, set to INFO by a job's --verbose, brings Spark's INFO back).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 LOCAL_DRIVER_MEMORY = "4g"
 # G1's region size in that session's JVM (see build_spark_session).
 LOCAL_G1_REGION_SIZE = "16m"
+# The driver JVM's log4j2 configuration (see default_spark_conf).
+LOG4J2_PROPERTIES = Path(__file__).resolve().with_name("log4j2.properties")
 
 
 class MissingJarsError(RuntimeError):
@@ -76,8 +80,13 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         # The embedded metastore creates its schema on first use instead of needing schematool.
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
-        # derby.log lands here instead of in the working directory (read at JVM launch only).
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={lake.metastore_dir}",
+        # Read at JVM launch only: derby.log lands under the lake root instead of the working
+        # directory; the JVM logs with lakescore's log4j2 file (WARN, without the noise every
+        # session prints; spark.log_level sets Spark's level).
+        "spark.driver.extraJavaOptions": (
+            f"-Dderby.system.home={lake.metastore_dir} -Dlog4j2.configurationFile={LOG4J2_PROPERTIES} "
+            f"-Dlakescore.spark.logLevel={spark.log_level.lower()}"
+        ),
         "spark.python.worker.reuse": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark.arrow_batch_size),
