@@ -1,5 +1,5 @@
 # lakescore: `make demo` runs the whole job on the embedded default; `make test` runs the tests.
-# Both create or reuse .venv, install the project, and resolve the Delta jars once into .jars/.
+# Both create or reuse .venv, install the project, and download the Delta jars once into .jars/.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +11,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export RAY_TRAIN_V2_ENABLED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-fast bench gpu-check jars dist clean
+.PHONY: setup demo test test-fast bench gpu-check jars lock dist clean
 
 setup: $(VENV)/.installed $(JARS)/.resolved
 
@@ -25,11 +25,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-$(JARS)/.resolved: jars/pom.xml $(VENV)/.installed
+# Downloads the jars jars/lock.toml names from Maven Central ($$LAKESCORE_MAVEN_REPO for a mirror) and
+# checks each SHA-256: Python and the network only, no Maven.
+$(JARS)/.resolved: jars/lock.toml $(VENV)/.installed
 	$(BIN)/python -m lakescore.jars $(JARS)
 	touch $@
 
 jars: $(JARS)/.resolved
+
+# Maintainer: after changing jars/pom.xml (a Delta bump), rewrite jars/lock.toml with Maven and commit it.
+lock: $(VENV)/.installed
+	$(BIN)/python -m lakescore.jars --lock
 
 demo: setup
 	bash scripts/demo.sh

@@ -24,7 +24,7 @@ SetOption = typer.Option(
     "-s",
     help="Override one setting, e.g. --set lake.root=/data/lake --set train.epochs=5 (repeatable).",
 )
-VerboseOption = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level.")
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level (Spark's JVM at INFO).")
 
 
 def parse_overrides(pairs: Optional[list[str]]) -> dict[str, str]:
@@ -50,6 +50,8 @@ def setup(config: Optional[Path], pairs: Optional[list[str]], extra: dict | None
     try:
         overrides = parse_overrides(pairs)
         overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+        if verbose:
+            overrides.setdefault("spark.log_level", "INFO")
         return load_settings(config, overrides)
     except ConfigError as exc:
         fail(f"configuration error: {exc}")
@@ -92,9 +94,10 @@ def lake_session(settings: Settings, app_name: str) -> SparkSession:
 
 def training_job_session(settings: Settings, app_name: str, verbose: bool) -> SparkSession:
     """The Spark session of a job that trains with Ray (train, retrain): Ray's own loggers at
-    WARNING unless --verbose, Spark's at ERROR."""
+    WARNING and Spark's at ERROR, unless --verbose."""
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     spark = lake_session(settings, app_name)
-    spark.sparkContext.setLogLevel("ERROR")
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
     return spark

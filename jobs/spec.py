@@ -36,7 +36,8 @@ def suggest(
     """Draft a feature spec from a table's schema and a sample of its rows, as commented TOML."""
     settings = setup(config, set_, None, verbose)
     spark = build_spark_session(settings, app_name="lakescore-spec-suggest")
-    spark.sparkContext.setLogLevel("ERROR")
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
     try:
         text = suggest_for_table(spark, settings, table, sample_rows)
     except (SourceError, SpecError, ValueError) as exc:

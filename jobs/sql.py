@@ -35,7 +35,8 @@ def sql(
     """Query the lake's tables with Spark SQL (flagged, run_metrics, model_registry, feedback, ...)."""
     settings = setup(config, set_, None, verbose)
     spark = lake_session(settings, "lakescore-sql")
-    spark.sparkContext.setLogLevel("ERROR")
+    if not verbose:
+        spark.sparkContext.setLogLevel("ERROR")
     try:
         columns, rows = run_sql(spark, settings, query, limit, write=write)
     except StatementRefused as exc:

@@ -91,6 +91,9 @@ class LakeSettings:
         return self.root / "_checkpoints"
 
 
+LOG4J_LEVELS = ("OFF", "FATAL", "ERROR", "WARN", "INFO", "DEBUG", "TRACE", "ALL")
+
+
 @dataclass(frozen=True)
 class SparkSettings:
     # None: take spark-submit's --master, else local[*]. Set it only to force a master.
@@ -105,9 +108,13 @@ class SparkSettings:
     jars_dir: Path = Path(__file__).resolve().parent.parent / ".jars"
     # Extra `spark.*` settings; spark-submit --conf and spark-defaults.conf still win.
     conf: Mapping[str, str] = field(default_factory=dict)
+    # The JVM's log level for Spark and Delta in a session lakescore launches (lakescore/log4j2.properties);
+    # --verbose sets INFO.
+    log_level: str = "WARN"
 
     def validated(self) -> "SparkSettings":
         _require_positive(self, "spark", "arrow_batch_size", "shuffle_partitions")
+        _require_choice("spark.log_level", self.log_level.upper(), LOG4J_LEVELS)
         return self
 
 

@@ -13,11 +13,14 @@ Embedded default:
   `spark.hadoop.javax.jdo.option.ConnectionURL` at a shared metastore; see cluster_configs/);
 - Python worker reuse and an explicit Arrow batch size (and Parquet reader batch) for the scoring UDF;
 - in local mode, a 4g driver heap (the driver is the executor; Spark's default is 1g) in G1
-  regions of 16 MiB.
+  regions of 16 MiB;
+- the driver JVM logging with lakescore/log4j2.properties: warnings only, without the ones every
+  session prints (`spark.log_level`, set to INFO by a job's --verbose, brings Spark's INFO back).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -37,6 +40,8 @@ DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 LOCAL_DRIVER_MEMORY = "4g"
 # G1's region size in that session's JVM (see build_spark_session).
 LOCAL_G1_REGION_SIZE = "16m"
+# The driver JVM's log4j2 configuration (see default_spark_conf).
+LOG4J2_PROPERTIES = Path(__file__).resolve().with_name("log4j2.properties")
 
 
 class MissingJarsError(RuntimeError):
@@ -75,8 +80,13 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         # The embedded metastore creates its schema on first use instead of needing schematool.
         "spark.hadoop.datanucleus.schema.autoCreateAll": "true",
         "spark.hadoop.hive.metastore.schema.verification": "false",
-        # derby.log lands here instead of in the working directory (read at JVM launch only).
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={lake.metastore_dir}",
+        # Read at JVM launch only: derby.log lands under the lake root instead of the working
+        # directory; the JVM logs with lakescore's log4j2 file (WARN, without the noise every
+        # session prints; spark.log_level sets Spark's level).
+        "spark.driver.extraJavaOptions": (
+            f"-Dderby.system.home={lake.metastore_dir} -Dlog4j2.configurationFile={LOG4J2_PROPERTIES} "
+            f"-Dlakescore.spark.logLevel={spark.log_level.lower()}"
+        ),
         "spark.python.worker.reuse": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(spark.arrow_batch_size),
@@ -196,5 +206,32 @@ def build_spark_session(settings: Settings, app_name: str | None = None) -> Spar
     _python_workers_from_conf(launched)
     settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
     session = SparkSession.builder.config(conf=launched).enableHiveSupport().getOrCreate()
+    keep_py4j_connections_open_in_forked_children()
     log.info("Spark %s on %s, lake root %s", session.version, master, settings.lake.root)
     return session
+
+
+@functools.cache
+def keep_py4j_connections_open_in_forked_children() -> None:
+    """Stop a forked child process from shutting down this process's connections to the JVM.
+
+    py4j (pinned-thread mode, PySpark's default) gives each Python thread its own socket to the
+    JVM, and closes it with `socket.shutdown` when the thread's state is freed. A fork that runs
+    Python code in the child (`subprocess.Popen(preexec_fn=...)`, as `ray.init` does for each Ray
+    process it starts) frees, in the child, the state of every thread but the forking one: the
+    child then shuts down those threads' sockets, which it shares with this process. The JVM ends
+    the connection, and the thread's next call (py4j's garbage-collection thread, within a second)
+    fails with "Connection reset by peer", which py4j logs as a traceback before it reconnects.
+
+    Registered once per process: just before each fork, the connections idle in py4j's pool get
+    one more reference, which the child keeps until it execs, so it never closes them; the parent
+    drops it after the fork.
+    """
+    held: list[object] = []
+
+    def hold() -> None:
+        gateway = SparkContext._gateway
+        if gateway is not None:
+            held.extend(gateway._gateway_client.deque)
+
+    os.register_at_fork(before=hold, after_in_parent=held.clear)

@@ -40,6 +40,7 @@ echo "== 4. score ${DAY} with the champion and, in the same pass, the challenger
 echo "      as a shadow: the nightly job, as spark-submit runs it"
 PYSPARK_PYTHON="$PWD/.venv/bin/python" PYSPARK_DRIVER_PYTHON="$PWD/.venv/bin/python" \
   .venv/bin/spark-submit --driver-memory 4g --jars "$(ls "$PWD"/.jars/*.jar | paste -sd,)" \
+  --driver-java-options "-Dlog4j2.configurationFile=$PWD/lakescore/log4j2.properties" \
   jobs/score_nightly.py --run-date "$DAY" --shadow "transactions@${SHADOW_VERSION}"
 
 echo "== 5. the night's results by SQL: flagged counts per role, the champion's top flagged rows with reasons"
