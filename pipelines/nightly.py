@@ -23,7 +23,8 @@ night are never touched (see lakescore.schemas.SLICE_COLUMNS).
       6.                 PUBLISH: replace the slices of `run_metrics` with every model's metrics
                          and `run_complete` row (one commit), then
       7.                 delete from `flagged_all` the rows no one can see any more (the runs this
-                         one replaced, and runs that never published, after score.orphan_grace_hours)
+                         one replaced, and runs that never published, after score.orphan_grace_hours),
+                         and the staging folders of runs killed that long ago
       8.                 register the tables, the view `flagged` and the source's typed view
                          `flagged_<source>`; delete the staging folder
 
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 
 # Under the lake's tables folder: one folder per run, holding its flagged rows until they are verified.
 STAGING_DIR = "_staging"
+# A run_id starts with the run's start time (UTC) in this format, then a random suffix.
+RUN_ID_TIME = "%Y%m%dT%H%M%SZ"
 # How many of run_metrics' latest commits a run searches for its own publish commit: far more
 # than the commits of runs racing it.
 _HISTORY_LOOKBACK = 100
@@ -456,6 +459,7 @@ def score_date(
     grace = dt.timedelta(hours=settings.score.orphan_grace_hours)
     replaced = replaced_run_ids(spark, metrics_path, runs, publish)
     delete_unpublished(spark, flagged_path, metrics_path, runs, replaced, older_than=scored_at - grace)
+    remove_stale_staging(settings.lake.tables_dir / STAGING_DIR, older_than=scored_at - grace)
     lake.register_flagged(spark, settings)
     register_source_view(spark, settings, plan)
     duration = time.perf_counter() - started
@@ -560,7 +564,7 @@ def _run_identity(
     from udfs.metrics import RunIdentity
 
     return RunIdentity(
-        run_id=f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        run_id=f"{scored_at.strftime(RUN_ID_TIME)}-{uuid.uuid4().hex[:8]}",
         run_date=run_date,
         model_name=bundle.name,
         model_version=bundle.version,
@@ -680,6 +684,24 @@ def delete_unpublished(
     except lake.delta_conflicts() as exc:
         log.warning("rows of replaced runs stay in flagged_all (invisible) until a later run deletes them: %s",
                     str(exc).splitlines()[0])
+
+
+def remove_stale_staging(staging_dir: Path, *, older_than: dt.datetime) -> list[str]:
+    """Delete the staging folders of runs started before `older_than` (killed before their
+    cleanup: a folder's name is its run_id, which starts with the run's start time); return
+    their names. A younger folder may belong to a run still going, and stays."""
+    removed = []
+    for folder in sorted(staging_dir.glob("*")):
+        try:
+            started = dt.datetime.strptime(folder.name.split("-", 1)[0], RUN_ID_TIME).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            continue  # not a run's folder: not ours to delete
+        if started < older_than:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    if removed:
+        log.info("removed the staging folders of %d runs killed before their cleanup: %s", len(removed), ", ".join(removed))
+    return removed
 
 
 def _delete_retrying(spark: SparkSession, path: Path, condition, attempts: int = 3) -> None:

@@ -114,3 +114,15 @@ def test_the_hash_key_comes_from_its_environment_variable_or_a_file(tmp_path):
     assert load_settings(overrides={"score.hash_key_file": str(key_file)}, environ={}).score.hash_key == "from-file"
     with pytest.raises(ConfigError, match="score.hash_key_file .*missing.key cannot be read"):
         load_settings(overrides={"score.hash_key_file": str(tmp_path / "missing.key")}, environ={})
+
+
+def test_only_staging_folders_of_runs_older_than_the_grace_are_removed(tmp_path):
+    from pipelines.nightly import remove_stale_staging
+
+    for name in ("20261101T020000Z-0a1b2c3d", "20261104T015900Z-4e5f6a7b", "not-a-run", "20261104T020500Z-8c9d0e1f"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part-0.parquet").write_bytes(b"x")
+    removed = remove_stale_staging(tmp_path, older_than=dt.datetime(2026, 11, 4, 2, 0, tzinfo=dt.timezone.utc))
+    assert removed == ["20261101T020000Z-0a1b2c3d", "20261104T015900Z-4e5f6a7b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261104T020500Z-8c9d0e1f", "not-a-run"]
+    assert remove_stale_staging(tmp_path / "missing", older_than=dt.datetime(2026, 11, 4, tzinfo=dt.timezone.utc)) == []

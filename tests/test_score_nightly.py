@@ -1039,6 +1039,7 @@ def test_a_job_killed_between_its_writes_shows_the_old_night_or_the_new_one_whol
     assert {r[S.RUN_ID] for r in flagged_seen} == {r[S.RUN_ID] for r in metrics_seen} == {again.run_id}
     assert len(flagged_seen) == len({r[S.RECORD_KEY] for r in flagged_seen}) == again.rows_flagged == previous.rows_flagged
     assert _stored_run_ids(spark, sub_settings) == {again.run_id}  # the killed run's rows and the replaced ones deleted
+    assert not list((sub_settings.lake.tables_dir / STAGING_DIR).glob("*"))  # the killed run's staged rows too
 
 
 # Two runs of one slice at once: each appends its rows, then waits for the other to have done so
