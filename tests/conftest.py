@@ -15,6 +15,10 @@ from lakescore.config import Settings, load_settings
 
 # Spark's Python workers and Ray's must run this interpreter, with the project installed.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# Every JVM the suite starts (its own session, each job in a subprocess) is short-lived and works on
+# tiny data, so the C2 compiler's threads cost more than they give on two cores: C1 only starts a
+# driver faster (docs/measurements.md). spark-submit reads SPARK_SUBMIT_OPTS; subprocesses inherit it.
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 # The secret of the keyed hash that replaces sensitive columns (account_id, in the transactions
 # spec): a scoring run refuses to start without one. Jobs the tests start in subprocesses inherit
 # it from the environment; the session's settings name it too.
