@@ -11,14 +11,10 @@ import os
 
 import pytest
 
-from lakescore.config import Settings, load_settings
+from lakescore.config import Settings, SparkSettings, load_settings
 
 # Spark's Python workers and Ray's must run this interpreter, with the project installed.
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# Every JVM the suite starts (its own session, each job in a subprocess) is short-lived and works on
-# tiny data, so the C2 compiler's threads cost more than they give on two cores: C1 only starts a
-# driver faster (docs/measurements.md). spark-submit reads SPARK_SUBMIT_OPTS; subprocesses inherit it.
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 # The secret of the keyed hash that replaces sensitive columns (account_id, in the transactions
 # spec): a scoring run refuses to start without one. Jobs the tests start in subprocesses inherit
 # it from the environment; the session's settings name it too.
@@ -32,6 +28,16 @@ SMALL = {
     "generate.anomaly_rate": "0.02",
     "generate.start_date": "2026-11-01",
 }
+
+
+def pytest_configure(config):
+    """Every JVM the suite starts (its session, each job in a subprocess) is short-lived on tiny data:
+    C1 only, and Spark's classes mapped from one archive, start it faster (docs/measurements.md).
+    spark-submit reads SPARK_SUBMIT_OPTS; the jobs tests start in subprocesses inherit it."""
+    if "SPARK_SUBMIT_OPTS" not in os.environ:
+        from jvm_archive import archive_flags
+
+        os.environ["SPARK_SUBMIT_OPTS"] = archive_flags(SparkSettings().jars_dir, "-XX:TieredStopAtLevel=1")
 
 
 @pytest.fixture(scope="session")
