@@ -289,8 +289,9 @@ class ScoreSettings:
     # The secret key of the keyed hash (HMAC-SHA256) that replaces sensitive values: from
     # $LAKESCORE_HASH_KEY, or read from hash_key_file. Required whenever a copied column is
     # sensitive (a run refuses to start without it), so that hashes of guessable ids cannot be
-    # recomputed; keep it across nights, so that hashes join from night to night.
-    hash_key: str = ""
+    # recomputed; keep it across nights, so that hashes join from night to night. Kept out of the
+    # settings' repr, so that a logged or printed Settings never shows it.
+    hash_key: str = field(default="", repr=False)
     hash_key_file: Path | None = None
     # Row floors a date partition must reach before a run writes anything (a run below them
     # fails, exit 3; `--allow-empty` lifts both for a night that is legitimately empty):

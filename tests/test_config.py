@@ -161,3 +161,10 @@ def test_constants_moved_into_lakescore_stay_importable_from_their_old_modules()
     assert thresholds.POLICIES is S.THRESHOLD_POLICIES
     assert (thresholds.TARGET_PRECISION, thresholds.ALERT_RATE, thresholds.FIXED) == S.THRESHOLD_POLICIES
     assert (flagged.HASH, flagged.DROP) == S.SENSITIVE_ACTIONS
+
+
+def test_the_hash_key_never_shows_in_the_settings_repr_that_a_log_line_or_traceback_prints(tmp_path):
+    secret = "do-not-print-this-key"
+    settings = load_settings(overrides={"lake.root": str(tmp_path)}, environ={"LAKESCORE_HASH_KEY": secret})
+    assert settings.score.hash_key == secret
+    assert secret not in repr(settings) and secret not in str(settings.score)
