@@ -89,7 +89,9 @@ def write_report(
     model = (model or settings.score.model).split("@", 1)[0]
     metrics = read_report_metrics(spark, settings, source, model, run_date, settings.report.runs)
     night = report.choose_night(metrics, source, model, run_date)
+    read_metrics = time.perf_counter()
     reasons, overlap = read_flagged_summary(spark, settings, night)
+    read_flagged = time.perf_counter()
     version = int(metrics.loc[metrics[S.RUN_ID] == night.run_id, S.MODEL_VERSION].iloc[0])
     page = report.build_report(
         night, metrics, reasons, runs=settings.report.runs,
@@ -97,7 +99,11 @@ def write_report(
     )
     path = Path(out) if out is not None else report_path(settings, source, model, run_date)
     _write_atomically(path, report.render_report(page))
-    log.info("report of %s on %s for %s written in %.1fs: %s", model, source, run_date, time.perf_counter() - started, path)
+    done = time.perf_counter()
+    log.info(
+        "report of %s on %s for %s written in %.1fs (run_metrics %.1fs, flagged %.1fs, page %.1fs): %s",
+        model, source, run_date, done - started, read_metrics - started, read_flagged - read_metrics, done - read_flagged, path,
+    )
     return path
 
 
@@ -148,7 +154,7 @@ def read_report_metrics(
 
 def read_flagged_summary(spark: SparkSession, settings: Settings, night: Night) -> tuple[pd.DataFrame, dict[str, int] | None]:
     """(reasons per run_id and feature, the champion/shadow overlap or None) of the night's runs,
-    from the published flagged rows. Only feature names and counts are collected."""
+    from the published flagged rows, in one Spark query. Only feature names and counts are collected."""
     columns = [S.RUN_ID, "feature", "rows", "first", "mean_contribution"]
     flagged = lake.published_flagged(spark, settings)
     if flagged is None:
@@ -157,7 +163,8 @@ def read_flagged_summary(spark: SparkSession, settings: Settings, night: Night) 
     rows = flagged.where(
         (F.col(S.RUN_DATE) == F.lit(night.run_date)) & (F.col(S.SOURCE_TABLE) == night.source) & F.col(S.RUN_ID).isin(run_ids)
     )
-    reasons = (
+    # Reasons: per run and feature, the rows naming it, as their first reason, and its mean contribution.
+    summary = (
         rows.select(S.RUN_ID, F.posexplode(S.REASONS).alias("position", "reason"))
         .groupBy(S.RUN_ID, F.col(f"reason.{S.REASON_FEATURE}").alias("feature"))
         .agg(
@@ -165,24 +172,27 @@ def read_flagged_summary(spark: SparkSession, settings: Settings, night: Night) 
             F.sum((F.col("position") == 0).cast("long")).alias("first"),
             F.avg(f"reason.{S.REASON_CONTRIBUTION}").alias("mean_contribution"),
         )
-        .collect()
+        .withColumn("champion", F.lit(None).cast("int"))
+        .withColumn("shadow", F.lit(None).cast("int"))
     )
-    frame = pd.DataFrame([r.asDict() for r in reasons], columns=columns)
-    if night.partner_run_id is None:
-        return frame, None
-    champion, shadow = night.champion_run_id, night.shadow_run_id
-    by_key = (
-        rows.groupBy(S.RECORD_KEY)
-        .agg(
-            F.max((F.col(S.RUN_ID) == champion).cast("int")).alias("champion"),
-            F.max((F.col(S.RUN_ID) == shadow).cast("int")).alias("shadow"),
+    if night.partner_run_id is not None:
+        # Overlap: record keys by which of the two runs flagged them (run_id NULL marks these rows).
+        by_key = (
+            rows.groupBy(S.RECORD_KEY)
+            .agg(
+                F.max((F.col(S.RUN_ID) == night.champion_run_id).cast("int")).alias("champion"),
+                F.max((F.col(S.RUN_ID) == night.shadow_run_id).cast("int")).alias("shadow"),
+            )
+            .groupBy("champion", "shadow")
+            .agg(F.count(F.lit(1)).alias("rows"))
         )
-        .groupBy("champion", "shadow")
-        .count()
-        .collect()
-    )
-    counts = {(r["champion"], r["shadow"]): r["count"] for r in by_key}
-    return frame, {"both": counts.get((1, 1), 0), "champion_only": counts.get((1, 0), 0), "shadow_only": counts.get((0, 1), 0)}
+        summary = summary.unionByName(by_key, allowMissingColumns=True)
+    collected = pd.DataFrame([r.asDict() for r in summary.collect()], columns=[*columns, "champion", "shadow"])
+    reasons = collected[collected[S.RUN_ID].notna()][columns].reset_index(drop=True)
+    if night.partner_run_id is None:
+        return reasons, None
+    counts = {(int(r.champion), int(r.shadow)): int(r.rows) for r in collected[collected[S.RUN_ID].isna()].itertuples()}
+    return reasons, {"both": counts.get((1, 1), 0), "champion_only": counts.get((1, 0), 0), "shadow_only": counts.get((0, 1), 0)}
 
 
 def _reference(

@@ -1,10 +1,11 @@
 """The nightly report: the pure sections and figures on tiny frames, then one page a nightly run
 wrote itself, opened in headless Chromium, and checked for the clear values of sensitive columns.
 
-The end-to-end page comes from two nights of a small Delta source of this module's own (a path,
-400 rows a night) scored with a test-fixture bundle, the second night with a shadow beside it,
-drifted amounts and missing values, and a sensitive `card_holder` column whose clear values are
-e-mail addresses (never base64: a leak would show in the page's bytes, figures included).
+The end-to-end page comes from one night of a small Parquet source of this module's own (a path,
+400 rows) scored with a test-fixture bundle and a shadow beside it: drifted amounts, missing
+values, and a sensitive `card_holder` column whose clear values are e-mail addresses (never
+base64: a leak would show in the page's bytes, figures included). Several nights, NaN and None
+values, a night without flags: the tests on tiny frames.
 """
 
 from __future__ import annotations
@@ -231,9 +232,9 @@ def test_the_page_of_a_night_with_a_shadow_holds_every_section_and_names_values_
 # --- a page written by a nightly run, in a real browser ----------------------------------------------------
 
 
-MODEL = "reporttest"
-FIRST, NIGHT = dt.date(2026, 10, 1), dt.date(2026, 10, 2)
-ROWS_PER_NIGHT = 400
+MODEL, SHADOW = "reporttest", "reporttest_ch"
+NIGHT = dt.date(2026, 10, 2)
+ROWS = 400
 HOLDER = "card_holder"  # a sensitive column of this source (settings), besides the spec's account_id
 ACCOUNT_BASE = 4_812_300_000  # account ids long enough that none occurs in the page by chance
 
@@ -244,8 +245,11 @@ def holder_address(i: int) -> str:
 
 @pytest.fixture(scope="module")
 def nightly_report(spark, settings, tmp_path_factory):
-    """Two nights scored by run_nightly, the second with a shadow and the report on; returns
-    (settings, source name, path of the page the run wrote, the night's summaries)."""
+    """One night scored by run_nightly with a shadow beside the primary and the report on; returns
+    (settings, source name, path of the page the run wrote, the night's summaries).
+
+    Kept cheap: the source is Parquet written by pandas (no Spark write), the primary a bundle
+    directory (no registry commit); only the shadow, which a run finds by name, is registered."""
     from lakescore import registry
     from lakescore.features import TRANSACTIONS_V1
     from lakescore.feedback import source_name
@@ -254,33 +258,29 @@ def nightly_report(spark, settings, tmp_path_factory):
     from scoring_bundles import build_test_bundle
     from transactions_rows import raw_transactions
 
-    frames = []
-    for n, day in enumerate((FIRST, NIGHT)):
-        raw, labels = raw_transactions(ROWS_PER_NIGHT, seed=10 + n)
-        ids = np.arange(n * ROWS_PER_NIGHT, (n + 1) * ROWS_PER_NIGHT)
-        raw[S.TRANSACTION_ID] = ids
-        raw[S.ACCOUNT_ID] = ACCOUNT_BASE + ids
-        raw[HOLDER] = [holder_address(i) for i in ids]
-        raw[S.EVENT_DATE] = day
-        if day == NIGHT:  # the night drifts: amounts six times larger, and some missing
-            raw[S.AMOUNT] = raw[S.AMOUNT] * 6.0
-            raw.loc[raw.index % 20 == 0, S.AMOUNT] = np.nan
-        frames.append(raw)
+    raw, _ = raw_transactions(ROWS, seed=10)
+    ids = np.arange(ROWS)
+    raw[S.TRANSACTION_ID] = ids
+    raw[S.ACCOUNT_ID] = ACCOUNT_BASE + ids
+    raw[HOLDER] = [holder_address(i) for i in ids]
+    raw[S.EVENT_DATE] = str(NIGHT)  # a partition folder event_date=2026-10-02, which Spark reads as a date
+    raw[S.AMOUNT] = raw[S.AMOUNT] * 6.0  # the night drifts: amounts six times the training's...
+    raw.loc[raw.index % 20 == 0, S.AMOUNT] = np.nan  # ...and some missing
     table = tmp_path_factory.mktemp("report_source") / "cards"
-    spark.createDataFrame(pd.concat(frames, ignore_index=True)).write.format("delta").partitionBy(S.EVENT_DATE).save(str(table))
+    raw.to_parquet(table, partition_cols=[S.EVENT_DATE], index=False)
 
     train, labels = raw_transactions(1500, seed=1)
-    for seed in (0, 1):  # v1 the champion, v2 the challenger
-        version = registry.next_version(spark, settings, MODEL)
-        directory = registry.bundle_dir(settings, MODEL, version)
-        bundle = build_test_bundle(directory, train, labels, TRANSACTIONS_V1, name=MODEL, version=version, seed=seed, epochs=30)
-        registry.register_bundle(spark, settings, bundle, directory)
-    scoring = settings.with_overrides({
+    models = tmp_path_factory.mktemp("report_models")
+    primary = models / MODEL
+    build_test_bundle(primary, train, labels, TRANSACTIONS_V1, name=MODEL, epochs=30)
+    shadow = build_test_bundle(registry.bundle_dir(settings, SHADOW, 1), train, labels, TRANSACTIONS_V1, name=SHADOW,
+                               seed=1, epochs=30)
+    registry.register_bundle(spark, settings, shadow, registry.bundle_dir(settings, SHADOW, 1))
+    with_report = settings.with_overrides({
         "score.allow_columns": f"{S.ACCOUNT_ID},{S.AMOUNT},{HOLDER}", "score.sensitive_columns": HOLDER,
+        "report.enabled": "true",
     })
-    run_nightly(spark, scoring, FIRST, source=str(table), model=MODEL)
-    with_report = scoring.with_overrides({"report.enabled": "true"})
-    summaries = run_nightly(spark, with_report, NIGHT, source=str(table), model=MODEL, shadow=f"{MODEL}@{version}")
+    summaries = run_nightly(spark, with_report, NIGHT, source=str(table), bundle_path=primary, shadow=f"{SHADOW}@1")
     source = source_name(settings, str(table))
     return with_report, source, report_path(with_report, source, MODEL, NIGHT), summaries
 
@@ -296,13 +296,14 @@ def test_a_published_night_writes_its_report_under_the_lake_with_the_runs_figure
     summary = page.sections["summary"]["cells"]
     assert summary[summary.index("run") + 1] == champion.run_id
     assert summary[summary.index("source") + 1] == source
+    assert summary[summary.index("scored beside it") + 1] == f"{SHADOW} (run {shadow.run_id})"
     assert summary[summary.index("model") + 1] == f"{MODEL} v1 (primary)"
     assert f"{champion.rows_flagged:,} (" in summary[summary.index("rows flagged") + 1]
     flags = page.sections["flags"]["cells"]
-    assert [str(FIRST), str(NIGHT)] == [c for c in flags if c in (str(FIRST), str(NIGHT))][::-1]  # newest first
+    assert flags[flags.index(str(NIGHT)):flags.index(str(NIGHT)) + 4] == [str(NIGHT), "v1", f"{ROWS}", f"{champion.rows_flagged}"]
     assert re.search(r"Drifting on 2026-10-02 \(PSI >= 0.25\): [^.]*log_amount \(PSI", page.sections["drift"]["text"])
     invalid = page.sections["invalid"]["cells"]
-    assert invalid[invalid.index("log_amount") + 1] == str(ROWS_PER_NIGHT // 20)
+    assert invalid[invalid.index("log_amount") + 1] == str(ROWS // 20)
     overlap = page.sections["shadow"]["cells"]
     both, champion_only, shadow_only = (int(overlap[overlap.index(k) + 1].replace(",", ""))
                                         for k in ("both", "champion only", "shadow only"))
@@ -352,4 +353,4 @@ def test_the_report_never_shows_the_clear_value_of_a_sensitive_column(spark, nig
     assert "@clear.example.org" not in text and "holder-" not in text  # no holder at all, flagged or not
     # Account ids are digits, which base64 also holds: look for them outside the figures' data URIs.
     outside_figures = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
-    assert not [a for a in range(ACCOUNT_BASE, ACCOUNT_BASE + 2 * ROWS_PER_NIGHT) if str(a) in outside_figures]
+    assert not [a for a in range(ACCOUNT_BASE, ACCOUNT_BASE + ROWS) if str(a) in outside_figures]
