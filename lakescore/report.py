@@ -258,7 +258,9 @@ def flags_figure(runs: pd.DataFrame, night: dt.date) -> Figure:
     x = np.arange(len(runs))
     flagged = runs["rows_flagged"].fillna(0.0).to_numpy()
     colours = [_NIGHT if d == night else _OTHER for d in runs[S.RUN_DATE]]
-    ax.bar(x, flagged, color=colours, label="rows flagged")
+    ax.bar(x, flagged, color=colours, width=0.7, label="rows flagged")
+    pad = max(0.0, (7 - len(x)) / 2)  # a few nights: bars of the usual width, centred
+    ax.set_xlim(-0.5 - pad, len(x) - 0.5 + pad)
     ax.set_ylabel("rows flagged")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"run date ({_year_span(runs[S.RUN_DATE])})")
@@ -471,9 +473,10 @@ def _flags_section(history: pd.DataFrame, night: Night) -> Section:
     return Section(
         id="flags",
         title="Flags per night",
-        text=(f"The last {len(history)} published run(s) of {night.model} ({night.role}) on this source, up to {night.run_date}.",),
+        text=(f"The last {_nights(len(history))} with a published run of {night.model} ({night.role}) on this source, "
+              f"up to {night.run_date}.",),
         plots=(Plot(figure_data_uri(flags_figure(history, night.run_date)), "rows flagged and flag rate per night"),),
-        tables=((f"The last {min(len(history), FLAGS_TABLE_NIGHTS)} nights, newest first", ("run date", "model", "rows scored", "rows flagged", "flag rate", "score PSI"), table),),
+        tables=((f"The last {_nights(min(len(history), FLAGS_TABLE_NIGHTS))}, newest first", ("run date", "model", "rows scored", "rows flagged", "flag rate", "score PSI"), table),),
     )
 
 
@@ -612,6 +615,10 @@ def _number(value: Any) -> str:
 
 def _percent(value: Any) -> str:
     return "n/a" if _missing(value) else f"{100.0 * float(value):.2f}%"
+
+
+def _nights(count: int) -> str:
+    return "night" if count == 1 else f"{count} nights"
 
 
 def _seconds(value: Any) -> str:

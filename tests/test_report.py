@@ -354,3 +354,19 @@ def test_the_report_never_shows_the_clear_value_of_a_sensitive_column(spark, nig
     # Account ids are digits, which base64 also holds: look for them outside the figures' data URIs.
     outside_figures = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
     assert not [a for a in range(ACCOUNT_BASE, ACCOUNT_BASE + ROWS) if str(a) in outside_figures]
+
+
+@pytest.mark.slow
+def test_a_report_that_fails_logs_the_command_that_retries_it_and_does_not_raise(spark, nightly_report, caplog):
+    from types import SimpleNamespace
+
+    from pipelines.report import write_night_report
+
+    settings, source, _, (champion, _) = nightly_report
+    bundle = SimpleNamespace(name=MODEL, version=1)
+    plan = SimpleNamespace(source_name=source, bundle=bundle, bundles=(bundle,))  # what the hook reads of a RunPlan
+    later = NIGHT + dt.timedelta(days=1)  # a night without a run: the report cannot be made
+    assert write_night_report(spark, settings, plan, later) is None
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "pipelines.report"]
+    assert f"no published run of model {MODEL}" in warning.getMessage()
+    assert f"`lakescore report --run-date {later} --model {MODEL} --table {source}`" in warning.getMessage()
