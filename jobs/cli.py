@@ -14,6 +14,7 @@ from jobs.generate_transactions import generate
 from jobs.load_benchmarks import load_benchmarks
 from jobs.models import models, promote_command
 from jobs.package import package
+from jobs.report import report
 from jobs.retrain import retrain
 from jobs.score_nightly import score
 from jobs.spec import spec_app
@@ -22,7 +23,7 @@ from jobs.train import train
 from jobs.upgrade_tables import upgrade_tables_command
 
 app = typer.Typer(
-    help="Anomaly detection at data-lake scale: generate, train, score, query, retrain.",
+    help="Anomaly detection at data-lake scale: generate, train, score, report, query, retrain.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -34,6 +35,7 @@ app.command("train")(train)
 app.command("package")(package)
 app.command("score")(score)
 app.command("feedback")(feedback)
+app.command("report")(report)
 app.command("models")(models)
 app.command("promote")(promote_command)
 app.command("retrain")(retrain)

@@ -358,6 +358,19 @@ class RetrainSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    # After a run publishes, write the night's HTML report to <lake.root>/reports/<source>/<model>/<date>.html
+    # (pipelines/report.py); a report that fails logs a warning and never fails the published night.
+    enabled: bool = True
+    # Nights of the model's slice a report shows: flags per night, PSI per feature across nights.
+    runs: int = 30
+
+    def validated(self) -> "ReportSettings":
+        _require_positive(self, "report", "runs")
+        return self
+
+
+@dataclass(frozen=True)
 class Settings:
     lake: LakeSettings = field(default_factory=LakeSettings)
     spark: SparkSettings = field(default_factory=SparkSettings)
@@ -366,6 +379,7 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
 
     def validated(self) -> "Settings":
         """Every section checked, in order (ConfigError on the first bad value), and normalised."""

@@ -27,6 +27,8 @@ night are never touched (see lakescore.schemas.SLICE_COLUMNS).
                          and the staging folders of runs killed that long ago
       8.                 register the tables, the view `flagged` and the source's typed view
                          `flagged_<source>`; delete the staging folder
+      9.                 write the night's report (pipelines.report; report.enabled): a page under
+                         <lake.root>/reports, whose failure only logs a warning
 
 Analysts read `flagged`, the view of the rows whose run is published (lakescore.lake.register_flagged):
 commit 6 is the one that shows a night, in Delta's one atomic step, with its metrics. A run killed
@@ -387,6 +389,7 @@ def score_date(
     by replacing each model's slice of the metrics (one commit; a Delta conflict exception if a
     concurrent run of the slice published first); one summary per model. `allow_empty` and
     `boundary`: see run_nightly."""
+    from pipelines.report import write_night_report  # matplotlib: only when a run starts
     from udfs.flagged import flagged_records
     from udfs.metrics import metric_records
     from udfs.scoring import new_run_totals, score_dataframe, score_models_dataframe
@@ -482,6 +485,8 @@ def score_date(
                 duration_seconds=duration,
             )
         )
+    if settings.report.enabled:  # the night is published: its report can only log a warning (pipelines.report)
+        write_night_report(spark, settings, plan, run_date)
     return summaries
 
 

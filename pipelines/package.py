@@ -17,9 +17,9 @@ from typing import Sequence
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # What Spark's driver and executors import; `training` runs on Ray and is left out.
 SHIPPED_PACKAGES = ("lakescore", "udfs", "pipelines", "jobs")
-# Package data the code reads with importlib.resources (the builtin feature specs); pyproject.toml's
-# package-data lists the same for wheels.
-PACKAGE_DATA = ("lakescore/specs/*.toml",)
+# Package data the code reads with importlib.resources (the builtin feature specs, the report's
+# template); pyproject.toml's package-data lists the same for wheels.
+PACKAGE_DATA = ("lakescore/specs/*.toml", "lakescore/templates/*.j2")
 # 1980-01-01, the earliest time a zip entry can hold: no build time leaks into the bytes.
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 

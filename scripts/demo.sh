@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole mission on the embedded default: generate a week of transactions into the lake,
 # train a champion and a challenger, score a night with both (the challenger as a shadow, same
-# pass), then query it with SQL through the catalog. Run by `make demo`; re-runnable (each step
+# pass), query it with SQL through the catalog, and print the path of the night's HTML report. Run by `make demo`; re-runnable (each step
 # replaces what it wrote before, atomically).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,3 +77,8 @@ $LS sql "SELECT v.transaction_id, v.amount, ROUND(v.score, 4) AS score, v.scorin
          WHERE v.run_date = DATE'${DAY}'
          ORDER BY score DESC LIMIT 8"
 echo "More queries: docs/sql_examples.md"
+
+echo "== 7. the night's report, written by the run into the lake (flags per night, scores against the"
+echo "      training reference, drift per feature, reasons, invalid values, champion against shadow);"
+echo "      \`lakescore report --run-date D\` renders it again. Open it in a browser:"
+$LS report --run-date "$DAY"

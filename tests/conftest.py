@@ -20,6 +20,10 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 # it from the environment; the session's settings name it too.
 TEST_HASH_KEY = "lakescore-tests-only-hash-key"
 os.environ.setdefault("LAKESCORE_HASH_KEY", TEST_HASH_KEY)
+# No nightly report (a page rendered after each published night, a few seconds) but where a test
+# asks for one (tests/test_report.py): off in the session's settings and, by environment, in jobs
+# the tests start in subprocesses.
+os.environ.setdefault("LAKESCORE_REPORT_ENABLED", "false")
 
 SMALL = {
     "generate.days": "4",
@@ -54,6 +58,7 @@ def settings(lake_root) -> Settings:
             "spark.shuffle_partitions": "2",
             "spark.arrow_batch_size": "1000",
             "score.hash_key": TEST_HASH_KEY,
+            "report.enabled": "false",
             **SMALL,
         },
         environ={},

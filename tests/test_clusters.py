@@ -152,7 +152,8 @@ def test_the_nightly_job_scores_on_the_standalone_cluster_as_the_model_does_in_o
     result = standalone.submit(
         [*submit_args, "--name", "lakescore-score", str(REPO / "jobs" / "score_nightly.py"),
          "--run-date", SCORE_DAY.isoformat(), "--table", S.TRANSACTIONS, "--bundle", str(directory),
-         "--set", f"lake.root={lake_root}", "--set", "score.hash_key=cluster-test-hash-key"],
+         "--set", f"lake.root={lake_root}", "--set", "score.hash_key=cluster-test-hash-key",
+         "--set", "report.enabled=false"],
         log=log, cwd=tmp_path, timeout=SUBMIT_TIMEOUT_S,
     )
     assert result.returncode == 0, result.stdout[-4000:]

@@ -37,7 +37,8 @@ def test_the_zip_holds_every_python_source_of_lakescore_udfs_pipelines_and_jobs_
         names = set(archive.namelist())
         assert archive.testzip() is None
     data = {p.relative_to(REPO).as_posix() for p in (REPO / "lakescore" / "specs").glob("*.toml")}
-    assert "lakescore/specs/transactions_v1.toml" in data
+    data |= {p.relative_to(REPO).as_posix() for p in (REPO / "lakescore" / "templates").glob("*.j2")}
+    assert {"lakescore/specs/transactions_v1.toml", "lakescore/templates/report.html.j2"} <= data
     assert names == on_disk | data and on_disk == set(built.files) and data == set(built.data)
     assert {"lakescore/__init__.py", "udfs/__init__.py", "pipelines/__init__.py", "jobs/__init__.py"} <= names
     assert not any(n.startswith(("training/", "tests/")) for n in names)
@@ -63,6 +64,8 @@ def test_a_python_without_lakescore_imports_every_shipped_module_from_the_zip(bu
         "    assert module.__file__.startswith(sys.argv[1]), (name, module.__file__)\n"
         "from lakescore.specs import builtin_spec\n"
         "assert builtin_spec('transactions_v1').keys == ('transaction_id',)\n"  # package data read from the zip
+        "from lakescore.report import NightReport, render_report\n"  # the report's template, from the zip
+        "assert '<h1>t</h1>' in render_report(NightReport('t', 's', (), 'now'))\n"
         "print(len(sys.modules))\n"
     )
     with_zip = subprocess.run(
