@@ -356,8 +356,6 @@ class RetrainSettings:
         return self
 
 
-# Hosts a SQL endpoint may listen on without authentication (sql.auth = "none").
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SQL_AUTH_MODES = ("none", "password")
 
 
@@ -369,6 +367,8 @@ class SqlSettings:
     host: str = "127.0.0.1"
     port: int = 10000
     # "none", or "password": the shared secret below, checked in the JVM (hive.server2.authentication=CUSTOM).
+    # "none" off loopback is refused at start (lakescore.sql_server.check_authentication) unless
+    # allowed below or HiveServer2's own LDAP/Kerberos is configured through spark.conf (README).
     auth: str = "none"
     user: str = "analyst"
     # From $LAKESCORE_SQL_PASSWORD, or read from password_file; never logged.
@@ -381,12 +381,6 @@ class SqlSettings:
         _require_choice("sql.auth", self.auth, SQL_AUTH_MODES)
         if not 0 < self.port < 65536:
             raise ConfigError(f"sql.port={self.port} is not a TCP port; use 1..65535 (default 10000)")
-        if self.auth == "none" and self.host not in LOOPBACK_HOSTS and not self.allow_unauthenticated_remote:
-            raise ConfigError(
-                f"sql.host={self.host!r} with sql.auth='none' lets anyone who reaches the port read the lake; "
-                "set sql.auth='password' (with $LAKESCORE_SQL_PASSWORD or sql.password_file), keep "
-                "sql.host=127.0.0.1, or set sql.allow_unauthenticated_remote=true on a network you trust"
-            )
         settings = self
         if self.password_file is not None and not self.password:
             try:

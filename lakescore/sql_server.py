@@ -38,6 +38,10 @@ READ_ONLY_EXTENSION = "lakescore.sqlserver.ReadOnlySqlExtension"
 AUTHENTICATOR = "lakescore.sqlserver.SharedSecretAuthenticator"
 # Clients must each get a session of their own: the server's own session is not read-only.
 SINGLE_SESSION = "spark.sql.hive.thriftServer.singleSession"
+# Hosts the endpoint may listen on without authentication.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# HiveServer2's authentication setting, as a deployment sets it for LDAP or Kerberos (README).
+AUTHENTICATION = "spark.hadoop.hive.server2.authentication"
 # How long start_thrift_server waits for the port to accept connections.
 LISTEN_TIMEOUT_S = 60.0
 
@@ -56,6 +60,7 @@ def server_settings(settings: Settings) -> Settings:
     class path, Delta's and the read-only extension, one session per client, and the Thrift
     server's own settings (as `spark.hadoop.hive.*`, which its HiveConf is built from).
     """
+    check_authentication(settings)
     jar = sql_server_jar(settings)
     if not jar.is_file():
         raise SqlServerError(
@@ -70,8 +75,27 @@ def server_settings(settings: Settings) -> Settings:
     class_path = [conf.get("spark.driver.extraClassPath"), str(jar), *delta_jars(settings.spark.jars_dir)]
     conf["spark.driver.extraClassPath"] = ":".join(p for p in class_path if p)
     conf[SINGLE_SESSION] = "false"
-    conf.update({f"spark.hadoop.{key}": value for key, value in hive_server_conf(settings).items()})
+    # With sql.auth = "none", an authentication the deployment set itself (LDAP, Kerberos:
+    # spark.hadoop.hive.server2.authentication*) stays; everything else follows `[sql]`.
+    for key, value in hive_server_conf(settings).items():
+        if settings.sql.auth == "none" and key.startswith("hive.server2.authentication"):
+            conf.setdefault(f"spark.hadoop.{key}", value)
+        else:
+            conf[f"spark.hadoop.{key}"] = value
     return dataclasses.replace(settings, spark=dataclasses.replace(settings.spark, conf=conf))
+
+
+def check_authentication(settings: Settings) -> None:
+    """Raise SqlServerError if the endpoint would let anyone who reaches a non-loopback port read the lake."""
+    sql = settings.sql
+    own = settings.spark.conf.get(AUTHENTICATION, "NONE").upper()
+    if sql.auth == "none" and own == "NONE" and sql.host not in LOOPBACK_HOSTS and not sql.allow_unauthenticated_remote:
+        raise SqlServerError(
+            f"sql.host={sql.host!r} with sql.auth='none' lets anyone who reaches the port read the lake; "
+            "set sql.auth='password' (with $LAKESCORE_SQL_PASSWORD or sql.password_file), keep "
+            "sql.host=127.0.0.1, configure LDAP or Kerberos (README), or set "
+            "sql.allow_unauthenticated_remote=true on a network you trust"
+        )
 
 
 def hive_server_conf(settings: Settings) -> dict[str, str]:

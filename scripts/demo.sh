@@ -77,3 +77,8 @@ $LS sql "SELECT v.transaction_id, v.amount, ROUND(v.score, 4) AS score, v.scorin
          WHERE v.run_date = DATE'${DAY}'
          ORDER BY score DESC LIMIT 8"
 echo "More queries: docs/sql_examples.md"
+
+echo "== 7. the same tables for analysts over JDBC/ODBC (DBeaver, Superset, beeline; README, \"A SQL endpoint\"):"
+echo "      start the read-only endpoint with: LAKESCORE_LAKE_ROOT=${LAKESCORE_LAKE_ROOT} $LS serve-sql   then, in another terminal:"
+BEELINE="$(.venv/bin/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "beeline"))')"
+echo "${BEELINE} -u jdbc:hive2://127.0.0.1:10000/lakescore -e \"SELECT run_date, scoring_role, COUNT(*) AS flagged FROM lakescore.flagged GROUP BY run_date, scoring_role ORDER BY run_date\""
