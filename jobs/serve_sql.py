@@ -34,25 +34,24 @@ def serve_sql(
     settings = setup(config, set_, {"sql.port": port, "sql.host": host}, verbose)
     stop = threading.Event()
 
-    def interrupt(*_) -> None:
-        # While the server starts, end the start; once it serves, let serve_sql stop it.
-        if not stop.is_set() and serving.is_set():
-            stop.set()
-        else:
-            raise KeyboardInterrupt
+    def end_start(*_) -> None:
+        raise KeyboardInterrupt
 
-    serving = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, interrupt)
+    # While the server starts, SIGTERM ends the start as Ctrl-C does (the session is stopped on the way out).
+    signal.signal(signal.SIGTERM, end_start)
 
     def ready(server: ThriftServer) -> None:
-        serving.set()
+        # Once it serves, Ctrl-C and SIGTERM stop it cleanly. Installed here, after the session:
+        # pyspark's SparkContext installs its own SIGINT handler when it starts.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
         user = f" -n {settings.sql.user} -p \"$LAKESCORE_SQL_PASSWORD\"" if settings.sql.auth == "password" else ""
         typer.echo(f"serving {server.jdbc_url} (read-only, auth: {settings.sql.auth}); stop with Ctrl-C", err=True)
         typer.echo(f"beeline -u {server.jdbc_url}{user}", err=True)
 
     try:
         run_server(settings, stop, on_ready=ready)
+        typer.echo("stopped", err=True)
     except (SqlServerError, CatalogMismatch) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
