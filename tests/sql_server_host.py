@@ -82,8 +82,8 @@ def main(overrides: dict[str, str]) -> None:
     from pipelines.nightly import FLAGGED_WRITTEN, run_nightly
     from pipelines.sql import run_sql
 
-    # The password only from the environment, as `lakescore serve-sql` takes it; nothing else from there.
     t = time.monotonic()
+    # The password only from the environment, as `lakescore serve-sql` takes it; nothing else from there.
     settings = load_settings(overrides=overrides, environ={"LAKESCORE_SQL_PASSWORD": os.environ["LAKESCORE_SQL_PASSWORD"]})
     spark = build_server_session(settings)
     spark.sparkContext.setLogLevel("ERROR")

@@ -10,7 +10,7 @@ server_overrides() alone, the one place to point it at a shared metastore instea
 from __future__ import annotations
 
 import csv
-import datetime as dt
+import itertools
 import json
 import os
 import queue
@@ -69,6 +69,7 @@ class HostedServer:
         self.events: queue.Queue = queue.Queue()
         self.pending: list[dict] = []
         self.ready: dict = {}
+        self.requests = itertools.count()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -92,7 +93,7 @@ class HostedServer:
                 seen = self.events.get(timeout=timeout)
             except queue.Empty:
                 pytest.fail(f"no {event} event from the SQL server's process within {timeout} s; its log:\n{self._tail()}")
-            if seen["event"] in ("exited", "nightly_failed"):
+            if seen["event"] in ("exited", "nightly_failed") or (seen["event"] == "sql_failed" and seen.get("id") == match.get("id")):
                 pytest.fail(f"the SQL server's process reported {seen}; its log:\n{self._tail()}")
             if seen["event"] == event and all(seen.get(k) == v for k, v in match.items()):
                 return seen
@@ -100,7 +101,7 @@ class HostedServer:
 
     def lakescore_sql(self, query: str) -> list[list]:
         """`lakescore sql`'s library call, run in the server's process."""
-        request = str(id(query)) + query[:20]
+        request = str(next(self.requests))
         self.send(op="sql", id=request, query=query)
         return self.wait_for("sql", id=request)["rows"]
 
