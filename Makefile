@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JARS := .jars
+# `lakescore serve-sql`'s read-only parser and password check (jvm/src/), compiled against pyspark's jars.
+SQL_SERVER_JAR := $(JARS)/sql-server/lakescore-sql-server.jar
 # Spark's Python workers must run the venv's interpreter (else: "No module named 'pandas'").
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
@@ -13,7 +15,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 .PHONY: setup demo test test-fast bench gpu-check jars lock dist clean
 
-setup: $(VENV)/.installed $(JARS)/.resolved
+setup: $(VENV)/.installed $(JARS)/.resolved $(SQL_SERVER_JAR)
 
 $(VENV)/.installed: pyproject.toml
 	@# A first install needs about 7 GiB (torch from PyPI is the CUDA build): say so before pip runs out.
@@ -32,6 +34,17 @@ $(JARS)/.resolved: jars/lock.toml $(VENV)/.installed
 	touch $@
 
 jars: $(JARS)/.resolved
+
+$(SQL_SERVER_JAR): $(wildcard jvm/src/lakescore/sqlserver/*.java) $(VENV)/.installed
+	@command -v javac >/dev/null && command -v jar >/dev/null || { echo "javac not found: serve-sql's jar is \
+	compiled from jvm/src/. Install a JDK 17 (Debian/Ubuntu: sudo apt-get install openjdk-17-jdk-headless; \
+	macOS: brew install openjdk@17), then run make again." >&2; exit 1; }
+	rm -rf $(@D)/classes && mkdir -p $(@D)/classes
+	javac --release 17 -nowarn -d $(@D)/classes \
+	  -cp "$$($(BIN)/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars", "*"))')" \
+	  $(filter %.java,$^)
+	jar cf $@ -C $(@D)/classes .
+	rm -rf $(@D)/classes
 
 # Maintainer: after changing jars/pom.xml (a Delta bump), rewrite jars/lock.toml with Maven and commit it.
 lock: $(VENV)/.installed

@@ -17,6 +17,7 @@ from jobs.package import package
 from jobs.report import report
 from jobs.retrain import retrain
 from jobs.score_nightly import score
+from jobs.serve_sql import serve_sql
 from jobs.spec import spec_app
 from jobs.sql import sql
 from jobs.train import train
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.command("generate")(generate)
 app.command("load-benchmarks")(load_benchmarks)
 app.command("sql")(sql)
+app.command("serve-sql")(serve_sql)
 app.command("train")(train)
 app.command("package")(package)
 app.command("score")(score)

@@ -357,6 +357,48 @@ class RetrainSettings:
         return self
 
 
+SQL_AUTH_MODES = ("none", "password")
+
+
+@dataclass(frozen=True)
+class SqlSettings:
+    """`lakescore serve-sql`: the Thrift JDBC/ODBC endpoint analysts query (lakescore/sql_server.py)."""
+
+    # Loopback by default: only this machine's users reach it.
+    host: str = "127.0.0.1"
+    port: int = 10000
+    # "none", or "password": the shared secret below, checked in the JVM (hive.server2.authentication=CUSTOM).
+    # "none" off loopback is refused at start (lakescore.sql_server.check_authentication) unless
+    # allowed below or HiveServer2's own LDAP/Kerberos is configured through spark.conf (README).
+    auth: str = "none"
+    user: str = "analyst"
+    # From $LAKESCORE_SQL_PASSWORD, or read from password_file; never logged.
+    password: str = field(default="", repr=False)
+    password_file: Path | None = None
+    # auth = "none" on a host other than loopback lets anyone who reaches the port read the lake.
+    allow_unauthenticated_remote: bool = False
+
+    def validated(self) -> "SqlSettings":
+        _require_choice("sql.auth", self.auth, SQL_AUTH_MODES)
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"sql.port={self.port} is not a TCP port; use 1..65535 (default 10000)")
+        settings = self
+        if self.password_file is not None and not self.password:
+            try:
+                settings = dataclasses.replace(self, password=self.password_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"sql.password_file {self.password_file} cannot be read ({exc.strerror}); point it at the "
+                    "file holding the password, or set LAKESCORE_SQL_PASSWORD"
+                ) from None
+        if settings.auth == "password" and not settings.password:
+            raise ConfigError(
+                "sql.auth='password' needs a password: set LAKESCORE_SQL_PASSWORD or sql.password_file "
+                "(a file readable by the server's user only)"
+            )
+        return settings
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     # After a run publishes, write the night's HTML report to <lake.root>/reports/<source>/<model>/<date>.html
@@ -380,6 +422,7 @@ class Settings:
     score: ScoreSettings = field(default_factory=ScoreSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
+    sql: SqlSettings = field(default_factory=SqlSettings)
 
     def validated(self) -> "Settings":
         """Every section checked, in order (ConfigError on the first bad value), and normalised."""

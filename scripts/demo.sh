@@ -82,3 +82,8 @@ echo "== 7. the night's report, written by the run into the lake (flags per nigh
 echo "      training reference, drift per feature, reasons, invalid values, champion against shadow);"
 echo "      \`lakescore report --run-date D\` renders it again. Open it in a browser:"
 $LS report --run-date "$DAY"
+
+echo "== 8. the same tables for analysts over JDBC/ODBC (DBeaver, Superset, beeline; README, \"A SQL endpoint\"):"
+echo "      start the read-only endpoint with: LAKESCORE_LAKE_ROOT=${LAKESCORE_LAKE_ROOT} $LS serve-sql   then, in another terminal:"
+BEELINE="$(.venv/bin/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "beeline"))')"
+echo "${BEELINE} -u jdbc:hive2://127.0.0.1:10000/lakescore -e \"SELECT run_date, scoring_role, COUNT(*) AS flagged FROM lakescore.flagged GROUP BY run_date, scoring_role ORDER BY run_date\""
