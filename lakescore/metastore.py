@@ -293,14 +293,21 @@ def init_metastore(settings: Any) -> SchemaReport:
     return SchemaReport(url=catalog.url, version=version, tables=tables, created=before is None)
 
 
-def connect(spark_context: Any, catalog: CatalogSettings, *, schema_required: bool = True) -> None:
-    """Check catalog.url from a started JVM (`check_schema`), then hand the metastore client the
-    password: on the context's Hadoop configuration, which the session about to be built copies
-    and the client reads on its first use of the catalog. On a failed check the context is stopped.
+def start_context(conf: Any, catalog: CatalogSettings, *, schema_required: bool = True) -> Any:
+    """Start (or take the running) SparkContext with `conf`, check catalog.url from its JVM
+    (`check_schema`), then hand the metastore client the password: on the context's Hadoop
+    configuration, which the session about to be built copies and the client reads on its first
+    use of the catalog. A context started here is stopped again if the check fails.
     """
+    from pyspark import SparkContext
+
+    started_here = SparkContext._active_spark_context is None
+    spark_context = SparkContext.getOrCreate(conf)
     try:
         check_schema(spark_context._jvm, catalog, schema_required=schema_required)
     except MetastoreError:
-        spark_context.stop()
+        if started_here:
+            spark_context.stop()
         raise
     spark_context._jsc.hadoopConfiguration().set(PASSWORD_KEY, catalog.password)
+    return spark_context

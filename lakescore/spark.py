@@ -9,8 +9,9 @@ Embedded default:
   (resolved once by `make jars`; no network at run time);
 - Hive support with an embedded Derby metastore and the warehouse at absolute paths under the
   lake root, so table names survive across sessions and processes. Derby admits ONE process at
-  a time: two jobs on the same lake root must run one after the other (on a cluster, point
-  `spark.hadoop.javax.jdo.option.ConnectionURL` at a shared metastore; see cluster_configs/);
+  a time: two jobs on the same lake root must run one after the other (or set catalog.url to
+  share a metastore on PostgreSQL, lakescore/metastore.py; or use a metastore service, see
+  cluster_configs/);
 - Python worker reuse and an explicit Arrow batch size (and Parquet reader batch) for the scoring UDF;
 - in local mode, a 4g driver heap (the driver is the executor; Spark's default is 1g) in G1
   regions of 16 MiB;
@@ -223,7 +224,7 @@ def build_spark_session(
     if settings.catalog.url:
         # The JVM starts here, without the password on its command line; the metastore client
         # reads it from the context's Hadoop configuration when the session first uses the catalog.
-        metastore.connect(SparkContext.getOrCreate(launched), settings.catalog, schema_required=not create_metastore_schema)
+        metastore.start_context(launched, settings.catalog, schema_required=not create_metastore_schema)
     session = SparkSession.builder.config(conf=launched).enableHiveSupport().getOrCreate()
     keep_py4j_connections_open_in_forked_children()
     log.info("Spark %s on %s, lake root %s", session.version, master, settings.lake.root)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -144,6 +145,15 @@ def postgres_server(start_timeout_s: float = 60) -> Iterator[PostgresServer]:
     """Start a throw-away PostgreSQL server (see the module docstring); stop and delete it after."""
     bin_dir = ensure_postgresql()
     run_as = SUPERUSER if os.geteuid() == 0 else None
+    if run_as:
+        try:
+            pwd.getpwnam(run_as)
+        except KeyError:
+            raise PostgresUnavailable(
+                f"running as root, the server must run as the `{run_as}` user, which does not exist; "
+                "Debian's `postgresql` package creates it (apt-get install --reinstall postgresql-common), "
+                "or run the tests as another user"
+            ) from None
     # Not under pytest's temp folder: as root that is private to root, and the server runs as postgres.
     base = Path(tempfile.mkdtemp(prefix="lakescore-pg-"))
     password = secrets.token_urlsafe(18)
