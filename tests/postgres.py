@@ -42,10 +42,12 @@ class PostgresUnavailable(RuntimeError):
 
 def find_bin_dir() -> Path | None:
     """The newest /usr/lib/postgresql/<major>/bin that has initdb and pg_ctl, else None."""
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
-    for path in reversed(candidates):
-        if all((Path(path) / tool).is_file() for tool in ("initdb", "pg_ctl", "psql")):
-            return Path(path)
+    def major(path: Path) -> int:
+        return int(path.parent.name) if path.parent.name.isdigit() else 0
+
+    for path in sorted((Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")), key=major, reverse=True):
+        if all((path / tool).is_file() for tool in ("initdb", "pg_ctl", "psql")):
+            return path
     return None
 
 
@@ -62,8 +64,10 @@ def ensure_postgresql() -> Path:
             "sudo apt-get install -y --no-install-recommends postgresql"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True, env=env, capture_output=True)
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise PostgresUnavailable(f"`{' '.join(command)}` failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
     found = find_bin_dir()
     if found is None:
         raise PostgresUnavailable("apt-get installed `postgresql`, yet /usr/lib/postgresql/*/bin/initdb is still missing")
