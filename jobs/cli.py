@@ -12,6 +12,7 @@ from jobs.catalog import catalog_app
 from jobs.feedback import feedback
 from jobs.generate_transactions import generate
 from jobs.load_benchmarks import load_benchmarks
+from jobs.metastore import metastore_app
 from jobs.models import models, promote_command
 from jobs.package import package
 from jobs.report import report
@@ -43,6 +44,7 @@ app.command("promote")(promote_command)
 app.command("retrain")(retrain)
 app.command("upgrade-tables")(upgrade_tables_command)
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(metastore_app, name="metastore")
 app.add_typer(spec_app, name="spec")
 
 

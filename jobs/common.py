@@ -13,6 +13,7 @@ from pyspark.sql import SparkSession
 
 from lakescore.config import ConfigError, Settings, load_settings
 from lakescore.catalog import CatalogMismatch, check_catalog
+from lakescore.metastore import MetastoreError
 from lakescore.spark import build_spark_session
 
 ConfigOption = typer.Option(
@@ -83,7 +84,10 @@ def lake_session(settings: Settings, app_name: str) -> SparkSession:
     """The Spark session of a job that reads or writes the lake, once the catalog is checked to
     agree with `lake.root` (lakescore.catalog): on a mismatch the job stops here, before it reads
     or writes anything, with the message naming the table, both locations and the fix."""
-    spark = build_spark_session(settings, app_name=app_name)
+    try:
+        spark = build_spark_session(settings, app_name=app_name)
+    except MetastoreError as exc:
+        fail(str(exc))
     try:
         check_catalog(spark, settings)
     except CatalogMismatch as exc:

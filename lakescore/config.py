@@ -412,6 +412,45 @@ class ReportSettings:
         return self
 
 
+# catalog.url's scheme: the one database a shared metastore may be on (its JDBC driver is in jars/lock.toml).
+POSTGRESQL_URL_PREFIX = "jdbc:postgresql://"
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    """Where the Hive metastore (the catalog of the lake's tables) keeps its data (lakescore/metastore.py)."""
+
+    # JDBC URL of a PostgreSQL database holding a Hive metastore schema (`lakescore metastore
+    # init` creates it), e.g. jdbc:postgresql://db.internal:5432/metastore. Empty: the embedded
+    # Derby database under the lake root, which admits one process at a time.
+    url: str = ""
+    user: str = "hive"
+    # From $LAKESCORE_CATALOG_PASSWORD or password_file, never from a flag (flags show in `ps`);
+    # kept out of repr and logs, and handed to the JVM after it starts, never on its command line.
+    password: str = field(default="", repr=False)
+    password_file: Path | None = None
+
+    def validated(self) -> "CatalogSettings":
+        if not self.url:
+            return self
+        if not self.url.startswith(POSTGRESQL_URL_PREFIX) or len(self.url) == len(POSTGRESQL_URL_PREFIX):
+            raise ConfigError(
+                f"catalog.url={self.url!r} is not a PostgreSQL JDBC URL; use "
+                f"{POSTGRESQL_URL_PREFIX}HOST:PORT/DATABASE, or leave it empty for the embedded Derby metastore"
+            )
+        if not self.user:
+            raise ConfigError("catalog.user is empty; name the PostgreSQL role the metastore logs in as")
+        if self.password_file is not None and not self.password:
+            try:
+                return dataclasses.replace(self, password=self.password_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"catalog.password_file {self.password_file} cannot be read ({exc.strerror}); point it at "
+                    "the file holding the metastore password, or set LAKESCORE_CATALOG_PASSWORD"
+                ) from None
+        return self
+
+
 @dataclass(frozen=True)
 class Settings:
     lake: LakeSettings = field(default_factory=LakeSettings)
@@ -423,6 +462,7 @@ class Settings:
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
     sql: SqlSettings = field(default_factory=SqlSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
 
     def validated(self) -> "Settings":
         """Every section checked, in order (ConfigError on the first bad value), and normalised."""
@@ -485,6 +525,11 @@ def load_settings(
     if path is not None:
         settings = _apply(settings, _read_toml(Path(path)), source=str(path))
     settings = _apply(settings, _from_environment(environ), source="environment")
+    if "catalog.password" in (overrides or {}):
+        raise ConfigError(
+            "catalog.password cannot be given on the command line, where `ps` shows it to every user; "
+            "set LAKESCORE_CATALOG_PASSWORD or catalog.password_file"
+        )
     settings = _apply(settings, overrides or {}, source="command line")
     return settings.validated()
 

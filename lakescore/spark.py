@@ -9,8 +9,9 @@ Embedded default:
   (resolved once by `make jars`; no network at run time);
 - Hive support with an embedded Derby metastore and the warehouse at absolute paths under the
   lake root, so table names survive across sessions and processes. Derby admits ONE process at
-  a time: two jobs on the same lake root must run one after the other (on a cluster, point
-  `spark.hadoop.javax.jdo.option.ConnectionURL` at a shared metastore; see cluster_configs/);
+  a time: two jobs on the same lake root must run one after the other (or set catalog.url to
+  share a metastore on PostgreSQL, lakescore/metastore.py; or use a metastore service, see
+  cluster_configs/);
 - Python worker reuse and an explicit Arrow batch size (and Parquet reader batch) for the scoring UDF;
 - in local mode, a 4g driver heap (the driver is the executor; Spark's default is 1g) in G1
   regions of 16 MiB;
@@ -30,6 +31,7 @@ from pathlib import Path
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
+from lakescore import metastore
 from lakescore.config import Settings
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,12 @@ def delta_jars(jars_dir: Path) -> list[str]:
 ARROW_NO_BYTE_LIMIT = 2**31 - 1
 
 
-def default_spark_conf(settings: Settings) -> dict[str, str]:
-    """The settings lakescore wants unless the launcher already set them."""
+def default_spark_conf(settings: Settings, *, create_metastore_schema: bool = False) -> dict[str, str]:
+    """The settings lakescore wants unless the launcher already set them.
+
+    `create_metastore_schema`: with catalog.url set, the settings of `lakescore metastore init`
+    (lakescore.metastore.metastore_conf).
+    """
     lake = settings.lake
     spark = settings.spark
     conf = {
@@ -124,6 +130,8 @@ def default_spark_conf(settings: Settings) -> dict[str, str]:
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
         "spark.ui.showConsoleProgress": "false",
     }
+    if settings.catalog.url:  # a shared metastore on PostgreSQL instead of the embedded Derby
+        conf.update(metastore.metastore_conf(settings.catalog, spark.jars_dir, create_schema=create_metastore_schema))
     conf.update(spark.conf)
     return conf
 
@@ -165,18 +173,26 @@ def _python_workers_from_conf(conf: SparkConf) -> None:
         os.environ.setdefault("PYSPARK_PYTHON", conf.get("spark.pyspark.python"))
 
 
-def build_spark_session(settings: Settings, app_name: str | None = None) -> SparkSession:
+def build_spark_session(
+    settings: Settings, app_name: str | None = None, *, create_metastore_schema: bool = False
+) -> SparkSession:
     """Build (or return the running) SparkSession with lakescore's defaults under the launcher's.
 
     Args:
         settings: loaded settings; `settings.spark.conf` adds or overrides defaults.
         app_name: shown in the Spark UI; defaults to settings.spark.app_name.
+        create_metastore_schema: `lakescore metastore init` only (lakescore/metastore.py).
+
+    Raises MetastoreError, before the session exists, when catalog.url names a shared metastore
+    that is unreachable, refuses the login, or has no schema yet.
 
     Operational caveat: with the embedded Derby metastore only one process may hold a session on
-    a lake root at a time.
+    a lake root at a time; with a shared one (catalog.url) any number may.
     """
+    if settings.catalog.url:
+        metastore.check_reachable(settings.catalog)  # in a second, before a JVM starts
     launched = _launcher_conf()
-    defaults = default_spark_conf(settings)
+    defaults = default_spark_conf(settings, create_metastore_schema=create_metastore_schema)
     if app_name:
         defaults["spark.app.name"] = app_name
     if settings.spark.master:
@@ -205,6 +221,10 @@ def build_spark_session(settings: Settings, app_name: str | None = None) -> Spar
             launched.set(key, value)
     _python_workers_from_conf(launched)
     settings.lake.metastore_dir.mkdir(parents=True, exist_ok=True)
+    if settings.catalog.url:
+        # The JVM starts here, without the password on its command line; the metastore client
+        # reads it from the context's Hadoop configuration when the session first uses the catalog.
+        metastore.start_context(launched, settings.catalog, schema_required=not create_metastore_schema)
     session = SparkSession.builder.config(conf=launched).enableHiveSupport().getOrCreate()
     keep_py4j_connections_open_in_forked_children()
     log.info("Spark %s on %s, lake root %s", session.version, master, settings.lake.root)

@@ -115,3 +115,13 @@ def ae_bundle(tmp_path_factory):
 @pytest.fixture
 def day():
     return dt.date(2026, 11, 4)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL server on loopback for every test of a shared metastore (tests/postgres.py);
+    each test module makes its own database on it (`server.create_database`)."""
+    from postgres import postgres_server as start_postgres
+
+    with start_postgres() as server:
+        yield server
