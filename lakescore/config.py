@@ -332,13 +332,8 @@ class ScoreSettings:
                 "than the longest run (default 24)"
             )
         if self.hash_key_file is not None and not self.hash_key:
-            try:
-                return dataclasses.replace(self, hash_key=self.hash_key_file.read_text().strip())
-            except OSError as exc:
-                raise ConfigError(
-                    f"score.hash_key_file {self.hash_key_file} cannot be read ({exc.strerror}); "
-                    "point it at the file holding the hash key, or set LAKESCORE_HASH_KEY"
-                ) from None
+            key = _read_secret(self.hash_key_file, "score.hash_key_file", "the hash key", "LAKESCORE_HASH_KEY")
+            return dataclasses.replace(self, hash_key=key)
         return self
 
 
@@ -384,13 +379,8 @@ class SqlSettings:
             raise ConfigError(f"sql.port={self.port} is not a TCP port; use 1..65535 (default 10000)")
         settings = self
         if self.password_file is not None and not self.password:
-            try:
-                settings = dataclasses.replace(self, password=self.password_file.read_text().strip())
-            except OSError as exc:
-                raise ConfigError(
-                    f"sql.password_file {self.password_file} cannot be read ({exc.strerror}); point it at the "
-                    "file holding the password, or set LAKESCORE_SQL_PASSWORD"
-                ) from None
+            password = _read_secret(self.password_file, "sql.password_file", "the password", "LAKESCORE_SQL_PASSWORD")
+            settings = dataclasses.replace(self, password=password)
         if settings.auth == "password" and not settings.password:
             raise ConfigError(
                 "sql.auth='password' needs a password: set LAKESCORE_SQL_PASSWORD or sql.password_file "
@@ -441,13 +431,10 @@ class CatalogSettings:
         if not self.user:
             raise ConfigError("catalog.user is empty; name the PostgreSQL role the metastore logs in as")
         if self.password_file is not None and not self.password:
-            try:
-                return dataclasses.replace(self, password=self.password_file.read_text().strip())
-            except OSError as exc:
-                raise ConfigError(
-                    f"catalog.password_file {self.password_file} cannot be read ({exc.strerror}); point it at "
-                    "the file holding the metastore password, or set LAKESCORE_CATALOG_PASSWORD"
-                ) from None
+            password = _read_secret(
+                self.password_file, "catalog.password_file", "the metastore password", "LAKESCORE_CATALOG_PASSWORD"
+            )
+            return dataclasses.replace(self, password=password)
         return self
 
 
@@ -476,6 +463,16 @@ class Settings:
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Settings":
         """A copy with `section.key` overrides applied and validated."""
         return _apply(self, overrides, source="override").validated()
+
+
+def _read_secret(path: Path, setting: str, what: str, variable: str) -> str:
+    """The secret a `*_file` setting names, stripped; a ConfigError naming the setting if unreadable."""
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{setting} {path} cannot be read ({exc.strerror}); point it at the file holding {what}, or set {variable}"
+        ) from None
 
 
 def _require_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -168,3 +168,29 @@ def test_the_hash_key_never_shows_in_the_settings_repr_that_a_log_line_or_traceb
     settings = load_settings(overrides={"lake.root": str(tmp_path)}, environ={"LAKESCORE_HASH_KEY": secret})
     assert settings.score.hash_key == secret
     assert secret not in repr(settings) and secret not in str(settings.score)
+
+
+@pytest.mark.parametrize(
+    "setting, what, variable, extra",
+    [
+        ("score.hash_key_file", "the hash key", "LAKESCORE_HASH_KEY", {}),
+        ("sql.password_file", "the password", "LAKESCORE_SQL_PASSWORD", {"sql.auth": "password"}),
+        (
+            "catalog.password_file",
+            "the metastore password",
+            "LAKESCORE_CATALOG_PASSWORD",
+            {"catalog.url": "jdbc:postgresql://db:5432/metastore"},
+        ),
+    ],
+)
+def test_a_secret_file_that_cannot_be_read_names_the_setting_and_the_variable_to_set_instead(
+    tmp_path, setting, what, variable, extra
+):
+    missing = tmp_path / "no.secret"
+    overrides = {"lake.root": str(tmp_path), setting: str(missing), **extra}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(overrides=overrides, environ={})
+    assert str(refused.value) == (
+        f"{setting} {missing} cannot be read (No such file or directory); point it at the file holding {what}, "
+        f"or set {variable}"
+    )
