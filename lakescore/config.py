@@ -499,6 +499,10 @@ def _check_source(value: str, name: str) -> None:
     check_table_name(value, name)
 
 
+# Passwords that come from the environment or a file only, never from a flag.
+_PASSWORDS = {"catalog.password": "LAKESCORE_CATALOG_PASSWORD", "sql.password": "LAKESCORE_SQL_PASSWORD"}
+
+
 def load_settings(
     config_file: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -522,10 +526,10 @@ def load_settings(
     if path is not None:
         settings = _apply(settings, _read_toml(Path(path)), source=str(path))
     settings = _apply(settings, _from_environment(environ), source="environment")
-    if "catalog.password" in (overrides or {}):
+    for secret in _PASSWORDS.keys() & (overrides or {}).keys():
         raise ConfigError(
-            "catalog.password cannot be given on the command line, where `ps` shows it to every user; "
-            "set LAKESCORE_CATALOG_PASSWORD or catalog.password_file"
+            f"{secret} cannot be given on the command line, where `ps` shows it to every user; "
+            f"set {_PASSWORDS[secret]} or {secret}_file"
         )
     settings = _apply(settings, overrides or {}, source="command line")
     return settings.validated()

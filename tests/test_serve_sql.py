@@ -322,6 +322,8 @@ def test_a_password_comes_from_the_environment_or_a_file_and_is_never_shown(tmp_
     (tmp_path / "secret").write_text("pw-from-file\n")
     settings = load_settings(overrides={"sql.auth": "password", "sql.password_file": str(tmp_path / "secret")}, environ={})
     assert settings.sql.password == "pw-from-file" and "pw-from-file" not in repr(settings)
+    with pytest.raises(ConfigError, match="sql.password cannot be given on the command line.*LAKESCORE_SQL_PASSWORD"):
+        load_settings(overrides={"sql.auth": "password", "sql.password": "pw-on-a-flag"}, environ={})
 
 
 def test_a_port_in_use_is_refused_naming_the_setting_to_change():
