@@ -212,6 +212,13 @@ class TrainSettings:
     autoencoder_hidden: tuple[int, ...] = (32, 4)
     # mlp: the positive class is weighted negatives/positives in the training split, capped here.
     max_pos_weight: float = 50.0
+    # Negative downsampling of the training split (1.0 = off): every anomaly is kept, each normal
+    # row with this probability (decided by a hash of its features and the seed, so a rerun keeps
+    # the same rows), and the mlp loss weighs kept normals 1/rate, so the objective, the pos_weight
+    # cap and the reported train_loss are those of the whole split. The preprocessing is fitted,
+    # and validation and test are scored, on the whole splits: their metrics need no correction.
+    # The autoencoder (normal rows only) then trains on that share of them, unweighted.
+    negative_sample_rate: float = 1.0
     # Scaling is computed within these quantiles of the training split (heavy tails)...
     clip_low_quantile: float = 0.001
     clip_high_quantile: float = 0.999
@@ -252,6 +259,11 @@ class TrainSettings:
             )
         if not (math.isfinite(self.clip_margin) and self.clip_margin >= 0):
             raise ConfigError(f"train.clip_margin={self.clip_margin} must be a finite number >= 0 (0 clips at the quantiles)")
+        if not (math.isfinite(self.negative_sample_rate) and 0.0 < self.negative_sample_rate <= 1.0):
+            raise ConfigError(
+                f"train.negative_sample_rate={self.negative_sample_rate} must be in (0, 1]: the share of normal "
+                "training rows kept, e.g. 0.1 (every anomaly is kept); 1 keeps every row"
+            )
         if self.shuffle_buffer_rows < 0:
             raise ConfigError(f"train.shuffle_buffer_rows={self.shuffle_buffer_rows} must be >= 0 (0: no local shuffle)")
         self._check_held_out_splits()

@@ -107,6 +107,11 @@ def _number(value: Any) -> str | None:
     return None if math.isfinite(value) else "expected a finite number"
 
 
+def _rate(value: Any) -> str | None:
+    problem = _number(value)
+    return problem or (None if 0 < value <= 1 else "expected a share in (0, 1]")
+
+
 def _bool(value: Any) -> str | None:
     return None if isinstance(value, bool) else "expected true or false"
 
@@ -488,11 +493,14 @@ class TrainingRecord:
     shuffle_buffer_rows: int | None = None
     precision_at_k: int | None = None
     sample_rows: int | None = None
+    negative_sample_rate: float | None = None  # normal training rows kept (1.0: all; None: before the setting)
+    trained_rows: int | None = None  # training rows after downsampling (what one epoch reads)
 
     _ALWAYS = ("epochs_run", "best_epoch", "best_validation_aucpr", "num_workers", "pos_weight", "batch_size",
                "learning_rate", "weight_decay", "epochs", "patience", "seed", "ray_run", "checkpoint")
     _RECORDED_SINCE = ("use_gpu", "validation_days", "test_days", "validation_fraction", "test_fraction",
-                       "clip_margin", "max_pos_weight", "shuffle_buffer_rows", "precision_at_k", "sample_rows")
+                       "clip_margin", "max_pos_weight", "shuffle_buffer_rows", "precision_at_k", "sample_rows",
+                       "negative_sample_rate", "trained_rows")
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self._ALWAYS}
@@ -512,6 +520,8 @@ class TrainingRecord:
                       "shuffle_buffer_rows", "precision_at_k", "sample_rows")
             if getattr(self, k) is not None
         }
+        # Before the setting there was no downsampling: a config that downsamples today must not leak in.
+        out["train.negative_sample_rate"] = 1.0 if self.negative_sample_rate is None else self.negative_sample_rate
         if self.clip_quantiles is not None:
             out["train.clip_low_quantile"], out["train.clip_high_quantile"] = self.clip_quantiles
         out["ray.num_workers"] = self.num_workers
@@ -553,6 +563,8 @@ class TrainingRecord:
             shuffle_buffer_rows=o.get("shuffle_buffer_rows", _int(0), **later),
             precision_at_k=o.get("precision_at_k", _int(1), **later),
             sample_rows=o.get("sample_rows", _int(1), **later),
+            negative_sample_rate=o.get("negative_sample_rate", _rate, **later),
+            trained_rows=o.get("trained_rows", _int(0), **later),
         )
 
 

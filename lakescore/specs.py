@@ -267,6 +267,18 @@ class SourceSpec:
         the same vocabulary whatever their order. A spec whose vocabularies are all given needs no
         data (`train_sample` may be None).
         """
+        counts: dict[str, dict[str, int]] = {}
+        for f in self.features:
+            column = f.columns[0]
+            if f.learns and train_sample is not None and column in train_sample:
+                values = train_sample[column]
+                counts[column] = values[values.map(lambda v: isinstance(v, str))].value_counts().to_dict()
+        return self.fit_counts(counts, 0 if train_sample is None else len(train_sample))
+
+    def fit_counts(self, counts: Mapping[str, Mapping[str, int]], rows: int) -> "FittedSpec":
+        """`fit` from value counts of the learned columns ({column: {text value: rows}}) over `rows`
+        training rows, counted wherever the rows are (training.pipeline.fit_spec counts them per
+        Ray Data block). Only the counts of each column's top values matter."""
         learned: dict[str, tuple[str, ...]] = {}
         for i, f in enumerate(self.features):
             if f.kind != CATEGORICAL_KIND:
@@ -275,19 +287,17 @@ class SourceSpec:
                 learned[f.name] = f.vocabulary
                 continue
             column = f.columns[0]
-            if train_sample is None or column not in train_sample:
+            if column not in counts:
                 raise _fail(
                     f"spec {self.name}", f"features[{i}]",
                     f"learns its vocabulary from column {column!r}, which the training rows lack",
                     "pass the training split with that column to fit(), or list `vocabulary` in the spec",
                 )
-            values = train_sample[column]
-            counts = values[values.map(lambda v: isinstance(v, str))].value_counts()
-            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            ranked = sorted(counts[column].items(), key=lambda kv: (-kv[1], kv[0]))
             learned[f.name] = tuple(v for v, _ in ranked[: f.top_n or DEFAULT_TOP_N])
             if not learned[f.name] and not f.other:
                 raise _fail(
-                    f"spec {self.name}", f"features[{i}]", f"learned no values from {len(values)} training rows",
+                    f"spec {self.name}", f"features[{i}]", f"learned no values from {rows} training rows",
                     "check the column's data, list `vocabulary`, or keep `other = true`",
                 )
         return FittedSpec(self, learned)

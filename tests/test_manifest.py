@@ -130,7 +130,7 @@ def _training_inputs():
         TrainingInput(source, (*fs.inputs, "is_anomaly"), spec),
         data,
         FittedModel(trained, architecture, 49.0, "transactions-v3-20261201T000000", Path("/lake/_checkpoints")),
-        Evaluation(report=evaluation, threshold=threshold, validation=None, test=None, sample=None),
+        Evaluation(report=evaluation, threshold=threshold, histograms=None, sample=None),
     )
     return settings, candidate
 
@@ -148,7 +148,8 @@ def test_training_builds_the_manifest_it_always_wrote_plus_the_settings_recorded
         files=_fixture_json()["files"],
     )
     expected = _fixture_json()
-    expected["training"].update(shuffle_buffer_rows=20_000, precision_at_k=100, sample_rows=100_000)
+    expected["training"].update(shuffle_buffer_rows=20_000, precision_at_k=100, sample_rows=100_000,
+                                negative_sample_rate=1.0, trained_rows=0)
     assert json.loads(B._json_bytes(manifest.to_json())) == expected
 
 
@@ -161,8 +162,10 @@ def test_the_recorded_training_maps_back_to_the_settings_that_trained_the_model(
     assert (t.threshold_policy, t.threshold_value, t.epochs, t.batch_size, t.learning_rate) == ("target_precision", 0.9, 20, 1024, 0.002)
     assert (t.clip_low_quantile, t.clip_high_quantile, t.clip_margin, t.max_pos_weight) == (0.001, 0.999, 0.5, 50.0)
     assert (again.ray.num_workers, again.ray.use_gpu) == (2, False)
-    # Not recorded by that bundle: the settings keep their value.
+    # Not recorded by that bundle: the settings keep their value; but it trained on every row.
     assert t.shuffle_buffer_rows == 7
+    assert base.with_overrides({"train.negative_sample_rate": 0.1}).with_overrides(
+        B.load_bundle(BUNDLE_V1).manifest.train_overrides()).train.negative_sample_rate == 1.0
     newer = dict(_fixture_json()["training"], shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000)
     overrides = TrainingRecord.from_json(newer).settings_overrides()
     assert (overrides["train.shuffle_buffer_rows"], overrides["train.precision_at_k"], overrides["train.sample_rows"]) == (5000, 50, 1000)
@@ -251,7 +254,7 @@ def test_every_training_setting_is_taken_from_the_bundle_or_named_as_not_and_a_c
     from lakescore.manifest import Manifest
 
     data = _fixture_json()
-    data["training"].update(shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000)
+    data["training"].update(shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000, negative_sample_rate=0.25)
     overrides = Manifest.from_json(data).train_overrides()
     covered = {key.split(".", 1)[1] for key in overrides if key.startswith("train.")}
     assert {f.name for f in dataclasses.fields(TrainSettings)} - covered == set(NOT_FROM_OVERRIDES)
@@ -261,10 +264,11 @@ def test_every_training_setting_is_taken_from_the_bundle_or_named_as_not_and_a_c
         "epochs": 3, "batch_size": 7, "learning_rate": 0.5, "weight_decay": 0.25, "dropout": 0.5, "seed": 99,
         "patience": 1, "clip_low_quantile": 0.1, "clip_high_quantile": 0.9, "clip_margin": 3.0,
         "max_pos_weight": 2.0, "shuffle_buffer_rows": 1, "precision_at_k": 5, "sample_rows": 10,
-        "threshold_policy": "alert_rate", "threshold_value": 0.05, "validation_days": 3, "test_days": 2,
+        "negative_sample_rate": 0.5, "threshold_policy": "alert_rate", "threshold_value": 0.05, "validation_days": 3, "test_days": 2,
     }.items()}
     today = Settings().with_overrides({"lake.root": str(tmp_path), "ray.num_workers": 5, **changed})
     again = today.with_overrides(overrides)
     from_defaults = Settings().with_overrides({"lake.root": str(tmp_path), **overrides})
     assert again.train == from_defaults.train and again.ray == from_defaults.ray
     assert (again.train.epochs, again.train.clip_margin, again.ray.num_workers) == (20, 0.5, 2)
+    assert again.train.negative_sample_rate == 0.25

@@ -129,6 +129,27 @@ def test_the_mlp_beats_isolation_forest_on_transactions_by_the_issue_margin(mlp_
     assert "isolation_forest" in run.table and f"{model:.4f}" in run.table
 
 
+@pytest.mark.slow
+def test_negative_downsampling_trains_on_a_quarter_of_the_normal_rows_and_keeps_the_quality(spark, mlp_run, ray_local):
+    from pipelines.train import run_train
+
+    settings, full, _ = mlp_run
+    run, _ = run_train(spark, settings.with_overrides({"train.model_name": "transactions_sampled", "train.negative_sample_rate": "0.25"}))
+    m = run.bundle.manifest
+    train = m.lineage.counts["train"]
+    normals = train["rows"] - train["anomalies"]
+    assert m.training.negative_sample_rate == 0.25
+    assert 0.2 * normals < m.training.trained_rows - train["anomalies"] < 0.3 * normals
+    assert all(0 <= m.training.trained_rows - h["train_rows"] < 2 for h in m.training.history)
+    # Kept normals weigh 1/rate: the whole split's (capped) weight times the rate.
+    assert m.training.pos_weight == pytest.approx(min(normals / train["anomalies"], settings.train.max_pos_weight) * 0.25)
+    # Validation and test are whole: the same rows as without downsampling, so the figures compare.
+    for split in ("validation", "test"):
+        assert run.evaluation[split]["model"]["rows"] == full.evaluation[split]["model"]["rows"]
+    assert run.evaluation["test"]["model"]["aucpr"] >= TRANSACTIONS_AUCPR - ALLOWED_AUCPR_DELTA, run.table
+    assert m.lineage.counts == full.bundle.manifest.lineage.counts
+
+
 def test_a_killed_worker_is_replaced_and_training_resumes_from_the_last_checkpoint(tmp_path, settings, ray_local):
     import ray
 

@@ -4,7 +4,8 @@ The challenger is trained by the ordinary pipeline's steps (training/pipeline.py
 evaluate) on labelled history whose labels analysts' verdicts override; pipelines/retrain.py adds
 the champion's evaluation before the export. The challenger's test window is the holdout: the
 champion is scored on exactly those rows, with its own feature set, preprocessing and threshold
-(from its bundle), against the same labels. `decide` turns the two evaluations into a decision with its reason.
+(from its bundle), against the same labels. Like the challenger's, its figures come from score
+histograms summed from the blocks (training.score_histograms), never from scores collected per row. `decide` turns the two evaluations into a decision with its reason.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pandas as pd
 
 from lakescore.bundle import Bundle, verify_files
 from lakescore.models import model_from_bundle, score_batch
-from training import evaluation as E
-from training.data import LABEL_COLUMN, SPLIT_COLUMN
+from training import score_histograms as H
+from training.data import LABEL_COLUMN, SPLIT_COLUMN, TYPE_COLUMN
 from training.feature_batches import feature_matrix
 
 if TYPE_CHECKING:
@@ -30,8 +31,10 @@ class ChampionMismatchError(ValueError):
     """The champion cannot be scored on the challenger's holdout."""
 
 
-def score_bundle_on_split(featured: "ray.data.Dataset", split: str, bundle: Bundle) -> pd.DataFrame:
-    """Score `bundle` on the rows of `split` (distributed); return score and y per row.
+def score_bundle_on_split(featured: "ray.data.Dataset", split: str, bundle: Bundle) -> H.Histograms:
+    """Score `bundle` on the rows of `split` (distributed) into score histograms, with the
+    bundle's own threshold as a bin edge (so its counts at that threshold are exact): each block
+    returns counts per bin, never a score per row (training.score_histograms).
 
     `featured` holds the features of the challenger's feature set; the champion must use the same
     features (any order), else ChampionMismatchError says so.
@@ -44,19 +47,25 @@ def score_bundle_on_split(featured: "ray.data.Dataset", split: str, bundle: Bund
             f"champion {bundle.label} uses features the challenger's table lacks ({', '.join(missing)}); "
             "compare models trained on the same feature set, or promote by hand with `lakescore promote`"
         )
-    return featured.map_batches(
+    bins = H.ScoreBins.for_kind(bundle.kind).with_thresholds([bundle.threshold])
+    counts = featured.map_batches(
         _BundleScorer,
-        fn_constructor_kwargs={"files": dict(bundle.files), "split": split},
+        fn_constructor_kwargs={"files": dict(bundle.files), "split": split, "bins": bins},
         batch_format="pandas",
-    ).to_pandas()
+    )
+    merged = H.merge_counts(counts.iter_batches(batch_format="numpy", batch_size=None), {CHAMPION_SCORER: bins})
+    return merged.get((split, CHAMPION_SCORER), H.Histograms.empty(bins))
+
+
+CHAMPION_SCORER = "champion"
 
 
 class _BundleScorer:
     """A Ray Data worker's copy of a bundle: verified and built once when the worker starts."""
 
-    def __init__(self, *, files: Mapping[str, bytes], split: str) -> None:
+    def __init__(self, *, files: Mapping[str, bytes], split: str, bins: H.ScoreBins) -> None:
         bundle = verify_files(files, "champion bundle")
-        self.split = split
+        self.split, self.bins = split, bins
         self.kind = bundle.kind
         self.features = bundle.feature_set.features
         self.preprocessing = bundle.manifest.preprocessing.steps
@@ -65,17 +74,16 @@ class _BundleScorer:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch[batch[SPLIT_COLUMN] == self.split]
         x, _ = self.preprocessing.apply(feature_matrix(batch, self.features))
-        return pd.DataFrame(
-            {
-                "score": score_batch(self.model, self.kind, x),
-                "y": batch[LABEL_COLUMN].to_numpy(dtype=bool),
-            }
-        )
+        index = self.bins.index(score_batch(self.model, self.kind, x))
+        return pd.DataFrame(H.sparse_counts(
+            batch[SPLIT_COLUMN].to_numpy(dtype=object), CHAMPION_SCORER, batch[LABEL_COLUMN].to_numpy(dtype=bool),
+            batch[TYPE_COLUMN].fillna("").to_numpy(dtype=object), index,
+        ))
 
 
-def evaluate_champion(scored: pd.DataFrame, bundle: Bundle, k: int) -> dict[str, float]:
-    """The champion's holdout figures at its own recorded threshold."""
-    return E.evaluate(scored["score"].to_numpy(), scored["y"].to_numpy(), bundle.threshold, k)
+def evaluate_champion(histograms: H.Histograms, bundle: Bundle, k: int) -> dict[str, float]:
+    """The champion's holdout figures at its own recorded threshold (an edge of `histograms`)."""
+    return H.evaluate(histograms, bundle.threshold, k)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,22 @@
 """Evaluation of scores on a held-out window, the IsolationForest baseline, and the plots.
 
-Everything here works on one process's numpy arrays: the scores and labels of the held-out
-window (collected after the scoring ran distributed; a few numbers per row), and, for the
-baseline, a bounded sample of the training split.
+The training pipeline evaluates from score histograms (training.score_histograms: counts per
+fine bin, never a score per row) and draws its plots from them (`*_binned`). The functions on
+numpy arrays of scores (`evaluate`, `by_type`, `plot_pr_curve`, ...) are the exact reference the
+histograms are tested against, and serve windows small enough to hold. The baseline is fitted on
+a bounded sample of the training split.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from training.score_histograms import Histograms
 
 # Metrics printed side by side, in this order.
 METRICS = ("aucpr", "aucroc", "precision", "recall", "f1", "precision_at_k", "tp", "fp", "fn", "tn")
@@ -146,6 +151,48 @@ def plot_score_histogram(scores: np.ndarray, labels: np.ndarray, threshold: floa
     bins = np.linspace(finite.min(), finite.max(), 50) if finite.size and finite.min() < finite.max() else 10
     ax.hist(scores[~labels], bins=bins, alpha=0.6, label=f"normal ({int((~labels).sum())})", log=True)
     ax.hist(scores[labels], bins=bins, alpha=0.6, label=f"anomalous ({int(labels.sum())})", log=True)
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("score")
+    ax.set_ylabel("rows")
+    ax.set_title(title)
+    ax.legend()
+    return _png(plt, fig)
+
+
+def plot_pr_curve_binned(curves: Mapping[str, "Histograms"], title: str) -> bytes:
+    """PNG of precision-recall curves from score histograms, one per model: {name: Histograms}."""
+    from training import score_histograms as H
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for name, histograms in curves.items():
+        if histograms.positive.any() and histograms.normal.any():
+            _, _, precision, recall = H.candidates(histograms)
+            ap, _ = H.average_precision(histograms.positive, histograms.normal, histograms.bins.point_top)
+            # Highest threshold first, from recall 0 as scikit-learn's curve starts.
+            ax.step(np.r_[0.0, recall[::-1]], np.r_[1.0, precision[::-1]], where="post", label=f"{name} (AP {ap:.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower left")
+    return _png(plt, fig)
+
+
+def plot_score_histogram_binned(histograms: "Histograms", threshold: float, title: str) -> bytes:
+    """PNG of the score distribution of normal and anomalous rows from score histograms
+    (regrouped into 50 display bins), log-scaled counts, with the threshold."""
+    from training import score_histograms as H
+
+    plt = _pyplot()
+    edges, normal, anomalous = H.display_counts(histograms)
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    ax.stairs(normal, edges, fill=True, alpha=0.6, label=f"normal ({int(histograms.normal.sum())})")
+    ax.stairs(anomalous, edges, fill=True, alpha=0.6, label=f"anomalous ({int(histograms.positive.sum())})")
+    if normal.any() or anomalous.any():
+        ax.set_yscale("log")
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
     ax.set_xlabel("score")
     ax.set_ylabel("rows")

@@ -8,10 +8,12 @@
 No Spark here: the job resolves the source and registers the bundle. Ray must be initialised
 by the caller (a job's main, or a test fixture).
 
-What runs in one process, on purpose and bounded: the scores and labels of the validation and
-test windows (collected after distributed scoring: a few numbers per row), and a sample of at
-most `train.sample_rows` preprocessed training rows for the IsolationForest baseline and the
-reference histograms.
+What runs in one process, on purpose and bounded: the fine score histograms of the validation
+and test windows (counts per bin, summed as the distributed scoring streams them in: a few
+megabytes whatever the rows; training.score_histograms states the error this binning allows),
+the vocabularies' top values (counted per block where the rows live, see `fit_spec`), and a sample
+of at most `train.sample_rows` preprocessed training rows for the IsolationForest baseline and the
+reference histograms. No step collects the window's rows: the driver's memory does not grow with it.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ from lakescore.manifest import (
 )
 from lakescore.models import AUTOENCODER, MLP, build_model, score_batch
 from lakescore.preprocess import Preprocessing
-from lakescore.specs import SourceSpec
+from lakescore.specs import DEFAULT_TOP_N, SourceSpec
 from training import evaluation as E
+from training import score_histograms as H
 from training.data import (
     LABEL_COLUMN,
     SPLIT_COLUMN,
@@ -61,6 +64,7 @@ from training.data import (
     SourceLike,
     SplitPlan,
     date_splits,
+    hash_uniform,
     read_rows,
     source_dates,
 )
@@ -73,7 +77,7 @@ from training.feature_batches import (
     preprocess_batch,
     training_rows,
 )
-from training.thresholds import ALERT_RATE, FIXED, Threshold, choose_threshold
+from training.thresholds import ALERT_RATE, FIXED, Threshold, choose_threshold_binned
 from training.trainer import EpochHook, TrainedModel, checkpoint_storage, fit_model, make_architecture
 
 if TYPE_CHECKING:
@@ -86,8 +90,6 @@ BASELINE = "isolation_forest"
 CHAMPION = "champion"  # retraining: the champion's figures on the challenger's test rows
 PR_CURVE_PNG = "pr_curve.png"
 SCORE_HISTOGRAM_PNG = "score_histogram.png"
-# Vocabularies are learned from at most this many training rows, the first in the source's order.
-FIT_ROWS = 100_000
 # Without a label no threshold can reach a precision: a target_precision policy flags this
 # fraction of the validation rows instead (set train.threshold_policy=alert_rate to choose it).
 UNSUPERVISED_ALERT_RATE = 0.01
@@ -129,9 +131,9 @@ class Evaluation:
 
     report: dict[str, Any]  # the manifest's `evaluation` entry
     threshold: Threshold
-    validation: pd.DataFrame  # score, baseline, y, type per validation row
-    test: pd.DataFrame  # the same for the test split: the holdout
-    sample: np.ndarray  # preprocessed training rows (at most train.sample_rows)
+    # Score counts per fine bin, by (split, MODEL or BASELINE): never a score per row.
+    histograms: Mapping[tuple[str, str], H.Histograms] | None
+    sample: np.ndarray | None  # preprocessed training rows (at most train.sample_rows)
 
 
 @dataclass(frozen=True)
@@ -208,9 +210,15 @@ def fit(settings: Settings, data: "PreparedData", *, version: int, on_epoch_end:
     """Train the model on the prepared training split with Ray Train, early-stopping on validation."""
     t = settings.train
     counts = data.counts[TRAIN]
-    pos_weight = None
+    pos_weight, loss_scale = None, 1.0
     if t.kind == MLP:
-        pos_weight = float(min((counts["rows"] - counts["anomalies"]) / counts["anomalies"], t.max_pos_weight))
+        # The weight the whole split calls for (capped), times the rate: kept normals then count
+        # 1/rate each relative to the anomalies, as the whole split's normals would (the loss is
+        # scaled by the rate overall, which Adam does not see). The train_loss reported is the
+        # loss per row of the whole split: the kept rows' sum / rate / the split's rows.
+        rate = t.negative_sample_rate
+        pos_weight = float(min((counts["rows"] - counts["anomalies"]) / counts["anomalies"], t.max_pos_weight)) * rate
+        loss_scale = data.trained_rows / (rate * counts["rows"])
     architecture = make_architecture(t.kind, len(data.features), t)
     run_name = f"{t.model_name}-v{version}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}"
     trained = fit_model(
@@ -222,23 +230,32 @@ def fit(settings: Settings, data: "PreparedData", *, version: int, on_epoch_end:
         pos_weight=pos_weight,
         on_epoch_end=on_epoch_end,
         supervised=data.supervised,
+        train_loss_scale=loss_scale,
     )
     return FittedModel(trained, architecture, pos_weight, run_name, checkpoint_storage(settings))
 
 
 def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> Evaluation:
     """Score validation and test with the model and an IsolationForest (fitted on a bounded
-    sample of the same training split), choose the threshold on validation, evaluate on test."""
+    sample of the same training split) into fine score histograms, choose the threshold on
+    validation's, evaluate on test's (training.score_histograms: every estimated figure comes
+    with the bound on its error). Validation and test are whole: negative downsampling touches
+    the training split only, so these figures need no correction."""
     t = settings.train
     features = data.features
     sample = sample_matrix(data.featured, features, data.preprocessing, TRAIN, data.counts[TRAIN]["rows"], t.sample_rows, t.seed)
     forest = E.fit_isolation_forest(sample, t.seed)
     weights = {k: v.numpy() for k, v in fitted.trained.state_dict.items()}
-    scored = score_splits(data.featured, (VALIDATION, TEST), features, data.preprocessing, fitted.architecture, weights, forest)
-    val, test = scored[scored["split"] == VALIDATION], scored[scored["split"] == TEST]
     policy, target = _threshold_policy(settings, data.supervised)
-    threshold = choose_threshold(policy, target, val["score"].to_numpy(), val["y"].to_numpy())
-    baseline_threshold = choose_threshold(policy, target, val["baseline"].to_numpy(), val["y"].to_numpy())
+    fixed = [target] if policy == FIXED else []
+    bins = {MODEL: H.ScoreBins.for_kind(fitted.architecture["kind"]).with_thresholds(fixed),
+            BASELINE: H.ScoreBins.of(H.UNIT).with_thresholds(fixed)}
+    histograms = score_splits(data.featured, (VALIDATION, TEST), features, data.preprocessing, fitted.architecture,
+                              weights, forest, bins)
+    val = {m: histograms[(VALIDATION, m)] for m in (MODEL, BASELINE)}
+    test = {m: histograms[(TEST, m)] for m in (MODEL, BASELINE)}
+    threshold = choose_threshold_binned(policy, target, val[MODEL])
+    baseline_threshold = choose_threshold_binned(policy, target, val[BASELINE])
     if (policy, target) != (t.threshold_policy, t.threshold_value):
         note = (f"no label to reach a {t.threshold_policy} of {t.threshold_value} with: flagged the top {target:g} of "
                 "validation rows instead (set train.threshold_policy=alert_rate and threshold_value to choose)")
@@ -246,23 +263,28 @@ def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> E
         threshold = dataclasses.replace(threshold, fallback=note)
         baseline_threshold = dataclasses.replace(baseline_threshold, fallback=note)
     if not data.supervised:
-        return _unlabelled_evaluation(threshold, baseline_threshold, val, test, sample)
+        return _unlabelled_evaluation(threshold, baseline_threshold, histograms, sample)
+    thresholds = {MODEL: threshold.value, BASELINE: baseline_threshold.value}
     report = {
-        "test": {
-            MODEL: E.evaluate(test["score"], test["y"], threshold.value, t.precision_at_k),
-            BASELINE: E.evaluate(test["baseline"], test["y"], baseline_threshold.value, t.precision_at_k),
-        },
-        "validation": {
-            MODEL: E.evaluate(val["score"], val["y"], threshold.value, t.precision_at_k),
-            BASELINE: E.evaluate(val["baseline"], val["y"], baseline_threshold.value, t.precision_at_k),
-        },
-        "test_by_anomaly_type": {
-            MODEL: E.by_type(test["score"], test["y"], test["type"], threshold.value),
-            BASELINE: E.by_type(test["baseline"], test["y"], test["type"], baseline_threshold.value),
-        },
+        "test": {m: H.evaluate(test[m], thresholds[m], t.precision_at_k) for m in (MODEL, BASELINE)},
+        "validation": {m: H.evaluate(val[m], thresholds[m], t.precision_at_k) for m in (MODEL, BASELINE)},
+        "test_by_anomaly_type": {m: H.by_type(test[m], thresholds[m]) for m in (MODEL, BASELINE)},
         "baseline_threshold": baseline_threshold.to_manifest(),
+        "binning": _binning(bins),
     }
-    return Evaluation(report=report, threshold=threshold, validation=val, test=test, sample=sample)
+    figures = report["test"][MODEL]
+    log.info("test AUCPR %.4f (+- %.2g), AUCROC %.4f (+- %.2g) from score histograms", figures["aucpr"],
+             figures["aucpr_error"], figures["aucroc"], figures["aucroc_error"])
+    return Evaluation(report=report, threshold=threshold, histograms=histograms, sample=sample)
+
+
+def _binning(bins: Mapping[str, H.ScoreBins]) -> dict[str, Any]:
+    """How the evaluation's scores were binned, for the manifest."""
+    return {
+        "method": "fine score histograms: AUCPR, AUCROC and precision@k treat a bin as tied scores, "
+                  "each with the bound on its error (*_error); counts at the threshold are exact",
+        **{m: {"scale": b.scale, "bins": b.size} for m, b in bins.items()},
+    }
 
 
 def _threshold_policy(settings: Settings, supervised: bool) -> tuple[str, float]:
@@ -275,25 +297,22 @@ def _threshold_policy(settings: Settings, supervised: bool) -> tuple[str, float]
 
 
 def _unlabelled_evaluation(
-    threshold: Threshold, baseline_threshold: Threshold, val: pd.DataFrame, test: pd.DataFrame, sample: np.ndarray
+    threshold: Threshold,
+    baseline_threshold: Threshold,
+    histograms: Mapping[tuple[str, str], H.Histograms],
+    sample: np.ndarray,
 ) -> Evaluation:
     """What can be measured without a label: rows, threshold and the share flagged; every metric
     that needs a label (AUCs, precision, recall...) is NaN, None in the manifest."""
-
-    def figures(scores: pd.Series, value: float) -> dict[str, float]:
-        return E.evaluate_unlabelled(scores.to_numpy(), value)
-
+    values = {MODEL: threshold.value, BASELINE: baseline_threshold.value}
     report = {
         "labelled": False,
-        "test": {MODEL: figures(test["score"], threshold.value), BASELINE: figures(test["baseline"], baseline_threshold.value)},
-        "validation": {
-            MODEL: figures(val["score"], threshold.value),
-            BASELINE: figures(val["baseline"], baseline_threshold.value),
-        },
+        "test": {m: H.evaluate_unlabelled(histograms[(TEST, m)], values[m]) for m in (MODEL, BASELINE)},
+        "validation": {m: H.evaluate_unlabelled(histograms[(VALIDATION, m)], values[m]) for m in (MODEL, BASELINE)},
         "test_by_anomaly_type": {MODEL: {}, BASELINE: {}},
         "baseline_threshold": baseline_threshold.to_manifest(),
     }
-    return Evaluation(report=report, threshold=threshold, validation=val, test=test, sample=sample)
+    return Evaluation(report=report, threshold=threshold, histograms=histograms, sample=sample)
 
 
 def export(
@@ -311,19 +330,17 @@ def export(
     t = settings.train
     inputs, data, fitted, evaluation = candidate.inputs, candidate.data, candidate.fitted, candidate.evaluation
     features, trained, threshold = data.features, fitted.trained, evaluation.threshold
-    val, test, sample = evaluation.validation, evaluation.test, evaluation.sample
+    histograms, sample = evaluation.histograms, evaluation.sample
     report = evaluation.report
     label = f"{t.model_name} v{version} ({t.kind}) on {inputs.source.name}, test split"
+    test = {m: histograms[(TEST, m)] for m in (MODEL, BASELINE)}
     extra_files = {
-        PR_CURVE_PNG: E.plot_pr_curve(
-            {t.kind: (test["score"].to_numpy(), test["y"].to_numpy()), BASELINE: (test["baseline"].to_numpy(), test["y"].to_numpy())},
-            label,
-        ),
-        SCORE_HISTOGRAM_PNG: E.plot_score_histogram(test["score"].to_numpy(), test["y"].to_numpy(), threshold.value, label),
+        PR_CURVE_PNG: E.plot_pr_curve_binned({t.kind: test[MODEL], BASELINE: test[BASELINE]}, label),
+        SCORE_HISTOGRAM_PNG: E.plot_score_histogram_binned(test[MODEL], threshold.value, label),
     }
     reference = {
         "features": {f: drift.reference_histogram(sample[:, i]) for i, f in enumerate(features)},
-        "score": drift.reference_histogram(val["score"].to_numpy()),
+        "score": H.reference_histogram(histograms[(VALIDATION, MODEL)], drift.DEFAULT_BINS),
         "rows": int(len(sample)),
     }
     manifest = build_manifest(settings, candidate, version=version)
@@ -344,11 +361,12 @@ class PreparedData:
     plan: SplitPlan
     preprocessing: Preprocessing
     statistics: Mapping[str, Any]
-    train_xy: "ray.data.Dataset"  # {"x", "y"} the workers train on (autoencoder: normal rows only)
+    train_xy: "ray.data.Dataset"  # {"x", "y"} the workers train on (autoencoder: normal rows only; downsampled)
     validation_xy: "ray.data.Dataset"  # {"x", "y"} for early stopping
     features: tuple[str, ...]  # the model's features, in input order
     feature_set: FeatureSet  # the spec fitted on the training split: what the bundle records
     supervised: bool = True  # False: the spec has no label (every row counts as normal)
+    trained_rows: int = 0  # rows of train_xy: after the autoencoder's filter and negative downsampling
 
 
 def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
@@ -396,12 +414,19 @@ def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
     )
 
     # What the workers iterate every epoch: materialized, so no Ray Data task competes with them.
+    # Negative downsampling applies here, to the training rows only: the preprocessing above was
+    # fitted on the whole split (the distribution the scorer will see), and validation stays whole.
     only_normal = t.kind == AUTOENCODER
-    train_xy = _preprocessed(featured, features, preprocessing, TRAIN, only_normal=only_normal).materialize()
+    train_xy = _preprocessed(featured, features, preprocessing, TRAIN, only_normal=only_normal,
+                             negative_rate=t.negative_sample_rate, seed=t.seed).materialize()
     validation_xy = _preprocessed(featured, features, preprocessing, VALIDATION).materialize()
+    trained_rows = train_xy.count()  # from the materialized blocks' metadata
+    if t.negative_sample_rate < 1.0:
+        log.info("negative downsampling at %g: %d of %d training rows kept, every anomaly among them",
+                 t.negative_sample_rate, trained_rows, counts[TRAIN]["rows"])
     return PreparedData(
         featured, counts, plan, preprocessing, statistics, train_xy, validation_xy, features, feature_set,
-        inputs.supervised,
+        inputs.supervised, trained_rows,
     )
 
 
@@ -426,29 +451,69 @@ def verdict_keys(settings: Settings, spec: SourceSpec, label_overrides: Mapping[
     return {"keys": keys, "hashed_keys": hashed, "hash_key": score.hash_key if hashed else ""}
 
 
-def fit_spec(source: SourceLike, spec: SourceSpec, row_kwargs: Mapping[str, Any], max_rows: int = FIT_ROWS) -> FeatureSet:
-    """The spec fitted on its training split: vocabularies learned from the first `max_rows` rows
-    of that split in the source's stored order (so a rerun on the same table version learns the
-    same vocabularies). Reads only the learned columns and those the split needs; a spec that
-    learns nothing reads nothing."""
-    learned = [f.columns[0] for f in spec.features if f.learns]
+def fit_spec(source: SourceLike, spec: SourceSpec, row_kwargs: Mapping[str, Any]) -> FeatureSet:
+    """The spec fitted on its whole training split: the vocabularies' top values counted where the
+    rows live, never collected (`vocabulary_counts`). Exact counts, ties broken by value, so the
+    same table version learns the same vocabularies. Reads only the learned columns and those the
+    split needs; a spec that learns nothing reads nothing."""
+    learned = {f.columns[0]: f.top_n or DEFAULT_TOP_N for f in spec.features if f.learns}
     if not learned:
         return spec.fit().feature_set()
     plan = row_kwargs["plan"]
     columns = list(dict.fromkeys([*learned, *plan.columns, *([spec.label] if spec.label else []),
                                   *(spec.keys if row_kwargs.get("label_overrides") else ())]))
-    rows = read_rows(source, columns)
-    rows.context.execution_options.preserve_order = True
-    sample = (
-        rows
-        .map_batches(training_rows, fn_kwargs={"columns": learned, **row_kwargs}, batch_format="pandas")
-        .limit(max_rows)
-        .to_pandas()
+    rows = read_rows(source, columns).map_batches(
+        training_rows, fn_kwargs={"columns": list(learned), **row_kwargs}, batch_format="pandas"
     )
-    fitted = spec.fit(sample)
-    log.info("spec %s fitted on %d training rows: %s", spec.name, len(sample),
-             {k: len(v) for k, v in fitted.vocabularies.items()})
+    counts, total = vocabulary_counts(rows, learned)
+    fitted = spec.fit_counts(counts, total)
+    log.info("spec %s fitted on %d training rows: %s", spec.name, total, {k: len(v) for k, v in fitted.vocabularies.items()})
     return fitted.feature_set()
+
+
+_ROWS = ""  # the `column` of the row counts in vocabulary_counts' partial counts (no source column is named "")
+
+
+def vocabulary_counts(rows: "ray.data.Dataset", top_n: Mapping[str, int]) -> tuple[dict[str, dict[str, int]], int]:
+    """({column: {value: rows}} of the `top_n[column]` most frequent text values of each column,
+    ties broken by value; the rows counted), distributed:
+
+    1. each block counts its own values (at most its rows);
+    2. a Ray Data groupby sums the counts per (column, value): every value ends in one block;
+    3. each of those blocks keeps its top_n per column: a value in a column's overall top_n is in
+       its block's top_n, so these few rows, brought here, hold the exact answer.
+
+    This process holds at most blocks x sum(top_n) values, whatever the rows or distinct values."""
+    from ray.data.context import ShuffleStrategy
+
+    def count(batch: pd.DataFrame) -> pd.DataFrame:
+        parts = [pd.DataFrame({"column": [_ROWS], "value": [""], "count": [len(batch)]})]
+        for column in top_n:
+            values = batch[column]
+            counted = values[values.map(lambda v: isinstance(v, str))].value_counts()
+            parts.append(pd.DataFrame({"column": column, "value": counted.index.astype(str), "count": counted.to_numpy()}))
+        return pd.concat(parts, ignore_index=True).astype({"column": str, "value": str, "count": "int64"})
+
+    def top(batch: pd.DataFrame) -> pd.DataFrame:
+        batch = batch.rename(columns={"sum(count)": "count"})
+        ranked = batch.sort_values(["column", "count", "value"], ascending=[True, False, True])
+        rank = ranked.groupby("column").cumcount()
+        keep = (ranked["column"] == _ROWS) | (rank < ranked["column"].map(lambda c: top_n.get(c, 0)))
+        return ranked[keep]
+
+    partial = rows.map_batches(count, batch_format="pandas")
+    # A small groupby: sort-based shuffle in plain tasks (the hash shuffle starts actors, a fixed
+    # cost; see feature_batches.fit_preprocessing).
+    partial.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    summed = partial.groupby(["column", "value"]).sum("count").map_batches(top, batch_format="pandas").to_pandas()
+    if summed.empty:  # no training row at all
+        return {column: {} for column in top_n}, 0
+    total = int(summed.loc[summed["column"] == _ROWS, "count"].sum())
+    counts: dict[str, dict[str, int]] = {}
+    for column, n in top_n.items():
+        mine = summed[summed["column"] == column].sort_values(["count", "value"], ascending=[False, True]).head(n)
+        counts[column] = {str(v): int(c) for v, c in zip(mine["value"], mine["count"])}
+    return counts, total
 
 
 # --- steps ----------------------------------------------------------------------------------
@@ -535,15 +600,35 @@ def _preprocessed(
     preprocessing: Preprocessing,
     split: str,
     only_normal: bool = False,
+    negative_rate: float = 1.0,
+    seed: int = 0,
 ) -> "ray.data.Dataset":
-    """{"x", "y"} of one split, ready for `iter_torch_batches`."""
+    """{"x", "y"} of one split, ready for `iter_torch_batches`; with `negative_rate` < 1, every
+    anomalous row and the normal rows that `negative_sample` keeps."""
 
     def run(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        out = preprocess_batch(batch, features, preprocessing, split)
-        keep = out[Y] == 0 if only_normal else slice(None)
+        batch = batch[batch[SPLIT_COLUMN] == split]
+        out = preprocess_batch(batch, features, preprocessing)
+        keep = np.ones(len(batch), dtype=bool)
+        if only_normal:
+            keep &= out[Y] == 0
+        if negative_rate < 1.0:
+            keep &= negative_sample(batch, features, negative_rate, seed)
         return {X: out[X][keep], Y: out[Y][keep]}
 
     return featured.map_batches(run, batch_format="pandas")
+
+
+def negative_sample(batch: pd.DataFrame, features: Sequence[str], rate: float, seed: int) -> np.ndarray:
+    """Which rows of a features batch negative downsampling keeps: every anomaly, and a normal row
+    when a uniform drawn from a hash of its feature values and label (salted with `seed`) is below
+    `rate`. Deterministic per row: the same table version keeps the same rows on every run,
+    machine and partitioning (rows with equal features and label are kept or dropped together)."""
+    if not len(batch):
+        return np.zeros(0, dtype=bool)
+    hashed = pd.util.hash_pandas_object(batch[[*features, LABEL_COLUMN]], index=False).to_numpy()
+    anomalous = batch[LABEL_COLUMN].to_numpy(dtype=bool)
+    return anomalous | (hash_uniform(hashed, seed) < rate)
 
 
 def sample_matrix(
@@ -571,13 +656,19 @@ def score_splits(
     architecture: Mapping[str, Any],
     weights: Mapping[str, np.ndarray],
     forest,
-) -> pd.DataFrame:
-    """Score the rows of `splits` with the model (`lakescore.models.score_batch`, as the nightly job does)
-    and the IsolationForest, distributed; return split, score, baseline, y and type per row.
+    bins: Mapping[str, H.ScoreBins],
+) -> dict[tuple[str, str], H.Histograms]:
+    """Score the rows of `splits` with the model (`lakescore.models.score_batch`, as the nightly job
+    does) and the IsolationForest, distributed, into score histograms per (split, MODEL or
+    BASELINE) with `bins` {MODEL: ..., BASELINE: ...}.
 
-    Seven arguments: the model is built in each Ray Data worker from its parts (architecture,
-    weights, preprocessing, features), and the rows and the baseline come with them."""
-    return featured.map_batches(
+    Each block returns its counts per (split, scorer, label, type, bin), at most one row per
+    occupied bin, and they are summed here as they stream in: this process holds the histograms
+    (a few megabytes), never a score per row, however large the window.
+
+    Eight arguments: the model is built in each Ray Data worker from its parts (architecture,
+    weights, preprocessing, features), and the rows, the baseline and the bins come with them."""
+    counts = featured.map_batches(
         _SplitScorer,
         fn_constructor_kwargs={
             "splits": tuple(splits),
@@ -586,16 +677,23 @@ def score_splits(
             "architecture": dict(architecture),
             "weights": dict(weights),
             "forest": forest,
+            "bins": dict(bins),
         },
         batch_format="pandas",
-    ).to_pandas()
+    )
+    merged = H.merge_counts(counts.iter_batches(batch_format="numpy", batch_size=None), bins)
+    for split in splits:  # a split without rows still has (empty) histograms
+        for name, b in bins.items():
+            merged.setdefault((split, name), H.Histograms.empty(b))
+    return merged
 
 
 class _SplitScorer:
     """A Ray Data worker's scorer: the model is built once when the worker starts, not per batch."""
 
-    def __init__(self, *, splits, features, preprocessing, architecture, weights, forest) -> None:
+    def __init__(self, *, splits, features, preprocessing, architecture, weights, forest, bins) -> None:
         self.splits, self.features, self.preprocessing, self.forest = splits, features, preprocessing, forest
+        self.bins = bins
         self.kind = architecture["kind"]
         self.model = build_model(architecture)
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
@@ -604,15 +702,14 @@ class _SplitScorer:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         batch = batch[batch[SPLIT_COLUMN].isin(self.splits)]
         x, _ = self.preprocessing.apply(feature_matrix(batch, self.features))
-        return pd.DataFrame(
-            {
-                "split": batch[SPLIT_COLUMN].to_numpy(dtype=object),
-                "score": score_batch(self.model, self.kind, x),
-                "baseline": E.isolation_forest_scores(self.forest, x),
-                "y": batch[LABEL_COLUMN].to_numpy(dtype=bool),
-                "type": batch[TYPE_COLUMN].fillna("").to_numpy(dtype=object),
-            }
-        )
+        split = batch[SPLIT_COLUMN].to_numpy(dtype=object)
+        labels = batch[LABEL_COLUMN].to_numpy(dtype=bool)
+        types = batch[TYPE_COLUMN].fillna("").to_numpy(dtype=object)
+        parts = [
+            H.sparse_counts(split, MODEL, labels, types, self.bins[MODEL].index(score_batch(self.model, self.kind, x))),
+            H.sparse_counts(split, BASELINE, labels, types, self.bins[BASELINE].index(E.isolation_forest_scores(self.forest, x))),
+        ]
+        return pd.concat([pd.DataFrame(p) for p in parts], ignore_index=True)
 
 
 # --- the manifest ---------------------------------------------------------------------------
@@ -695,6 +792,8 @@ def build_manifest(settings: Settings, candidate: Candidate, *, version: int) ->
             shuffle_buffer_rows=t.shuffle_buffer_rows,
             precision_at_k=t.precision_at_k,
             sample_rows=t.sample_rows,
+            negative_sample_rate=t.negative_sample_rate,
+            trained_rows=data.trained_rows,
             ray_run=run_name,
             checkpoint=trained.checkpoint_path,
         ),

@@ -77,3 +77,39 @@ def choose_threshold(policy: str, value: float, scores: np.ndarray, labels: np.n
         log.warning(note)
         return Threshold(TARGET_PRECISION, value, float(thresholds[best]), fallback=note)
     raise ValueError(f"unknown threshold policy {policy!r}; use one of {', '.join(POLICIES)}")
+
+
+def choose_threshold_binned(policy: str, value: float, histograms) -> Threshold:
+    """`choose_threshold` on validation score histograms (training.score_histograms.Histograms):
+    the same policies, with the threshold at a bin's lower edge, so `score >= threshold` flags
+    whole bins and its precision and recall on validation are exact.
+
+    - alert_rate: the highest edge with at least ceil(value * rows) rows at or above it (as
+      `choose_threshold` flags the k-th highest score with its ties);
+    - target_precision: the lowest edge whose precision reaches the target, else the edge of best F1.
+    """
+    from training import score_histograms as H
+
+    if policy == FIXED:
+        return Threshold(FIXED, value, float(value))
+    rows = histograms.rows
+    if rows == 0:
+        raise ValueError(f"the {policy} threshold needs validation scores, but the validation split is empty")
+    if policy == ALERT_RATE:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"alert_rate {value} must be a fraction in (0, 1], e.g. 0.01 for 1%")
+        return Threshold(ALERT_RATE, value, H.top_rows_threshold(histograms, max(1, math.ceil(value * rows))))
+    if policy == TARGET_PRECISION:
+        _, thresholds, precision, recall = H.candidates(histograms)
+        reached = np.flatnonzero(precision >= value)
+        if reached.size and histograms.positive.any():
+            return Threshold(TARGET_PRECISION, value, float(thresholds[reached[0]]))
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+        best = int(np.argmax(f1))
+        note = (
+            f"no threshold reaches precision {value} on validation (best {precision.max():.3f}); "
+            f"used the threshold of best F1 ({f1[best]:.3f}) instead"
+        )
+        log.warning(note)
+        return Threshold(TARGET_PRECISION, value, float(thresholds[best]), fallback=note)
+    raise ValueError(f"unknown threshold policy {policy!r}; use one of {', '.join(POLICIES)}")

@@ -10,9 +10,11 @@ wrapped in DDP by `prepare_model` (gradients all-reduced; gloo on CPU, nccl on G
 ends with `ray.train.report` and a checkpoint, and a worker group that lost a worker is
 restarted by Ray Train (`FailureConfig`) and resumes from the last checkpoint.
 
-Early stopping on validation AUCPR: every worker scores the whole validation split (it is not
-sharded), and rank 0's figure is broadcast so that all workers stop at the same epoch (a
-collective that one worker skipped would hang the others).
+Early stopping on validation AUCPR: the validation split is sharded across the workers too; each
+scores its shard into a fine score histogram (training.score_histograms: counts per bin, so its
+size does not depend on the rows), the histograms are summed with one all_reduce, and every worker
+computes the same AUCPR from the same counts, so all stop at the same epoch (a collective that one
+worker skipped would hang the others).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from lakescore.models import AUTOENCODER, MLP, build_model
+from training.score_histograms import ScoreBins, average_precision, roc_auc
 
 if TYPE_CHECKING:
     import ray.data
@@ -65,10 +68,13 @@ def batch_loss(model: nn.Module, loss_fn: nn.Module, kind: str, x: torch.Tensor,
     return loss_fn(model(x), x)
 
 
-def validation_scores(model: nn.Module, kind: str, batches) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (sigmoid probability or mean squared reconstruction error) and labels of `batches`."""
+def validation_histogram(model: nn.Module, kind: str, batches, bins: ScoreBins) -> np.ndarray:
+    """This worker's validation figures as one float64 vector, to be summed over the workers:
+    counts per bin of the anomalous rows' scores, then of the normal rows', then the sum and
+    count of the scores (sigmoid probability or mean squared reconstruction error)."""
     model.eval()
-    scores, labels = [], []
+    anomalous, normal = np.zeros(bins.size), np.zeros(bins.size)
+    score_sum, count = 0.0, 0
     with torch.inference_mode():
         for batch in batches:
             x = batch["x"]
@@ -76,20 +82,23 @@ def validation_scores(model: nn.Module, kind: str, batches) -> tuple[np.ndarray,
                 s = torch.sigmoid(model(x))
             else:
                 s = ((model(x) - x) ** 2).mean(dim=1)
-            scores.append(s.double().cpu().numpy())
-            labels.append(batch["y"].cpu().numpy())
-    if not scores:
-        return np.empty(0), np.empty(0)
-    return np.concatenate(scores), np.concatenate(labels)
+            scores = s.double().cpu().numpy()
+            labels = batch["y"].cpu().numpy().astype(bool)
+            index = bins.index(scores)
+            anomalous += np.bincount(index[labels], minlength=bins.size)
+            normal += np.bincount(index[~labels], minlength=bins.size)
+            score_sum += float(scores.sum())
+            count += len(scores)
+    return np.concatenate([anomalous, normal, [score_sum, count]])
 
 
-def _aucpr(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    labels = labels.astype(bool)
-    if not labels.any() or labels.all():
-        return math.nan, math.nan
-    return float(average_precision_score(labels, scores)), float(roc_auc_score(labels, scores))
+def _validation_figures(summed: np.ndarray, bins: ScoreBins) -> tuple[float, float, float]:
+    """(AUCPR, AUCROC, mean score) from `validation_histogram` vectors summed over the workers."""
+    anomalous, normal = summed[: bins.size], summed[bins.size : 2 * bins.size]
+    score_sum, count = summed[-2], summed[-1]
+    aucpr, _ = average_precision(anomalous, normal, bins.point_top)
+    aucroc, _ = roc_auc(anomalous, normal, bins.point_top)
+    return aucpr, aucroc, score_sum / count if count else math.nan
 
 
 @dataclass
@@ -153,6 +162,9 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     shuffle_buffer = config.get("shuffle_buffer_rows") or None
     on_epoch_end = config.get("on_epoch_end")  # see fit_model
     supervised = config.get("supervised", True)  # False: stop on the validation loss, not AUCPR
+    # Negative downsampling: the weighted loss per trained row, times this, is the loss per row of
+    # the whole training split (see training.pipeline.fit); 1 without downsampling.
+    loss_scale = config.get("train_loss_scale", 1.0)
 
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -173,9 +185,10 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         optimizer.load_state_dict(optimizer_state)
     loss_fn = build_loss(kind, pos_weight, device)
 
-    # Ray: this worker's shard of the training split; the validation split is whole on every worker.
+    # Ray: this worker's shards of the training and of the validation split.
     train_shard = ray.train.get_dataset_shard("train")
     validation = ray.train.get_dataset_shard("validation")
+    bins = ScoreBins.for_kind(kind)
 
     stopping = EarlyStopping(patience, state["best_aucpr"], state["best_epoch"], state["bad_epochs"])
     for epoch in range(start_epoch, epochs):
@@ -192,21 +205,20 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         rows, loss_sum = _train_one_epoch(model, optimizer, loss_fn, kind, batches)
         train_seconds = time.perf_counter() - started
 
-        scores, labels = validation_scores(
-            plain, kind, validation.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device=device)
+        shard = validation_histogram(
+            plain, kind, validation.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device=device), bins
         )
+        summed, total_rows, total_loss = _agree(shard, rows, loss_sum, device, world)
+        aucpr, aucroc, mean_score = _validation_figures(summed, bins)
         # The autoencoder's score is its reconstruction error: their mean is its validation loss.
-        loss = float(scores.mean()) if kind != MLP and len(scores) else math.nan
-        aucpr, aucroc, validation_loss, total_rows, total_loss = _agree(
-            (*_aucpr(scores, labels), loss), rows, loss_sum, device, world
-        )
+        validation_loss = mean_score if kind != MLP else math.nan
 
         if stopping.update(epoch, aucpr if supervised else -validation_loss):
             best_state = {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}
         state.update(best_aucpr=stopping.best_aucpr, best_epoch=stopping.best_epoch, bad_epochs=stopping.bad_epochs)
         metrics = {
             "epoch": epoch,
-            "train_loss": total_loss / max(total_rows, 1.0),
+            "train_loss": total_loss / max(total_rows, 1.0) * loss_scale,
             "validation_aucpr": aucpr,
             "validation_aucroc": aucroc,
             "validation_loss": validation_loss,
@@ -261,22 +273,19 @@ def _train_one_epoch(model: nn.Module, optimizer, loss_fn: nn.Module, kind: str,
 
 
 def _agree(
-    validation: tuple[float, float, float], rows: int, loss_sum: float, device: torch.device, world: int
-) -> tuple[float, float, float, float, float]:
-    """(AUCPR, AUCROC, validation loss, rows, loss) every worker agrees on: rank 0's validation
-    figures, and the training rows and loss summed over the workers' shards."""
-    figures = torch.tensor([*validation, rows, loss_sum], dtype=torch.float64, device=device)
+    validation: np.ndarray, rows: int, loss_sum: float, device: torch.device, world: int
+) -> tuple[np.ndarray, float, float]:
+    """(validation vector, rows, loss) summed over the workers: each worker's validation
+    histogram and its training rows and loss. Every worker gets the same sums, so every worker
+    computes the same figures and takes the same decision."""
+    figures = torch.tensor(np.r_[validation, rows, loss_sum], dtype=torch.float64, device=device)
     if world > 1:
         import torch.distributed as dist
 
-        # Ray: every worker adopts rank 0's validation figures, so all take the same decision.
-        broadcast = figures.clone()
-        dist.broadcast(broadcast, src=0)
-        summed = figures.clone()
-        dist.all_reduce(summed)
-        figures = torch.stack([broadcast[0], broadcast[1], broadcast[2], summed[3], summed[4]])
-    aucpr, aucroc, validation_loss, total_rows, total_loss = (float(v) for v in figures.cpu())
-    return aucpr, aucroc, validation_loss, total_rows, total_loss
+        # Ray: one all_reduce over the process group Ray Train set up (gloo on CPU, nccl on GPU).
+        dist.all_reduce(figures)
+    summed = figures.cpu().numpy()
+    return summed[:-2], float(summed[-2]), float(summed[-1])
 
 
 def _report(metrics: dict[str, Any], state: dict[str, Any], tensors: Mapping[str, Any], rank: int) -> None:
@@ -328,6 +337,7 @@ def fit_model(
     pos_weight: float | None = None,
     on_epoch_end: EpochHook | None = None,
     supervised: bool = True,
+    train_loss_scale: float = 1.0,
 ) -> TrainedModel:
     """Train with Ray Train's TorchTrainer on `train` ({"x", "y"}), early-stopping on `validation`.
 
@@ -344,11 +354,13 @@ def fit_model(
             that kills a worker to prove that training resumes from the last checkpoint.
         supervised: False when the source has no label: early stopping then follows the
             validation reconstruction loss (the autoencoder), and no AUCPR is recorded.
+        train_loss_scale: the reported train_loss is the loss per trained row times this
+            (negative downsampling: the loss per row of the whole training split).
 
     Returns the best epoch's weights with the per-epoch history. Raises ray.train's
     TrainingFailedError if the workers fail more often than `ray.max_failures`.
     """
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t, ray_settings = settings.train, settings.ray
@@ -365,6 +377,7 @@ def fit_model(
         "shuffle_buffer_rows": t.shuffle_buffer_rows,
         "on_epoch_end": on_epoch_end,
         "supervised": supervised,
+        "train_loss_scale": train_loss_scale,
     }
     resources = {"CPU": ray_settings.cpus_per_worker}
     if ray_settings.use_gpu:
@@ -383,9 +396,9 @@ def fit_model(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets={"train": train, "validation": validation},
-        # Only the training split is sharded; each worker scores the whole validation split. Both
-        # are read in their materialized order, so a run is reproducible (see prepare_datasets).
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ordered_ingest()),
+        # Both splits are sharded (validation without dropping rows: see _ShardedIngest), and read
+        # in their materialized order, so a run is reproducible (see prepare_datasets).
+        dataset_config=_sharded_ingest(),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -403,6 +416,28 @@ def fit_model(
         best_validation_aucpr=state["best_aucpr"] if supervised else math.nan,
         checkpoint_path=result.checkpoint.path,
     )
+
+
+def _sharded_ingest():
+    """Ray Train's DataConfig with the training split sharded in equal parts (DDP needs the same
+    steps on every worker) and the validation split in parts that drop no row."""
+    from ray.train import DataConfig
+
+    class _ShardedIngest(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            others = {k: v for k, v in datasets.items() if k != "validation"}
+            output = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
+            if "validation" in datasets:
+                ds = datasets["validation"].copy(datasets["validation"])
+                if ds.name is None:
+                    ds.set_name("validation")
+                ds.context.execution_options = self._resolve_execution_options("validation")
+                # Ray: equal=False hands out whole blocks; equal=True would drop up to world-1 rows.
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False)):
+                    output[i]["validation"] = split
+            return output
+
+    return _ShardedIngest(datasets_to_split=["train"], execution_options=_ordered_ingest())
 
 
 def make_architecture(kind: str, n_features: int, train_settings) -> dict[str, Any]:
