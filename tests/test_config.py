@@ -107,6 +107,7 @@ def test_an_anomaly_rate_out_of_range_is_refused(tmp_path):
         ({"train.first_date": "2026-11-05", "train.last_date": "2026-11-01"}, r"first_date=2026-11-05 is after"),
         ({"train.test_days": "0"}, r"validation_days and train\.test_days must be at least 1"),
         ({"train.shuffle_buffer_rows": "-1"}, r"train\.shuffle_buffer_rows=-1 must be >= 0"),
+        ({"train.worker_cache_mb": "-1"}, r"train\.worker_cache_mb=-1 must be >= 0"),
         ({"train.validation_fraction": "0.5"}, r"train\.validation_fraction=0\.5 must be in \(0, 0\.5\)"),
         ({"score.sensitive_action": "mask"}, r"score\.sensitive_action='mask' is not one of: hash, drop"),
         ({"score.allow_columns": "amount, ,country"}, r"an empty column name in score\.allow_columns"),
