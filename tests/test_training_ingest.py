@@ -92,7 +92,7 @@ def test_a_cached_shard_trains_the_same_model_twice_and_reports_its_stages(split
     # The shard is read once per worker-group start: in the first epoch only.
     assert first.history[0]["read_seconds"] > 0 and first.history[0]["to_tensor_seconds"] > 0
     assert [h["read_seconds"] for h in first.history[1:]] == [0.0, 0.0]
-    assert all(h["shuffle_seconds"] > 0 and h["step_seconds"] > 0 for h in first.history)
+    assert all(h["shuffle_seconds"] > 0 and h["forward_seconds"] > 0 and h["backward_seconds"] > 0 for h in first.history)
 
 
 def test_a_shard_over_the_cache_budget_is_streamed_every_epoch_and_trains_as_well(splits, settings, tmp_path):

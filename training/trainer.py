@@ -144,12 +144,12 @@ class StageClock:
     Stages: `read` (pulling the shard's blocks from the object store), `to_tensor` (one contiguous
     tensor on the device), `shuffle` (the epoch's permutation of the cached shard), `wait` (the
     loop waiting for its next batch: when streaming, Ray Data's read, local shuffle and
-    conversion together) and `step` (forward, backward with DDP's all-reduce, optimiser step).
-    On a GPU the figures are host-side: kernels run asynchronously, so a step's device time can
-    show up in a later stage.
+    conversion together), then the step: `forward` (with the loss), `backward` (with DDP's
+    gradient all-reduce, which waits for the slowest worker) and `optimizer`. On a GPU the
+    figures are host-side: kernels run asynchronously, so device time can show up in a later stage.
     """
 
-    STAGES = ("read", "to_tensor", "shuffle", "wait", "step")
+    STAGES = ("read", "to_tensor", "shuffle", "wait", "forward", "backward", "optimizer")
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(self.STAGES, 0.0)
@@ -198,13 +198,13 @@ class ShardCache:
         self.x, self.y = self.x[:rows], self.y[:rows]
 
     def epoch_batches(self, batch_size: int, seed: int, clock: StageClock) -> Iterator[dict[str, torch.Tensor]]:
+        """The epoch's batches: permuted here, at once (not on the first batch), then sliced."""
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=generator).to(self.x.device)
         x, y = self.x[order], self.y[order]
         clock.add("shuffle", time.perf_counter() - started)
-        for i in range(0, len(y), batch_size):
-            yield {"x": x[i : i + batch_size], "y": y[i : i + batch_size]}
+        return ({"x": x[i : i + batch_size], "y": y[i : i + batch_size]} for i in range(0, len(y), batch_size))
 
 
 def _shard_rows_agreed(rows: int, device: torch.device, world: int) -> int:
@@ -380,13 +380,17 @@ def _train_one_epoch(
         x, y = batch["x"], batch["y"]
         optimizer.zero_grad(set_to_none=True)
         loss = batch_loss(model, loss_fn, kind, x, y)
+        forward = time.perf_counter()
         loss.backward()  # Ray/DDP: gradients are averaged across workers here
+        backward = time.perf_counter()
         optimizer.step()
         # Summed on the device: reading a loss back to the host would sync a GPU every step.
         weighted = loss.detach().double() * len(y)
         loss_sum = weighted if loss_sum is None else loss_sum + weighted
         rows += len(y)
-        clock.add("step", time.perf_counter() - stepped)
+        clock.add("forward", forward - stepped)
+        clock.add("backward", backward - forward)
+        clock.add("optimizer", time.perf_counter() - backward)
     return rows, 0.0 if loss_sum is None else float(loss_sum)
 
 
