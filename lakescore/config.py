@@ -226,7 +226,12 @@ class TrainSettings:
     # far beyond the bulk keeps its distance (0 clips at the quantiles, flattening the tail).
     clip_margin: float = 0.5
     # Rows each worker shuffles locally between epochs (Ray Data local shuffle buffer; 0 = off).
+    # Used only when the shard is streamed (it does not fit worker_cache_mb).
     shuffle_buffer_rows: int = 20_000
+    # Each worker pulls its shard of the preprocessed training split once into one tensor, and
+    # shuffles all of it each epoch, when twice the shard (it and its shuffled copy) fits in this
+    # many MiB; otherwise it streams the shard every epoch through Ray Data (0: always stream).
+    worker_cache_mb: int = 1024
     # Evaluation: precision among the k highest scores of the test window.
     precision_at_k: int = 100
     # Bound on rows taken into one process: the IsolationForest baseline's fit sample and the
@@ -266,6 +271,8 @@ class TrainSettings:
             )
         if self.shuffle_buffer_rows < 0:
             raise ConfigError(f"train.shuffle_buffer_rows={self.shuffle_buffer_rows} must be >= 0 (0: no local shuffle)")
+        if self.worker_cache_mb < 0:
+            raise ConfigError(f"train.worker_cache_mb={self.worker_cache_mb} must be >= 0 (0: stream every epoch)")
         self._check_held_out_splits()
         return self
 

@@ -149,7 +149,7 @@ def test_training_builds_the_manifest_it_always_wrote_plus_the_settings_recorded
     )
     expected = _fixture_json()
     expected["training"].update(shuffle_buffer_rows=20_000, precision_at_k=100, sample_rows=100_000,
-                                negative_sample_rate=1.0, trained_rows=0)
+                                negative_sample_rate=1.0, trained_rows=0, worker_cache_mb=1024)
     assert json.loads(B._json_bytes(manifest.to_json())) == expected
 
 
@@ -162,13 +162,16 @@ def test_the_recorded_training_maps_back_to_the_settings_that_trained_the_model(
     assert (t.threshold_policy, t.threshold_value, t.epochs, t.batch_size, t.learning_rate) == ("target_precision", 0.9, 20, 1024, 0.002)
     assert (t.clip_low_quantile, t.clip_high_quantile, t.clip_margin, t.max_pos_weight) == (0.001, 0.999, 0.5, 50.0)
     assert (again.ray.num_workers, again.ray.use_gpu) == (2, False)
-    # Not recorded by that bundle: the settings keep their value; but it trained on every row.
+    # Not recorded by that bundle: the settings keep their value; but it trained on every row...
     assert t.shuffle_buffer_rows == 7
     assert base.with_overrides({"train.negative_sample_rate": 0.1}).with_overrides(
         B.load_bundle(BUNDLE_V1).manifest.train_overrides()).train.negative_sample_rate == 1.0
-    newer = dict(_fixture_json()["training"], shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000)
+    # ...and streamed its shard every epoch (before the worker cache), and so does its reproduction.
+    assert t.worker_cache_mb == 0
+    newer = dict(_fixture_json()["training"], shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000, worker_cache_mb=64)
     overrides = TrainingRecord.from_json(newer).settings_overrides()
     assert (overrides["train.shuffle_buffer_rows"], overrides["train.precision_at_k"], overrides["train.sample_rows"]) == (5000, 50, 1000)
+    assert overrides["train.worker_cache_mb"] == 64
 
 
 def test_lineage_keys_a_caller_adds_are_kept_and_written_back_flat():
@@ -263,7 +266,7 @@ def test_every_training_setting_is_taken_from_the_bundle_or_named_as_not_and_a_c
     changed = {f"train.{k}": v for k, v in {
         "epochs": 3, "batch_size": 7, "learning_rate": 0.5, "weight_decay": 0.25, "dropout": 0.5, "seed": 99,
         "patience": 1, "clip_low_quantile": 0.1, "clip_high_quantile": 0.9, "clip_margin": 3.0,
-        "max_pos_weight": 2.0, "shuffle_buffer_rows": 1, "precision_at_k": 5, "sample_rows": 10,
+        "max_pos_weight": 2.0, "shuffle_buffer_rows": 1, "precision_at_k": 5, "sample_rows": 10, "worker_cache_mb": 3,
         "negative_sample_rate": 0.5, "threshold_policy": "alert_rate", "threshold_value": 0.05, "validation_days": 3, "test_days": 2,
     }.items()}
     today = Settings().with_overrides({"lake.root": str(tmp_path), "ray.num_workers": 5, **changed})

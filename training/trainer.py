@@ -10,6 +10,13 @@ wrapped in DDP by `prepare_model` (gradients all-reduced; gloo on CPU, nccl on G
 ends with `ray.train.report` and a checkpoint, and a worker group that lost a worker is
 restarted by Ray Train (`FailureConfig`) and resumes from the last checkpoint.
 
+Ingest: when twice its shard fits `train.worker_cache_mb`, a worker pulls the shard once into one
+contiguous tensor on its device (`ShardCache`) and each epoch shuffles all of it with a seeded
+permutation, then hands torch views of it: no per-batch conversion, copy or shuffle buffer.
+Otherwise it streams the shard every epoch through Ray Data's `iter_torch_batches` with a local
+shuffle buffer. Either way the epoch metrics carry the seconds per stage (`StageClock`), so the
+bottleneck has a name; docs/scaling.md has the figures.
+
 Early stopping on validation AUCPR: the validation split is sharded across the workers too; each
 scores its shard into a fine score histogram (training.score_histograms: counts per bin, so its
 size does not depend on the rows), the histograms are summed with one all_reduce, and every worker
@@ -27,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -140,6 +147,97 @@ def _ordered_ingest() -> Any:
     return options
 
 
+class StageClock:
+    """Seconds a worker spends per ingest and training stage, summed over an epoch.
+
+    Stages: `read` (pulling the shard's blocks from the object store), `to_tensor` (one contiguous
+    tensor on the device), `shuffle` (the epoch's permutation of the cached shard), `wait` (the
+    loop waiting for its next batch: when streaming, Ray Data's read, local shuffle and
+    conversion together), then the step: `forward` (with the loss), `backward` (with DDP's
+    gradient all-reduce, which waits for the slowest worker) and `optimizer`. On a GPU the
+    figures are host-side: kernels run asynchronously, so device time can show up in a later stage.
+    """
+
+    STAGES = ("read", "to_tensor", "shuffle", "wait", "forward", "backward", "optimizer")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+    def metrics(self) -> dict[str, float]:
+        return {f"{stage}_seconds": value for stage, value in self.seconds.items()}
+
+
+class ShardCache:
+    """A worker's shard of the training split as two tensors on its device, pulled once per
+    worker-group start (Ray Data serves the shard's blocks from the object store, zero-copy).
+
+    Each epoch permutes all of it with a generator seeded from (seed, epoch, rank): a full
+    shuffle of the shard, the same after a resume, in one gather; the batches are then slices
+    (views) of the permuted copy.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @classmethod
+    def pull(cls, shard, device: torch.device, clock: StageClock) -> "ShardCache":
+        """Read `shard` ({"x", "y"}) whole, block by block, into float32 tensors on `device`."""
+        started = time.perf_counter()
+        xs, ys = [], []
+        for block in shard.iter_batches(batch_size=None, batch_format="numpy"):
+            xs.append(block["x"])
+            ys.append(block["y"])
+        read = time.perf_counter()
+        clock.add("read", read - started)
+        x = np.concatenate(xs).astype(np.float32, copy=False) if xs else np.empty((0, 0), np.float32)
+        y = np.concatenate(ys).astype(np.float32, copy=False) if ys else np.empty(0, np.float32)
+        # One copy to the device for the whole run (none on the CPU: from_numpy shares the memory).
+        cache = cls(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+        clock.add("to_tensor", time.perf_counter() - read)
+        return cache
+
+    def truncate(self, rows: int) -> None:
+        """Keep the first `rows`: every DDP worker must take the same number of steps."""
+        self.x, self.y = self.x[:rows], self.y[:rows]
+
+    def epoch_batches(self, batch_size: int, seed: int, clock: StageClock) -> Iterator[dict[str, torch.Tensor]]:
+        """The epoch's batches: permuted here, at once (not on the first batch), then sliced."""
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=generator).to(self.x.device)
+        x, y = self.x[order], self.y[order]
+        clock.add("shuffle", time.perf_counter() - started)
+        return ({"x": x[i : i + batch_size], "y": y[i : i + batch_size]} for i in range(0, len(y), batch_size))
+
+
+def _shard_rows_agreed(rows: int, device: torch.device, world: int) -> int:
+    """The fewest rows any worker's cached shard holds (Ray's equal split gives them all the same)."""
+    if world == 1:
+        return rows
+    import torch.distributed as dist
+
+    fewest = torch.tensor([rows], dtype=torch.int64, device=device)
+    dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
+    return int(fewest.item())
+
+
+def fits_worker_cache(train: "ray.data.Dataset", num_workers: int, cache_mb: int) -> bool:
+    """Whether each worker can hold its shard of `train` and its shuffled copy in `cache_mb` MiB.
+    Known only for a materialized dataset (its size is in the block metadata); otherwise False."""
+    from ray.data.dataset import MaterializedDataset
+
+    if cache_mb <= 0 or not isinstance(train, MaterializedDataset):
+        return False
+    size = train.size_bytes()
+    return size is not None and 2 * size / num_workers <= cache_mb * 2**20
+
+
 def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     """Train one worker's share; resume from the last checkpoint if Ray Train passes one.
 
@@ -160,6 +258,8 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     seed = config["seed"]
     pos_weight = config.get("pos_weight")
     shuffle_buffer = config.get("shuffle_buffer_rows") or None
+    cache_shard = config.get("cache_shard", False)  # fit_model's decision, the same on every worker
+    threads = max(1, int(config.get("cpus_per_worker", 1)))
     on_epoch_end = config.get("on_epoch_end")  # see fit_model
     supervised = config.get("supervised", True)  # False: stop on the validation loss, not AUCPR
     # Negative downsampling: the weighted loss per trained row, times this, is the loss per row of
@@ -168,6 +268,9 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
 
     torch.manual_seed(seed)
     np.random.seed(seed)
+    # Ray sets OMP_NUM_THREADS from the worker's CPUs; say it to torch too, whatever the
+    # environment says, so a worker computes on exactly the cores it reserved.
+    torch.set_num_threads(threads)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()  # Ray: the GPU Ray assigned to this worker, or CPU
@@ -177,8 +280,9 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     state, best_state, optimizer_state = _resume(model, ray.train.get_checkpoint())
     start_epoch = state["epoch"] + 1
 
-    # Ray: moves the model to `device` and wraps it in DistributedDataParallel when world > 1.
-    model = ray.train.torch.prepare_model(model)
+    # Ray: moves the model to `device` and wraps it in DistributedDataParallel when world > 1;
+    # the gradients then live in DDP's all-reduce buckets (no copy into and out of them per step).
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
     plain = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     if optimizer_state is not None:
@@ -190,19 +294,29 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     validation = ray.train.get_dataset_shard("validation")
     bins = ScoreBins.for_kind(kind)
 
+    cache = None
     stopping = EarlyStopping(patience, state["best_aucpr"], state["best_epoch"], state["bad_epochs"])
     for epoch in range(start_epoch, epochs):
         if stopping.stop:
             break
         started = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=batch_size,
-            dtypes=torch.float32,
-            device=device,
-            local_shuffle_buffer_size=shuffle_buffer,
-            local_shuffle_seed=seed * 100_003 + epoch * 101 + rank,
-        )
-        rows, loss_sum = _train_one_epoch(model, optimizer, loss_fn, kind, batches)
+        clock = StageClock()
+        epoch_seed = seed * 100_003 + epoch * 101 + rank
+        if cache_shard:
+            if cache is None:  # the first epoch of this worker-group start pays the read
+                cache = ShardCache.pull(train_shard, device, clock)
+                cache.truncate(_shard_rows_agreed(len(cache), device, world))
+            batches = cache.epoch_batches(batch_size, epoch_seed, clock)
+        else:
+            batches = train_shard.iter_torch_batches(
+                batch_size=batch_size,
+                dtypes=torch.float32,
+                device=device,
+                local_shuffle_buffer_size=shuffle_buffer,
+                local_shuffle_seed=epoch_seed,
+                pin_memory=device.type == "cuda",
+            )
+        rows, loss_sum = _train_one_epoch(model, optimizer, loss_fn, kind, batches, clock)
         train_seconds = time.perf_counter() - started
 
         shard = validation_histogram(
@@ -225,6 +339,8 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             "train_rows": int(total_rows),
             "train_seconds": train_seconds,
             "train_rows_per_s": total_rows / train_seconds if train_seconds > 0 else math.nan,
+            "ingest": "cache" if cache_shard else "stream",
+            **clock.metrics(),  # this worker's (rank 0's in the history); see StageClock
             "epoch_seconds": time.perf_counter() - started,
             "best_epoch": stopping.best_epoch,
             "early_stopped": stopping.stop,
@@ -258,18 +374,36 @@ def _resume(model: nn.Module, checkpoint) -> tuple[dict[str, Any], dict[str, tor
     return state, best_state, optimizer_state
 
 
-def _train_one_epoch(model: nn.Module, optimizer, loss_fn: nn.Module, kind: str, batches) -> tuple[int, float]:
-    """One pass over this worker's shard; (rows, summed loss) of this worker."""
+def _train_one_epoch(
+    model: nn.Module, optimizer, loss_fn: nn.Module, kind: str, batches: Iterable[Mapping[str, torch.Tensor]], clock: StageClock
+) -> tuple[int, float]:
+    """One pass over this worker's shard; (rows, summed loss) of this worker. The time spent
+    waiting for each batch and in each step goes to `clock`."""
     model.train()
-    rows, loss_sum = 0, 0.0
-    for batch in batches:
+    rows, loss_sum = 0, None
+    batches = iter(batches)
+    while True:
+        waited = time.perf_counter()
+        batch = next(batches, None)
+        stepped = time.perf_counter()
+        clock.add("wait", stepped - waited)
+        if batch is None:
+            break
+        x, y = batch["x"], batch["y"]
         optimizer.zero_grad(set_to_none=True)
-        loss = batch_loss(model, loss_fn, kind, batch["x"], batch["y"])
+        loss = batch_loss(model, loss_fn, kind, x, y)
+        forward = time.perf_counter()
         loss.backward()  # Ray/DDP: gradients are averaged across workers here
+        backward = time.perf_counter()
         optimizer.step()
-        rows += len(batch["y"])
-        loss_sum += float(loss.detach()) * len(batch["y"])
-    return rows, loss_sum
+        # Summed on the device: reading a loss back to the host would sync a GPU every step.
+        weighted = loss.detach().double() * len(y)
+        loss_sum = weighted if loss_sum is None else loss_sum + weighted
+        rows += len(y)
+        clock.add("forward", forward - stepped)
+        clock.add("backward", backward - forward)
+        clock.add("optimizer", time.perf_counter() - backward)
+    return rows, 0.0 if loss_sum is None else float(loss_sum)
 
 
 def _agree(
@@ -342,7 +476,9 @@ def fit_model(
     """Train with Ray Train's TorchTrainer on `train` ({"x", "y"}), early-stopping on `validation`.
 
     Args:
-        train, validation: preprocessed datasets (materialize them first; every epoch re-reads them).
+        train, validation: preprocessed datasets (materialize them first). A worker pulls its shard
+            of `train` once when twice the shard fits `train.worker_cache_mb` (`fits_worker_cache`),
+            else streams it every epoch; `validation` is re-read every epoch.
         architecture: the manifest's architecture entry (kind, n_features, hidden, dropout).
         settings: lakescore Settings: `train` (epochs, batch size, learning rate, patience, seed),
             `ray` (num_workers, use_gpu, cpus_per_worker, max_failures) and the checkpoint
@@ -375,6 +511,8 @@ def fit_model(
         "seed": t.seed,
         "pos_weight": pos_weight,
         "shuffle_buffer_rows": t.shuffle_buffer_rows,
+        "cache_shard": fits_worker_cache(train, ray_settings.num_workers, t.worker_cache_mb),
+        "cpus_per_worker": ray_settings.cpus_per_worker,
         "on_epoch_end": on_epoch_end,
         "supervised": supervised,
         "train_loss_scale": train_loss_scale,
