@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakescore import schemas as S
 from lakescore.config import ConfigError, Settings, check_identifier, check_table_name
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +361,104 @@ __all__ = [
     "resolve_source",
     "table_path",
 ]
+
+
+# --- Delta commits of Parquet files written by Python tasks -----------------------------------
+
+# What a task that wrote a file returns to the driver, which commits every task's file at once.
+WRITTEN_FILE_SCHEMA = "path string, size long, rows long, partition string, stats string"
+
+
+def write_partition_file(table: "pa.Table", root: Path | str, partition_column: str, value: str, name: str) -> dict:
+    """Write `table` (without `partition_column`) as one Parquet file in `root`'s folder
+    `partition_column=value`, as Spark lays out a partitioned Delta table; return its
+    `WRITTEN_FILE_SCHEMA` record for `commit_written_files`.
+
+    The file is not part of the table until the commit: a task that fails or is retried leaves a
+    file no version refers to, which VACUUM removes, as it does for Spark's own failed writes.
+    """
+    import pyarrow.parquet as pq
+
+    relative = f"{partition_column}={value}/{name}.snappy.parquet"
+    target = Path(root) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = table.drop_columns([partition_column])
+    pq.write_table(data, target, compression="snappy")
+    return {
+        "path": relative,
+        "size": target.stat().st_size,
+        "rows": data.num_rows,
+        "partition": value,
+        "stats": _file_stats(data),
+    }
+
+
+def _file_stats(data: "pa.Table") -> str:
+    """Delta's per-file statistics: the row count, and the minimum, maximum and null count of each
+    column Spark's data skipping reads (numbers, dates, times in UTC milliseconds, strings)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    low, high, nulls = {}, {}, {}
+    for name, column in zip(data.column_names, data.columns):
+        nulls[name] = column.null_count
+        kind = column.type
+        if pa.types.is_boolean(kind) or column.null_count == len(column):
+            continue
+        bounds = pc.min_max(column)
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        if pa.types.is_timestamp(kind):
+            # Delta's statistics hold milliseconds; the maximum is rounded up so that no row lies above it.
+            lo = lo.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{lo.microsecond // 1000:03d}Z"
+            up = hi + dt.timedelta(microseconds=(-hi.microsecond) % 1000)
+            hi = up.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{up.microsecond // 1000:03d}Z"
+        elif pa.types.is_date(kind):
+            lo, hi = lo.isoformat(), hi.isoformat()
+        elif pa.types.is_floating(kind) and not (math.isfinite(lo) and math.isfinite(hi)):
+            continue
+        elif pa.types.is_string(kind) and max(len(lo), len(hi)) > 32:
+            continue  # Delta truncates long strings; leave them out rather than bound them wrongly
+        low[name], high[name] = lo, hi
+    return json.dumps({"numRecords": data.num_rows, "minValues": low, "maxValues": high, "nullCount": nulls})
+
+
+def commit_written_files(
+    path: Path | str, files: list, schema: "pa.Schema", partition_column: str, replace: list[str], operation: str
+) -> None:
+    """Commit the files of `write_partition_file` to the Delta table at `path` in one version that
+    replaces exactly the partitions `replace` (the table is created if it does not exist).
+
+    Readers see the partitions as they were or as written, never a mix; on a conflict with
+    another writer nothing is committed and delta-rs raises (the written files stay orphaned).
+    """
+    import time
+
+    import pyarrow as pa
+    from deltalake import CommitProperties, DeltaTable
+    from deltalake import Schema as DeltaSchema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    now = int(time.time() * 1000)
+    actions = [
+        AddAction(f["path"], int(f["size"]), {partition_column: f["partition"]}, now, True, f["stats"]) for f in files
+    ]
+    # Nullable, as Delta records a table Spark creates from a DataFrame.
+    table_schema = pa.schema([field.with_nullable(True) for field in schema])
+    # Shown by DESCRIBE HISTORY in `userMetadata`: what replaced which partitions.
+    note = f"lakescore {operation}: replaced {partition_column} in ({', '.join(replace)}) with {len(files)} file(s)"
+    properties = CommitProperties(custom_metadata={"userMetadata": note})
+    if (Path(path) / "_delta_log").is_dir():
+        DeltaTable(str(path)).create_write_transaction(
+            actions,
+            mode="overwrite",
+            schema=table_schema,
+            partition_by=[partition_column],
+            partition_filters=[(partition_column, "in", list(replace))],
+            commit_properties=properties,
+        )
+    else:
+        create_table_with_add_actions(
+            str(path), DeltaSchema.from_arrow(table_schema), actions, mode="error", partition_by=[partition_column], commit_properties=properties
+        )

@@ -1,13 +1,23 @@
-"""Synthetic card transactions with labelled anomalies, built entirely in Spark.
+"""Synthetic card transactions with labelled anomalies, generated in numpy by Spark's tasks.
 
-`build_transactions(spark, ...)` starts from `spark.range` and derives every value from a
-keyed hash of (seed, row id, purpose), so nothing is built on the driver, the output does not
-depend on partitioning or executor count, and the same seed always gives the same table: ten
-thousand rows on a laptop and ten billion on a cluster come from the same code.
+`build_transactions(spark, ...)` is a DataFrame of independent tasks, one per (day, bucket of
+accounts): accounts are dealt to `buckets` buckets by id, and each task generates one day of one
+bucket in numpy (`mapInArrow`), from a random generator seeded by (seed, day, bucket), and hands
+Arrow batches to Spark, which writes them. Nothing is built on the driver and no task waits for
+another (no shuffle): a cluster runs as many at once as it has cores. The same settings always
+give the same rows, whatever the partitioning or executor count; a day regenerates identically
+whatever else is generated with it.
 
-Behaviour per account (from a hash of the account id): a home country, a typical amount and
-spread, an active-hours centre, a favourite merchant category, and how often the card is
-present. Accounts are skewed: a few are very active.
+An account's profile comes from a keyed hash of its id, so it is the same on every day: a home
+country, a typical amount and spread, an active-hours centre, a favourite merchant category, and
+how often the card is present. Accounts are skewed: a few are very active.
+
+History per account (the previous payment, the payments in the last hour and day) is computed in
+the task, which holds all of the account's payments of that day. What came before the day is a
+carried summary drawn from the account's activity rate: how many payments it made the day before
+(Poisson), the time of the last of them, and where. The 24-hour count of a payment adds the part
+of yesterday's payments that fall in its window (spread evenly over yesterday); an account with
+no payment in the last week has no previous payment (a null, as in a real source).
 
 Anomalies, at `anomaly_rate` of the rows in total, one quarter of the rows of each kind:
 - card_testing: a burst of 5-11 tiny online payments within minutes, mostly from a new device;
@@ -24,44 +34,37 @@ account-days are spent legitimately travelling, 3% from a new device.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import math
+import uuid
+import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
-from pyspark.sql import Column, DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.window import Window
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
 
 from lakescore import schemas as S
 
 COUNTRIES = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "MX", "BR", "JP", "AU")
-_HASH_RANGE = float(1 << 47)
 _EPOCH = dt.date(2000, 1, 1)
+_EPOCH_DAYS_SINCE_1970 = (_EPOCH - dt.date(1970, 1, 1)).days
+_DAY = 86_400
 _CARD_TESTING_BURST_MEAN = 8.0  # rows per card-testing burst (5..11)
+# Generated rows per task, by default: about 0.3 s of numpy and 40 MB of arrays per task.
+ROWS_PER_TASK = 500_000
+# Rows per Arrow batch handed to Spark.
+_BATCH_ROWS = 65_536
 
-
-def _uniform(seed: int, tag: str, *cols: Column) -> Column:
-    """A uniform in (0, 1) from a keyed 64-bit hash: deterministic per row, independent per tag."""
-    h = F.xxhash64(F.lit(seed), F.lit(tag), *cols).bitwiseAND(F.lit((1 << 47) - 1))
-    return (h.cast("double") + F.lit(0.5)) / F.lit(_HASH_RANGE)
-
-
-def _normal(seed: int, tag: str, *cols: Column) -> Column:
-    """A standard normal by Box-Muller over two keyed uniforms."""
-    u1 = _uniform(seed, tag + ":1", *cols)
-    u2 = _uniform(seed, tag + ":2", *cols)
-    return F.sqrt(F.lit(-2.0) * F.log(u1)) * F.cos(F.lit(2.0 * math.pi) * u2)
-
-
-def _pick(values: tuple[str, ...], u: Column) -> Column:
-    """values[floor(u * len)] as a Spark expression."""
-    index = F.least(F.floor(u * F.lit(len(values))).cast("int"), F.lit(len(values) - 1))
-    return F.element_at(F.array(*[F.lit(v) for v in values]), index + F.lit(1))
+# Codes: index into S.ANOMALY_TYPES plus one (0: a normal payment).
+_NORMAL, _CARD_TESTING, _TAKEOVER, _SPIKE, _TRAVEL = 0, 1, 2, 3, 4
+_CATEGORY_FACTOR = {"travel": 4.0, "electronics": 3.0, "fuel": 1.2, "digital_goods": 0.4}
+_CATEGORY = {name: i for i, name in enumerate(S.MERCHANT_CATEGORIES)}
 
 
 @dataclass(frozen=True)
 class _Generation:
-    """The parameters every stage reads, fixed for one `build_transactions` call."""
+    """The parameters every task reads, fixed for one `build_transactions` call."""
 
     seed: int
     rows_per_day: int
@@ -69,11 +72,18 @@ class _Generation:
     anomaly_rate: float
     start_date: dt.date
     days: int
+    buckets: int
 
     @property
     def first_day(self) -> int:
         """`start_date` as days since `_EPOCH`: row ids count from there."""
         return (self.start_date - _EPOCH).days
+
+
+def buckets_per_day(rows_per_day: int, accounts: int, rows_per_task: int = ROWS_PER_TASK, min_buckets: int = 1) -> int:
+    """How many tasks generate one day: enough for `rows_per_task` rows each, at least
+    `min_buckets`, at most one per account."""
+    return max(1, min(accounts, max(min_buckets, math.ceil(rows_per_day / rows_per_task))))
 
 
 def build_transactions(
@@ -85,6 +95,8 @@ def build_transactions(
     anomaly_rate: float,
     seed: int,
     start_date: dt.date,
+    rows_per_task: int = ROWS_PER_TASK,
+    min_buckets: int = 1,
 ) -> DataFrame:
     """Return the synthetic transactions of `days` days from `start_date` (schema: TRANSACTIONS_SCHEMA).
 
@@ -92,10 +104,14 @@ def build_transactions(
         days, rows_per_day: base rows; card-testing bursts and travel pairs add ~0.4% more.
         accounts: number of distinct accounts (activity is skewed across them).
         anomaly_rate: fraction of rows that are anomalies (default config: 0.005).
-        seed: the same seed gives identical rows.
+        seed: the same seed (and the same other arguments) gives identical rows.
         start_date: first `event_date`.
+        rows_per_task, min_buckets: each day is generated by `buckets_per_day(...)` tasks, each
+            writing its own file(s); part of what the rows are (accounts are dealt to buckets), so
+            regenerating a day reproduces it only with the same values.
 
-    Lazy: nothing runs until the result is written or collected.
+    Lazy: nothing runs until the result is written or collected. Row order: by task, then
+    account and time within a task.
     """
     gen = _Generation(
         seed=seed,
@@ -104,333 +120,383 @@ def build_transactions(
         anomaly_rate=anomaly_rate,
         start_date=start_date,
         days=days,
+        buckets=buckets_per_day(rows_per_day, accounts, rows_per_task, min_buckets),
     )
     if gen.first_day < 0:
         raise ValueError(f"start_date {start_date} is before {_EPOCH}; pick a later start date")
-    # Each stage adds or overrides columns; the order matters where a stage reads what an
-    # earlier one wrote (the anomaly stages override the normal payment's columns).
-    rows = _base_rows(spark, gen)
-    rows = _with_anomaly_kinds(rows, gen)
-    rows = _with_accounts(rows, gen)
-    rows = _with_bursts_and_travel_pairs(rows, gen)
-    rows = _with_account_profiles(rows, gen)
-    rows = _with_normal_payments(rows, gen)
-    rows = _with_anomaly_labels(rows)
-    rows = _with_anomalous_purchases(rows, gen)
-    rows = _with_anomalous_places_and_times(rows, gen)
-    rows = _with_missing_locations(rows, gen)
-    rows = _with_timestamps(rows, gen)
-    rows = _with_account_history(rows)
-    return _to_transactions_schema(rows)
+    tasks = days * gen.buckets
+    schema = arrow_schema()
+
+    def generate(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for task in batch.column(0).to_numpy():
+                day, bucket = gen.first_day + int(task) // gen.buckets, int(task) % gen.buckets
+                yield from _task_batches(gen, day, bucket, schema)
+
+    return spark.range(0, tasks, numPartitions=tasks).mapInArrow(generate, S.TRANSACTIONS_SCHEMA)
 
 
-def _row_uniform(seed: int, tag: str) -> Column:
-    """A uniform per output row: keyed by the base row and its index within a burst or pair."""
-    return _uniform(seed, tag, F.col("rid"), F.col("sub"))
+def write_transaction_files(
+    spark: SparkSession,
+    path: str,
+    *,
+    days: int,
+    rows_per_day: int,
+    accounts: int,
+    anomaly_rate: float,
+    seed: int,
+    start_date: dt.date,
+    rows_per_task: int = ROWS_PER_TASK,
+    min_buckets: int = 1,
+) -> list:
+    """Generate the rows `build_transactions` would and write each task's rows as one Parquet file
+    under `path`, in its `event_date=` folder, from the task itself (pyarrow): Spark schedules the
+    tasks, and only a record per file (`lake.WRITTEN_FILE_SCHEMA`) comes back to the driver, which
+    commits them (`lake.commit_written_files`). Returns those records, one per task."""
+    from lakescore import lake
+
+    gen = _Generation(
+        seed=seed,
+        rows_per_day=rows_per_day,
+        accounts=accounts,
+        anomaly_rate=anomaly_rate,
+        start_date=start_date,
+        days=days,
+        buckets=buckets_per_day(rows_per_day, accounts, rows_per_task, min_buckets),
+    )
+    if gen.first_day < 0:
+        raise ValueError(f"start_date {start_date} is before {_EPOCH}; pick a later start date")
+    tasks = days * gen.buckets
+    schema = arrow_schema()
+    # One name for the whole write: its files are told apart from an earlier write's by it.
+    write_id = uuid.uuid4().hex
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for task in batch.column(0).to_numpy():
+                day, bucket = gen.first_day + int(task) // gen.buckets, int(task) % gen.buckets
+                table = _task_table(gen, day, bucket, schema)
+                date = (_EPOCH + dt.timedelta(days=day)).isoformat()
+                name = f"part-{int(task):05d}-{write_id}-{uuid.uuid4().hex[:8]}"
+                record = lake.write_partition_file(table, path, S.EVENT_DATE, date, name)
+                yield pa.RecordBatch.from_pylist([record])
+
+    return spark.range(0, tasks, numPartitions=tasks).mapInArrow(write, lake.WRITTEN_FILE_SCHEMA).collect()
 
 
-def _row_normal(seed: int, tag: str) -> Column:
-    """A standard normal per output row (see `_row_uniform`)."""
-    return _normal(seed, tag, F.col("rid"), F.col("sub"))
+# --- keyed hashes: the same value for an account (or account-day) in every task ---------------
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
 
 
-def _base_rows(spark: SparkSession, gen: _Generation) -> DataFrame:
-    """One row per base payment: `rid` (a row id) and `day` (days since `_EPOCH`)."""
-    # Row ids count from a fixed epoch, so a day's rows are the same whichever window it is
-    # generated in (re-generating one day reproduces it; velocity at the window's edge aside).
-    first_day = gen.first_day
-    base = spark.range(
-        first_day * gen.rows_per_day, (first_day + gen.days) * gen.rows_per_day, numPartitions=max(1, gen.days)
-    ).withColumnRenamed("id", "rid")
-    return base.withColumn("day", (F.col("rid") / gen.rows_per_day).cast("long"))
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 that scatters every input bit."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
 
 
-def _with_anomaly_kinds(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Add `kind` (the anomaly kind a base row seeds, null for a normal one) and `hard`."""
+def _hash_uniform(seed: int, tag: str, *keys: np.ndarray) -> np.ndarray:
+    """A uniform in (0, 1) per element of `keys`, from a keyed 64-bit hash: independent per tag."""
+    with np.errstate(over="ignore"):
+        h = _mix(np.full(np.shape(keys[0]), np.uint64(seed & (2**64 - 1)) ^ np.uint64(zlib.crc32(tag.encode())), np.uint64))
+        for key in keys:
+            h = _mix(h ^ (np.asarray(key).astype(np.uint64) * _GOLDEN))
+    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def _hash_normal(seed: int, tag: str, *keys: np.ndarray) -> np.ndarray:
+    """A standard normal per element by Box-Muller over two keyed uniforms."""
+    u1, u2 = _hash_uniform(seed, tag + ":1", *keys), _hash_uniform(seed, tag + ":2", *keys)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+
+
+def _pick(n: int, u: np.ndarray) -> np.ndarray:
+    """floor(u * n), an index into n values."""
+    return np.minimum((u * n).astype(np.int64), n - 1)
+
+
+# --- one task: a day of one bucket of accounts ------------------------------------------------
+
+
+def _task_batches(gen: _Generation, day: int, bucket: int, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    table = _task_table(gen, day, bucket, schema)
+    yield from table.to_batches(max_chunksize=_BATCH_ROWS)
+
+
+def _task_table(gen: _Generation, day: int, bucket: int, schema: pa.Schema) -> pa.Table:
+    """The rows of (day, bucket), ordered by account and time."""
+    rng = np.random.default_rng([gen.seed, day, bucket])
+    nb = gen.buckets
+    base_rows = gen.rows_per_day // nb + int(bucket < gen.rows_per_day % nb)
+    bucket_accounts = (gen.accounts - bucket + nb - 1) // nb
+
+    base = _base_rows(gen, rng, day, bucket, base_rows, bucket_accounts)
+    rows = _expand(base, rng)
+    accounts = bucket + nb * np.arange(bucket_accounts)
+    account_days = _account_days(gen.seed, accounts, day)
+    profile = {name: values[rows["j"]] for name, values in _profiles(gen.seed, accounts).items()}
+    _normal_payments(rng, rows, profile, {name: values[rows["j"]] for name, values in account_days.items()})
+    _labels(rows)
+    _anomalous_purchases(rng, rows, profile)
+    _anomalous_places_and_times(rng, rows, profile)
+    _missing_locations(rng, rows)
+    rows["ts_rel"] = np.minimum(rows["hour"] * 3600 + rows["second"], _DAY - 1)
+    # By account, then time; ties keep the generated order, which is by transaction id.
+    order = np.argsort(rows["j"] * (1 << 18) + rows["ts_rel"], kind="stable")
+    rows = {name: values[order] for name, values in rows.items()}
+    profile = {name: values[order] for name, values in profile.items()}
+    carried = _carried_summary(gen, rng, accounts, _account_days(gen.seed, accounts, day - 1), account_days["new"], base_rows)
+    _history(rows, carried)
+    return _to_arrow(gen, day, rows, profile, schema)
+
+
+def _base_rows(gen: _Generation, rng: np.random.Generator, day: int, bucket: int, m: int, n_accounts: int) -> dict:
+    """One entry per base payment: its id, anomaly kind, hardness, account and event timing."""
+    k = bucket + gen.buckets * np.arange(m, dtype=np.int64)  # index within the day
+    rid = day * gen.rows_per_day + k
     quarter = gen.anomaly_rate / 4.0
     # Seed rows per kind so that each kind ends up with ~a quarter of the anomalous rows.
-    p_card_testing = quarter / _CARD_TESTING_BURST_MEAN
-    cut_card_testing = p_card_testing
-    cut_takeover = cut_card_testing + quarter
-    cut_spike = cut_takeover + quarter
-    cut_travel = cut_spike + quarter
-    u_kind = _uniform(gen.seed, "kind", F.col("rid"))
-    kind = (
-        F.when(u_kind < cut_card_testing, F.lit("card_testing"))
-        .when(u_kind < cut_takeover, F.lit("account_takeover"))
-        .when(u_kind < cut_spike, F.lit("amount_spike"))
-        .when(u_kind < cut_travel, F.lit("impossible_travel"))
+    cuts = np.cumsum([quarter / _CARD_TESTING_BURST_MEAN, quarter, quarter, quarter])
+    kind = np.searchsorted(cuts, rng.random(m), side="right") + 1  # 1..4 a kind, 5 normal
+    kind[kind == 5] = _NORMAL
+    hard = rng.random(m) < 0.25
+    # Skewed activity: low account ids of the bucket are much busier.
+    j = np.minimum((rng.random(m) ** 1.3 * n_accounts).astype(np.int64), n_accounts - 1)
+    n_sub = np.where(kind == _CARD_TESTING, rng.integers(5, 12, m), np.where(kind == _TRAVEL, 2, 1))
+    return {
+        "rid": rid,
+        "kind": kind.astype(np.int8),
+        "hard": hard,
+        "j": j,  # the account's index in the bucket
+        "account": bucket + gen.buckets * j,
+        "n_sub": n_sub,
+        "hour_z": rng.standard_normal(m),  # the event's hour, shared by a burst's or pair's rows
+        "second": (rng.random(m) * 3600).astype(np.int64),
+        "night": rng.random(m),
+    }
+
+
+def _expand(base: dict, rng: np.random.Generator) -> dict:
+    """Explode each base row into its output rows, numbered by `sub`: a card-testing row becomes a
+    burst of 5-11 rows, an impossible-travel row a pair (home, then away)."""
+    n_sub = base.pop("n_sub")
+    index = np.repeat(np.arange(len(n_sub)), n_sub)
+    starts = np.cumsum(n_sub) - n_sub
+    rows = {name: values[index] for name, values in base.items()}
+    rows["sub"] = np.arange(len(index)) - starts[index]
+    rows["transaction_id"] = rows["rid"] * 16 + rows["sub"]
+    return rows
+
+
+def _profiles(seed: int, account: np.ndarray) -> dict:
+    """The account's profile, all from a keyed hash of the account id."""
+    return {
+        "mu": 3.3 + 0.6 * _hash_normal(seed, "acct_mu", account),
+        "sigma": 0.3 + 0.25 * _hash_uniform(seed, "acct_sigma", account),
+        "home_country": _pick(len(COUNTRIES), _hash_uniform(seed, "acct_country", account) ** 2.0),
+        "hour_centre": 9.0 + 11.0 * _hash_uniform(seed, "acct_hour", account),
+        "fav_category": _pick(4, _hash_uniform(seed, "acct_fav", account)),
+        "present_rate": 0.35 + 0.6 * _hash_uniform(seed, "acct_present", account),
+    }
+
+
+def _account_days(seed: int, accounts: np.ndarray, day: int) -> dict:
+    """Per account, for one day: legitimate travel (3% of account-days: every payment is made
+    abroad, in one place), where, and a new account (2%: no payment before today)."""
+    days = np.full(len(accounts), day)
+    return {
+        "travelling": _hash_uniform(seed, "travelling", accounts, days) < 0.03,
+        "away": _pick(len(COUNTRIES), _hash_uniform(seed, "away", accounts, days)),
+        "away_km": 300.0 + 5000.0 * _hash_uniform(seed, "away_km", accounts, days),
+        "new": _hash_uniform(seed, "new_account", accounts, days) < 0.02,
+    }
+
+
+def _normal_payments(rng: np.random.Generator, rows: dict, profile: dict, account_day: dict) -> None:
+    """Add a normal payment for the account: what, how much, where, when within the hour."""
+    n = len(rows["rid"])
+    rows["hour"] = np.mod(np.round(profile["hour_centre"] + 3.2 * rows.pop("hour_z")).astype(np.int64), 24)
+    category = np.where(rng.random(n) < 0.45, profile["fav_category"], _pick(len(S.MERCHANT_CATEGORIES), rng.random(n)))
+    factor = np.ones(len(S.MERCHANT_CATEGORIES))
+    for name, value in _CATEGORY_FACTOR.items():
+        factor[_CATEGORY[name]] = value
+    rows["category"] = category
+    rows["amount"] = np.exp(profile["mu"] + profile["sigma"] * rng.standard_normal(n)) * factor[category]
+    rows["online"] = (category == _CATEGORY["online"]) | (category == _CATEGORY["digital_goods"])
+    rows["card_present"] = ~rows["online"] & (rng.random(n) < profile["present_rate"])
+    travelling = account_day["travelling"]
+    rows["country"] = np.where(travelling, account_day["away"], profile["home_country"])
+    rows["distance"] = np.where(
+        travelling, account_day["away_km"] + 20.0 * rng.random(n), np.exp(1.6 + 0.9 * rng.standard_normal(n))
     )
-    return rows.withColumn("kind", kind).withColumn("hard", _uniform(gen.seed, "hard", F.col("rid")) < 0.25)
+    rows["new_device"] = rng.random(n) < 0.03
 
 
-def _with_accounts(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Add `account`: skewed activity, low account ids are much busier."""
-    return rows.withColumn(
-        "account",
-        F.least(
-            F.floor(F.pow(_uniform(gen.seed, "account", F.col("rid")), F.lit(1.3)) * gen.accounts).cast("long"),
-            F.lit(gen.accounts - 1),
-        ),
-    )
+def _labels(rows: dict) -> None:
+    """`is_anomaly`: the first row of an impossible-travel pair is the genuine payment at home."""
+    kind = rows["kind"]
+    rows["is_anomaly"] = (kind != _NORMAL) & ~((kind == _TRAVEL) & (rows["sub"] == 0))
 
 
-def _with_bursts_and_travel_pairs(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Explode each base row into its output rows, numbered by `sub`.
-
-    A card-testing row becomes a burst of 5-11 rows, an impossible-travel row a pair (home,
-    then away); every other row stays one row.
-    """
-    return rows.withColumn(
-        "n_sub",
-        F.when(F.col("kind") == "card_testing", F.floor(_uniform(gen.seed, "burst", F.col("rid")) * 7).cast("int") + 5)
-        .when(F.col("kind") == "impossible_travel", F.lit(2))
-        .otherwise(F.lit(1)),
-    ).withColumn("sub", F.explode(F.sequence(F.lit(0), F.col("n_sub") - 1)))
-
-
-def _with_account_profiles(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Add the account's profile, all from a hash of the account id.
-
-    `mu` and `sigma` (log-normal amounts), `home_country`, `hour_centre` (active hours),
-    `fav_category` and `present_rate` (how often the card is present).
-    """
-    seed = gen.seed
-    acct = F.col("account")
-    mu = F.lit(3.3) + F.lit(0.6) * _normal(seed, "acct_mu", acct)
-    sigma = F.lit(0.3) + F.lit(0.25) * _uniform(seed, "acct_sigma", acct)
-    return (
-        rows.withColumn("mu", mu)
-        .withColumn("sigma", sigma)
-        .withColumn("home_country", _pick(COUNTRIES, F.pow(_uniform(seed, "acct_country", acct), F.lit(2.0))))
-        .withColumn("hour_centre", F.lit(9.0) + F.lit(11.0) * _uniform(seed, "acct_hour", acct))
-        .withColumn("fav_category", _pick(S.MERCHANT_CATEGORIES[:4], _uniform(seed, "acct_fav", acct)))
-        .withColumn("present_rate", F.lit(0.35) + F.lit(0.6) * _uniform(seed, "acct_present", acct))
-    )
+def _anomalous_purchases(rng: np.random.Generator, rows: dict, profile: dict) -> None:
+    """Override what an anomaly buys and how: amount, category, card presence, hour, device."""
+    n = len(rows["rid"])
+    kind, hard = rows["kind"], rows["hard"]
+    ct, ato, spike = kind == _CARD_TESTING, kind == _TAKEOVER, kind == _SPIKE
+    typical = np.exp(profile["mu"] + profile["sigma"] ** 2 / 2.0)
+    u_spike, u_ato = rng.random(n), rng.random(n)
+    spike_factor = np.where(hard, 3.5 + 1.5 * u_spike, 6.0 + 14.0 * u_spike)
+    ato_factor = np.where(hard, 1.5 + 1.2 * u_ato, 3.0 + 7.0 * u_ato)
+    ct_amount = 0.5 + 4.5 * rng.random(n)
+    rows["amount"] = np.select([ct, ato, spike], [ct_amount, typical * ato_factor, rows["amount"] * spike_factor], rows["amount"])
+    ct_category = np.array([_CATEGORY["online"], _CATEGORY["digital_goods"]])[_pick(2, rng.random(n))]
+    ato_category = np.array([_CATEGORY["electronics"], _CATEGORY["digital_goods"], _CATEGORY["travel"]])[_pick(3, rng.random(n))]
+    rows["category"] = np.select([ct, ato], [ct_category, ato_category], rows["category"])
+    rows["card_present"] &= ~(ct | ato)
+    rows["hour"] = np.where(ato & ~hard, (1.0 + 4.0 * rows.pop("night")).astype(np.int64), rows["hour"])
+    rows["new_device"] = np.where(ato, True, np.where(ct, rng.random(n) < 0.7, rows["new_device"]))
 
 
-def _with_normal_payments(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Add a normal payment for the account: what, how much, where, when within the hour.
-
-    Adds `hour`, `category`, `online` (the normal category is an online one; kept for
-    `_with_missing_locations`), `amount_raw`, `card_present`, `travelling`, `country_raw`,
-    `distance` (km from home), `new_device_raw` and `second`. Anomalies override some later.
-    """
-    seed = gen.seed
-    u = functools.partial(_row_uniform, seed)
-    z = functools.partial(_row_normal, seed)
-    # The rows of one burst or travel pair share their event's hour and starting second.
-    event_hour = F.col("hour_centre") + F.lit(3.2) * _normal(seed, "hour", F.col("rid"))
-    hour = F.pmod(F.round(event_hour).cast("int"), F.lit(24))
-    category = F.when(u("cat_fav") < 0.45, F.col("fav_category")).otherwise(_pick(S.MERCHANT_CATEGORIES, u("cat")))
-    category_factor = (
-        F.when(category == "travel", 4.0)
-        .when(category == "electronics", 3.0)
-        .when(category == "fuel", 1.2)
-        .when(category == "digital_goods", 0.4)
-        .otherwise(1.0)
-    )
-    amount = F.exp(F.col("mu") + F.col("sigma") * z("amount")) * category_factor
-    online = category.isin("online", "digital_goods")
-    # Legitimate travel: on 3% of account-days every payment is made abroad, in one place.
-    acct_day = (F.col("account"), F.col("day"))
-    travelling = _uniform(seed, "travelling", *acct_day) < 0.03
-    return (
-        rows.withColumn("hour", hour)
-        .withColumn("category", category)
-        .withColumn("online", online)
-        .withColumn("amount_raw", amount)
-        .withColumn("card_present", ~online & (u("present") < F.col("present_rate")))
-        .withColumn("travelling", travelling)
-        .withColumn(
-            "country_raw",
-            F.when(travelling, _pick(COUNTRIES, _uniform(seed, "away", *acct_day))).otherwise(F.col("home_country")),
-        )
-        .withColumn(
-            "distance",
-            F.when(
-                travelling,
-                F.lit(300.0) + F.lit(5000.0) * _uniform(seed, "away_km", *acct_day) + F.lit(20.0) * u("jitter"),
-            ).otherwise(F.exp(F.lit(1.6) + F.lit(0.9) * z("km"))),
-        )
-        .withColumn("new_device_raw", u("device") < 0.03)
-        .withColumn("second", F.floor(_uniform(seed, "second", F.col("rid")) * 3600).cast("long"))
-    )
-
-
-def _with_anomaly_labels(rows: DataFrame) -> DataFrame:
-    """Add `is_anomaly` and `anomaly_type` (the kind, null for a normal payment)."""
-    k = F.col("kind")
-    is_anomaly = (
-        F.when(k.isNull(), F.lit(False))
-        # The first row of an impossible-travel pair is the genuine payment at home.
-        .when((k == "impossible_travel") & (F.col("sub") == 0), F.lit(False))
-        .otherwise(F.lit(True))
-    )
-    return rows.withColumn("is_anomaly", is_anomaly).withColumn("anomaly_type", F.when(F.col("is_anomaly"), k))
-
-
-def _with_anomalous_purchases(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Override what an anomaly buys and how: `amount_raw`, `category`, `card_present`, `hour`, `new_device_raw`.
-
-    Card testing: tiny online payments, mostly from a new device. Account takeover: goods that
-    resell well for several times the usual amount, from a new device, at night unless hard.
-    Amount spike: the usual purchase for many times its amount.
-    """
-    seed = gen.seed
-    u = functools.partial(_row_uniform, seed)
-    k = F.col("kind")
-    hard = F.col("hard")
-    ct = k == "card_testing"
-    ato = k == "account_takeover"
-    spike = k == "amount_spike"
-    typical = F.exp(F.col("mu") + F.col("sigma") * F.col("sigma") / 2.0)
-    night = _uniform(seed, "ato_hour", F.col("rid"))  # per base row, like the normal hour
-    spike_factor = F.when(hard, F.lit(3.5) + F.lit(1.5) * u("spike")).otherwise(F.lit(6.0) + F.lit(14.0) * u("spike"))
-    ato_factor = F.when(hard, F.lit(1.5) + F.lit(1.2) * u("ato")).otherwise(F.lit(3.0) + F.lit(7.0) * u("ato"))
-    return (
-        rows.withColumn(
-            "amount_raw",
-            F.when(ct, F.lit(0.5) + F.lit(4.5) * u("ct_amount"))
-            .when(ato, typical * ato_factor)
-            .when(spike, F.col("amount_raw") * spike_factor)
-            .otherwise(F.col("amount_raw")),
-        )
-        .withColumn(
-            "category",
-            F.when(ct, _pick(("online", "digital_goods"), u("ct_cat")))
-            .when(ato, _pick(("electronics", "digital_goods", "travel"), u("ato_cat")))
-            .otherwise(F.col("category")),
-        )
-        .withColumn("card_present", F.when(ct | ato, F.lit(False)).otherwise(F.col("card_present")))
-        .withColumn(
-            "hour",
-            F.when(ato & ~hard, F.floor(F.lit(1.0) + F.lit(4.0) * night).cast("int")).otherwise(F.col("hour")),
-        )
-        .withColumn(
-            "new_device_raw",
-            F.when(ato, F.lit(True))
-            .when(ct, u("ct_device") < 0.7)
-            .otherwise(F.col("new_device_raw")),
-        )
-    )
-
-
-def _with_anomalous_places_and_times(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Override where and when an anomaly happens: `country_raw`, `distance`, `second`.
+def _anomalous_places_and_times(rng: np.random.Generator, rows: dict, profile: dict) -> None:
+    """Override where and when an anomaly happens: country, distance, second.
 
     A takeover often comes from another country (not when hard); the away row of an
     impossible-travel pair is far from home (hard: 800-2,000 km) and its home row is near.
     """
-    u = functools.partial(_row_uniform, gen.seed)
-    z = functools.partial(_row_normal, gen.seed)
-    k = F.col("kind")
-    sub = F.col("sub")
-    hard = F.col("hard")
-    ct = k == "card_testing"
-    ato = k == "account_takeover"
-    travel_away = (k == "impossible_travel") & (sub == 1)
-    travel_home = (k == "impossible_travel") & (sub == 0)
-    return (
-        rows.withColumn(
-            "country_raw",
-            F.when(ato & (u("ato_country") < 0.6) & ~hard, _pick(COUNTRIES, u("ato_where")))
-            .when(travel_away, _pick(COUNTRIES, u("travel_where")))
-            .when(travel_home, F.col("home_country"))
-            .otherwise(F.col("country_raw")),
-        )
-        .withColumn(
-            "distance",
-            F.when(
-                travel_away,
-                F.when(hard, F.lit(800.0) + F.lit(1200.0) * u("travel_km")).otherwise(
-                    F.lit(3000.0) + F.lit(9000.0) * u("travel_km")
-                ),
-            )
-            .when(travel_home, F.exp(F.lit(1.6) + F.lit(0.9) * z("km_home")))
-            .otherwise(F.col("distance")),
-        )
-        # Burst rows follow each other within seconds; the away payment comes minutes
-        # (hard: about two hours) after the one at home.
-        .withColumn(
-            "second",
-            F.when(ct, F.col("second") + sub * (F.lit(15) + F.floor(u("ct_gap") * 60)).cast("long"))
-            .when(
-                travel_away,
-                F.col("second")
-                + F.when(hard, F.lit(6000) + F.floor(u("tr_gap") * 3000)).otherwise(
-                    F.lit(600) + F.floor(u("tr_gap") * 2400)
-                ).cast("long"),
-            )
-            .otherwise(F.col("second")),
-        )
+    n = len(rows["rid"])
+    kind, hard, sub = rows["kind"], rows["hard"], rows["sub"]
+    ct, ato = kind == _CARD_TESTING, kind == _TAKEOVER
+    away, home = (kind == _TRAVEL) & (sub == 1), (kind == _TRAVEL) & (sub == 0)
+    ato_abroad = ato & (rng.random(n) < 0.6) & ~hard
+    rows["country"] = np.select(
+        [ato_abroad, away, home],
+        [_pick(len(COUNTRIES), rng.random(n)), _pick(len(COUNTRIES), rng.random(n)), profile["home_country"]],
+        rows["country"],
     )
+    u_km = rng.random(n)
+    away_km = np.where(hard, 800.0 + 1200.0 * u_km, 3000.0 + 9000.0 * u_km)
+    rows["distance"] = np.select([away, home], [away_km, np.exp(1.6 + 0.9 * rng.standard_normal(n))], rows["distance"])
+    # Burst rows follow each other within seconds; the away payment comes minutes (hard: about
+    # two hours) after the one at home.
+    ct_gap = sub * (15 + (rng.random(n) * 60).astype(np.int64))
+    u_gap = rng.random(n)
+    travel_gap = np.where(hard, 6000 + (u_gap * 3000).astype(np.int64), 600 + (u_gap * 2400).astype(np.int64))
+    rows["second"] = rows["second"] + np.select([ct, away], [ct_gap, travel_gap], 0)
 
 
-def _with_missing_locations(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Null `distance` for about half of the normal online payments: a real source of nulls."""
-    no_location = F.col("online") & (_row_uniform(gen.seed, "no_geo") < 0.5) & ~F.col("is_anomaly")
-    return rows.withColumn("distance", F.when(no_location, F.lit(None)).otherwise(F.col("distance")))
+def _missing_locations(rng: np.random.Generator, rows: dict) -> None:
+    """No location (NaN, written as null) for about half of the normal online payments."""
+    no_location = rows.pop("online") & (rng.random(len(rows["rid"])) < 0.5) & ~rows["is_anomaly"]
+    rows["distance"] = np.where(no_location, np.nan, rows["distance"])
 
 
-def _with_timestamps(rows: DataFrame, gen: _Generation) -> DataFrame:
-    """Add `ts_seconds` (Unix seconds) from `day`, `hour` and `second`, kept inside the row's day."""
-    start = dt.datetime.combine(gen.start_date, dt.time(), tzinfo=dt.timezone.utc)
-    epoch = int(start.timestamp())
-    first_day = gen.first_day
-    ts_seconds = F.lit(epoch) + (F.col("day") - first_day) * 86400 + F.col("hour").cast("long") * 3600 + F.col("second")
-    # Bursts may spill over the hour; keep each row inside its own day.
-    ts_seconds = F.least(ts_seconds, F.lit(epoch) + (F.col("day") - first_day) * 86400 + F.lit(86399))
-    return rows.withColumn("ts_seconds", ts_seconds)
+def _carried_summary(
+    gen: _Generation, rng: np.random.Generator, accounts: np.ndarray, yesterday_of: dict, new: np.ndarray, base_rows: int
+) -> dict:
+    """Per account of the bucket (by index j): what came before the day.
 
-
-def _with_account_history(rows: DataFrame) -> DataFrame:
-    """Add `transaction_id` and the account's history: the previous payment and the velocity.
-
-    `prev_ts`, `prev_country`, `prev_distance` (the account's previous payment), `count_1h` and
-    `count_24h` (its payments in the last hour and day, this one included). A shuffle by
-    account: it scales with the number of accounts.
+    `yesterday`: its payments yesterday (Poisson at its daily rate); `last_ts` the time of the
+    last of them relative to today's midnight (negative), or of an older payment within the week,
+    or NaN when it made none or is new today; `country` and `distance` where that payment was.
     """
-    by_account = Window.partitionBy("account").orderBy("ts_seconds", "transaction_id")
-    last_1h = Window.partitionBy("account").orderBy("ts_seconds").rangeBetween(-3600, 0)
-    last_24h = Window.partitionBy("account").orderBy("ts_seconds").rangeBetween(-86400, 0)
-    return (
-        rows.withColumn("transaction_id", F.col("rid") * 16 + F.col("sub"))
-        .withColumn("prev_ts", F.lag("ts_seconds").over(by_account))
-        .withColumn("prev_country", F.lag("country_raw").over(by_account))
-        .withColumn("prev_distance", F.lag("distance").over(by_account))
-        .withColumn("count_1h", F.count(F.lit(1)).over(last_1h).cast("int"))
-        .withColumn("count_24h", F.count(F.lit(1)).over(last_24h).cast("int"))
+    n_accounts = len(accounts)
+    j = np.arange(n_accounts)
+    # Account j's share of the bucket's payments: u ** 1.3 * n falls in [j, j + 1).
+    share = ((j + 1) / n_accounts) ** (1 / 1.3) - (j / n_accounts) ** (1 / 1.3)
+    rate = base_rows * share
+    yesterday = np.where(new, 0, rng.poisson(rate))
+    # The last of n uniform times of day is distributed as U ** (1 / n).
+    last_of_yesterday = _DAY * rng.random(n_accounts) ** (1.0 / np.maximum(yesterday, 1)) - _DAY
+    in_week = (rng.random(n_accounts) < 1.0 - np.exp(-6.0 * rate)) & ~new
+    older = -_DAY * (1.0 + 6.0 * rng.random(n_accounts))
+    last_ts = np.where(yesterday > 0, last_of_yesterday, np.where(in_week, older, np.nan))
+    travelled = yesterday_of["travelling"]
+    country = np.where(travelled, yesterday_of["away"], _profiles(gen.seed, accounts)["home_country"])
+    distance = np.where(travelled, yesterday_of["away_km"], np.exp(1.6 + 0.9 * rng.standard_normal(n_accounts)))
+    return {"yesterday": yesterday, "last_ts": last_ts, "country": country, "distance": distance}
+
+
+def _history(rows: dict, carried: dict) -> None:
+    """Add the account's previous payment and its velocity; `rows` is ordered by account and time."""
+    account, ts, j = rows["account"], rows["ts_rel"], rows["j"]
+    first = np.ones(len(account), bool)
+    first[1:] = account[1:] != account[:-1]
+    previous = np.maximum(np.arange(len(account)) - 1, 0)
+    rows["prev_ts"] = np.where(first, carried["last_ts"][j], ts[previous].astype(np.float64))
+    rows["prev_country"] = np.where(first, carried["country"][j], rows["country"][previous])
+    rows["prev_distance"] = np.where(first, carried["distance"][j], rows["distance"][previous])
+    # One sorted key per (account, time): windows are ranges of it (2 ** 18 > two days of seconds).
+    key = j * (1 << 18) + ts
+    upto = np.searchsorted(key, key, side="right")
+    rows["count_1h"] = upto - np.searchsorted(key, key - 3600, side="left")
+    today_24h = upto - np.searchsorted(key, j * (1 << 18), side="left")
+    # Yesterday's payments still inside the last 24 hours, spread evenly over yesterday.
+    rows["count_24h"] = today_24h + np.floor(carried["yesterday"][j] * (1.0 - ts / _DAY) + 0.5).astype(np.int64)
+
+
+def _to_arrow(gen: _Generation, day: int, rows: dict, profile: dict, schema: pa.Schema) -> pa.Table:
+    """The rows in TRANSACTIONS_SCHEMA's columns, deriving the last few."""
+    midnight = (day - gen.first_day) * _DAY + int(
+        dt.datetime.combine(gen.start_date, dt.time(), tzinfo=dt.timezone.utc).timestamp()
     )
+    ts = rows["ts_rel"]
+    prev_ts = rows["prev_ts"]
+    distance = np.round(rows["distance"], 1)
+    country, prev_country = rows["country"], rows["prev_country"]
+    # Distance from the previous payment, approximated from the distances from home: in the same
+    # country the difference, across a border the sum (null when either is unknown).
+    km_from_prev = np.round(
+        np.where(country == prev_country, np.abs(rows["distance"] - rows["prev_distance"]), rows["distance"] + rows["prev_distance"]),
+        1,
+    )
+    known_prev = ~np.isnan(prev_ts)
+    kind = rows["kind"].astype(np.int8)
+    columns = [
+        pa.array(rows["transaction_id"], pa.int64()),
+        pa.array(rows["account"], pa.int64()),
+        pa.array((midnight + ts) * 1_000_000, pa.int64()).cast(schema.field(S.EVENT_TS).type),
+        pa.array(np.round(rows["amount"], 2)),
+        _strings(rows["category"], S.MERCHANT_CATEGORIES),
+        _strings(country, COUNTRIES),
+        pa.array(ts // 3600, pa.int32()),
+        pa.array(distance, from_pandas=True),
+        pa.array(ts - prev_ts, from_pandas=True),
+        pa.array(km_from_prev, from_pandas=True),
+        pa.array(rows["count_1h"], pa.int32()),
+        pa.array(rows["count_24h"], pa.int32()),
+        pa.array(np.round(np.exp(profile["mu"] + profile["sigma"] ** 2 / 2.0), 2)),
+        pa.array(rows["new_device"]),
+        pa.array(rows["card_present"]),
+        pa.array(known_prev & (prev_country != country)),
+        pa.array(rows["is_anomaly"]),
+        _strings(np.where(rows["is_anomaly"], kind - 1, -1), S.ANOMALY_TYPES),
+        pa.array(np.full(len(ts), day + _EPOCH_DAYS_SINCE_1970, np.int32), pa.date32()),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _to_transactions_schema(rows: DataFrame) -> DataFrame:
-    """Select and name the output columns of TRANSACTIONS_SCHEMA, deriving the last few."""
-    return rows.select(
-        F.col("transaction_id").alias(S.TRANSACTION_ID),
-        F.col("account").alias(S.ACCOUNT_ID),
-        F.col("ts_seconds").cast("timestamp").alias(S.EVENT_TS),
-        F.round(F.col("amount_raw"), 2).alias(S.AMOUNT),
-        F.col("category").alias(S.MERCHANT_CATEGORY),
-        F.col("country_raw").alias(S.COUNTRY),
-        F.hour(F.col("ts_seconds").cast("timestamp")).alias(S.HOUR_OF_DAY),
-        F.round(F.col("distance"), 1).alias(S.DISTANCE_FROM_HOME_KM),
-        (F.col("ts_seconds") - F.col("prev_ts")).cast("double").alias(S.SECONDS_SINCE_PREV),
-        # Distance from the previous payment, approximated from the distances from home: in the
-        # same country the difference, across a border the sum (null when either is unknown).
-        F.round(
-            F.when(
-                F.col("prev_country") == F.col("country_raw"), F.abs(F.col("distance") - F.col("prev_distance"))
-            ).otherwise(F.col("distance") + F.col("prev_distance")),
-            1,
-        ).alias(S.KM_FROM_PREV),
-        F.col("count_1h").alias(S.TXN_COUNT_1H),
-        F.col("count_24h").alias(S.TXN_COUNT_24H),
-        F.round(F.exp(F.col("mu") + F.col("sigma") * F.col("sigma") / 2.0), 2).alias(S.ACCOUNT_AVG_AMOUNT),
-        F.col("new_device_raw").alias(S.NEW_DEVICE),
-        F.col("card_present").alias(S.CARD_PRESENT),
-        (F.col("prev_country").isNotNull() & (F.col("prev_country") != F.col("country_raw"))).alias(S.COUNTRY_CHANGED),
-        F.col("is_anomaly").alias(S.IS_ANOMALY),
-        F.col("anomaly_type").alias(S.ANOMALY_TYPE),
-        F.date_add(F.lit(_EPOCH), F.col("day").cast("int")).alias(S.EVENT_DATE),
+def _strings(codes: np.ndarray, values: tuple[str, ...]) -> pa.Array:
+    """`values[code]` as a string array; a negative code is null."""
+    indices = pa.array(codes.astype(np.int32), mask=codes < 0)
+    return pa.DictionaryArray.from_arrays(indices, pa.array(values)).cast(pa.string())
+
+
+def arrow_schema() -> pa.Schema:
+    """TRANSACTIONS_SCHEMA as the Arrow schema Spark expects back from `mapInArrow` (UTC times)."""
+    types = {
+        "bigint": pa.int64(),
+        "int": pa.int32(),
+        "double": pa.float64(),
+        "string": pa.string(),
+        "boolean": pa.bool_(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema(
+        [pa.field(f.name, types[f.dataType.simpleString()], nullable=f.nullable) for f in S.TRANSACTIONS_SCHEMA.fields]
     )

@@ -5,35 +5,42 @@ from __future__ import annotations
 import datetime as dt
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from lakescore import lake
 from lakescore import schemas as S
 from lakescore.config import Settings
-from lakescore.synthetic import build_transactions
+from lakescore.synthetic import arrow_schema as synthetic_schema
+from lakescore.synthetic import build_transactions, write_transaction_files
 
 
 def run_generate(spark: SparkSession, settings: Settings) -> list:
     """Build, write and register the transactions of `settings.generate`; return per-day counts
     read back through the catalog with SQL."""
     g = settings.generate
-    df = build_transactions(
-        spark,
+    path = lake.table_path(settings, g.table)
+    last = g.start_date + dt.timedelta(days=g.days - 1)
+    shape = dict(
         days=g.days,
         rows_per_day=g.rows_per_day,
         accounts=g.accounts,
         anomaly_rate=g.anomaly_rate,
         seed=g.seed,
         start_date=g.start_date,
+        rows_per_task=g.rows_per_task,
+        min_buckets=g.files_per_day,
     )
-    # One shuffle lays the rows out by day (files_per_day files each), sorted for locality.
-    df = (
-        df.repartition(g.days * g.files_per_day, S.EVENT_DATE, F.pmod(F.col(S.TRANSACTION_ID), F.lit(g.files_per_day)))
-        .sortWithinPartitions(S.EVENT_DATE, S.ACCOUNT_ID, S.EVENT_TS)
-    )
-    path = lake.table_path(settings, g.table)
-    last = g.start_date + dt.timedelta(days=g.days - 1)
-    lake.write_date_partitions(df, path, g.format, S.EVENT_DATE, g.start_date, last)
+    if g.format == S.DELTA and g.writer == "arrow":
+        # Each task writes its Parquet file itself; one Delta commit replaces the dates at once.
+        files = write_transaction_files(spark, str(path), **shape)
+        dates = [(g.start_date + dt.timedelta(days=i)).isoformat() for i in range(g.days)]
+        lake.commit_written_files(path, [f.asDict() for f in files], synthetic_schema(), S.EVENT_DATE, dates, "generate")
+    else:
+        # Each task generates one day of one bucket of accounts, ordered by account and time, and
+        # Spark writes it as one file: no shuffle, and no sort by the date it already shares.
+        with lake.unsorted_partition_writes(spark):
+            lake.write_date_partitions(
+                build_transactions(spark, **shape), path, g.format, S.EVENT_DATE, g.start_date, last
+            )
     lake.register_table(spark, settings, g.table, path, g.format)
     return spark.sql(
         f"""

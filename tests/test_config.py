@@ -93,6 +93,7 @@ def test_an_anomaly_rate_out_of_range_is_refused(tmp_path):
         ({"generate.format": "csv"}, r"generate\.format='csv' is not one of: delta, parquet"),
         ({"generate.table": "a b"}, r"generate\.table 'a b' is not a plain SQL identifier"),
         ({"generate.files_per_day": "0"}, r"generate\.files_per_day=0 must be a positive number"),
+        ({"generate.rows_per_task": "0"}, r"generate\.rows_per_task=0 must be a positive number"),
         ({"generate.anomaly_rate": "-0.1"}, r"generate\.anomaly_rate=-0\.1 must be in \[0, 0\.5\)"),
         ({"train.model_name": "my-model"}, r"train\.model_name 'my-model' is not a plain SQL identifier"),
         ({"train.threshold_policy": "best"}, r"threshold_policy='best' is not one of: target_precision, alert_rate, fixed"),
