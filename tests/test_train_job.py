@@ -146,7 +146,12 @@ def test_negative_downsampling_trains_on_a_quarter_of_the_normal_rows_and_keeps_
     # Validation and test are whole: the same rows as without downsampling, so the figures compare.
     for split in ("validation", "test"):
         assert run.evaluation[split]["model"]["rows"] == full.evaluation[split]["model"]["rows"]
-    assert run.evaluation["test"]["model"]["aucpr"] >= TRANSACTIONS_AUCPR - ALLOWED_AUCPR_DELTA, run.table
+    # Still a learned model well above the IsolationForest, close to the full run. On these 6,000
+    # training rows a quarter of the normals is 1,500 rows, so the allowance is wider than the demo
+    # week's (200,490 rows: AUCPR 0.906 full, 0.896 at 0.25; docs/measurements.md, "Training").
+    sampled, whole = (r.evaluation["test"] for r in (run, full))
+    assert sampled["model"]["aucpr"] >= whole["model"]["aucpr"] - 0.1, run.table
+    assert sampled["model"]["aucpr"] - sampled["isolation_forest"]["aucpr"] >= 0.2, run.table
     assert m.lineage.counts == full.bundle.manifest.lineage.counts
 
 
