@@ -74,6 +74,14 @@ class _Generation:
     days: int
     buckets: int
 
+    @classmethod
+    def of(cls, days, rows_per_day, accounts, anomaly_rate, seed, start_date, rows_per_task, min_buckets) -> "_Generation":
+        """The generation of `build_transactions`' arguments; refuses a start before `_EPOCH`."""
+        if start_date < _EPOCH:
+            raise ValueError(f"start_date {start_date} is before {_EPOCH}; pick a later start date")
+        buckets = buckets_per_day(rows_per_day, accounts, rows_per_task, min_buckets)
+        return cls(seed, rows_per_day, accounts, anomaly_rate, start_date, days, buckets)
+
     @property
     def first_day(self) -> int:
         """`start_date` as days since `_EPOCH`: row ids count from there."""
@@ -113,17 +121,7 @@ def build_transactions(
     Lazy: nothing runs until the result is written or collected. Row order: by task, then
     account and time within a task.
     """
-    gen = _Generation(
-        seed=seed,
-        rows_per_day=rows_per_day,
-        accounts=accounts,
-        anomaly_rate=anomaly_rate,
-        start_date=start_date,
-        days=days,
-        buckets=buckets_per_day(rows_per_day, accounts, rows_per_task, min_buckets),
-    )
-    if gen.first_day < 0:
-        raise ValueError(f"start_date {start_date} is before {_EPOCH}; pick a later start date")
+    gen = _Generation.of(days, rows_per_day, accounts, anomaly_rate, seed, start_date, rows_per_task, min_buckets)
     tasks = days * gen.buckets
     schema = arrow_schema()
 
@@ -155,17 +153,7 @@ def write_transaction_files(
     commits them (`lake.commit_written_files`). Returns those records, one per task."""
     from lakescore import lake
 
-    gen = _Generation(
-        seed=seed,
-        rows_per_day=rows_per_day,
-        accounts=accounts,
-        anomaly_rate=anomaly_rate,
-        start_date=start_date,
-        days=days,
-        buckets=buckets_per_day(rows_per_day, accounts, rows_per_task, min_buckets),
-    )
-    if gen.first_day < 0:
-        raise ValueError(f"start_date {start_date} is before {_EPOCH}; pick a later start date")
+    gen = _Generation.of(days, rows_per_day, accounts, anomaly_rate, seed, start_date, rows_per_task, min_buckets)
     tasks = days * gen.buckets
     schema = arrow_schema()
     # One name for the whole write: its files are told apart from an earlier write's by it.
