@@ -625,7 +625,84 @@ def scaling_lines(results: list[StepResult]) -> list[str]:
     return lines
 
 
-def build_report(results: list[StepResult], header: str) -> str:
+def fit_linear(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
+    """Least squares of seconds = fixed + rows / rate over (rows, seconds); (fixed, rate).
+    One point, or a slope <= 0 (noise swamps the rows' cost): no fixed part, rate = rows / seconds
+    of the largest point."""
+    points = sorted(points)
+    if len(points) >= 2:
+        n = len(points)
+        mean_x = sum(x for x, _ in points) / n
+        mean_y = sum(y for _, y in points) / n
+        var = sum((x - mean_x) ** 2 for x, _ in points)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else 0.0
+        fixed = mean_y - slope * mean_x
+        if slope > 0 and fixed >= 0:
+            return fixed, 1.0 / slope
+    rows, seconds = points[-1]
+    return 0.0, rows / seconds
+
+
+EXTRAPOLATED_ROWS = (10**9, 10**10)
+EXECUTORS = (10, 100, 1000)
+
+
+def extrapolation_lines(results: list[StepResult], bytes_per_row: float) -> list[str]:
+    """A markdown table: each step's wall time for 1B and 10B rows on N one-core executors.
+
+    Per step, seconds = fixed + rows / rate is fitted over the sizes of the one-core mode
+    (standalone1, else local1); the parallel efficiency e is rows/s at two cores over twice that at
+    one, at the largest size both ran (standalone, else local), capped at 1; N executors are
+    assumed to run at N x rate x e (no further loss: generate and score have no shuffle of the
+    scored rows, each task is independent), plus the fixed part once. Training's rows are its
+    window's (1.2 N), read and downsampled; its fixed part includes training on the kept rows.
+    """
+    ok = [r for r in results if r.ok]
+    lines = [
+        "| step | 1-core rows/s (fit) | fixed s | efficiency 1->2 cores | "
+        + " | ".join(f"{format_size(rows)} rows, N={n}" for rows in EXTRAPOLATED_ROWS for n in EXECUTORS)
+        + " |",
+        "|---|--:|--:|--:|" + "--:|" * (len(EXTRAPOLATED_ROWS) * len(EXECUTORS)),
+    ]
+    for step in ("generate", "generate-window", "train", "score"):
+        for one, two in (("standalone1", "standalone2"), ("local1", "local2")):
+            single = [(r.rows, r.seconds) for r in ok if r.mode == one and r.step == step]
+            if single:
+                break
+        if not single:
+            continue
+        fixed, rate = fit_linear(single)
+        sizes_both = sorted({r.size for r in ok if r.mode == one and r.step == step}
+                            & {r.size for r in ok if r.mode == two and r.step == step})
+        efficiency = 1.0
+        if sizes_both:
+            size = sizes_both[-1]
+            r1 = next(r for r in ok if (r.mode, r.size, r.step) == (one, size, step))
+            r2 = next(r for r in ok if (r.mode, r.size, r.step) == (two, size, step))
+            efficiency = min(1.0, r2.rows_per_s / (2 * r1.rows_per_s))
+        cells = []
+        for rows in EXTRAPOLATED_ROWS:
+            step_rows = rows_on_disk(rows) if step == "train" else rows
+            if step == "generate-window":
+                step_rows = WINDOW_DAYS * window_day_rows(rows)
+            for n in EXECUTORS:
+                cells.append(_duration(fixed + step_rows / (rate * n * efficiency)))
+        lines.append(f"| {step} ({one}) | {rate:,.0f} | {fixed:,.0f} | {efficiency:.0%} | " + " | ".join(cells) + " |")
+    disk = " | ".join(f"{rows_on_disk(rows) * bytes_per_row / 2**30:,.0f} GiB" for rows in EXTRAPOLATED_ROWS)
+    lines.append("")
+    lines.append(f"Disk at {bytes_per_row:.1f} bytes/row (day + window: 1.2 x rows): 1B -> 10B: {disk}")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:,.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds:,.0f} s"
+
+
+def build_report(results: list[StepResult], header: str, bytes_per_row: float = ASSUMED_BYTES_PER_ROW) -> str:
     parts = [header]
     for mode in MODES:
         mine = [r for r in results if r.mode == mode]
@@ -637,6 +714,9 @@ def build_report(results: list[StepResult], header: str) -> str:
     scaling = scaling_lines(results)
     if scaling:
         parts += ["Scaling with cores:", "", "```", *scaling, "```", ""]
+    if any(r.ok for r in results):
+        parts += ["Extrapolation (seconds = fixed + rows / (N x 1-core rate x efficiency); assumptions in "
+                  "extrapolation_lines' docstring):", "", *extrapolation_lines(results, bytes_per_row), ""]
     return "\n".join(parts)
 
 
@@ -702,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{WINDOW_DAYS} x N/10); peak RSS in MiB, sampled every {args.interval:g}s; "
             f"{bytes_per_row[0]:.1f} bytes/row on disk.\n"
         )
-        report = build_report(results, header)
+        report = build_report(results, header, bytes_per_row[0])
         print("\n" + report)
         if args.report:
             args.report.write_text(report)

@@ -106,3 +106,24 @@ def test_flat_check_passes_within_ten_percent_and_fails_beyond():
 def test_scaling_lines_compare_two_cores_with_one_at_the_same_size_and_step():
     results = [_result("local1", 1_000_000, "score", 10.0), _result("local2", 1_000_000, "score", 6.25)]
     assert scale.scaling_lines(results) == ["local1->local2 1M score: 1.60x rows/s (efficiency 80%)"]
+
+
+def test_linear_fit_recovers_the_fixed_seconds_and_the_rate():
+    fixed, rate = scale.fit_linear([(1_000_000, 30.0 + 1_000_000 / 50_000), (3_000_000, 30.0 + 3_000_000 / 50_000)])
+    assert fixed == pytest.approx(30.0)
+    assert rate == pytest.approx(50_000)
+
+
+def test_extrapolation_divides_the_rows_by_executors_rate_and_efficiency():
+    results = [
+        _result("local1", 1_000_000, "score", 30.0 + 1_000_000 / 50_000),
+        _result("local1", 3_000_000, "score", 30.0 + 3_000_000 / 50_000),
+        # Two cores: 1.6x the one-core rows/s at 3M, efficiency 80%.
+        _result("local2", 3_000_000, "score", (30.0 + 3_000_000 / 50_000) / 1.6),
+    ]
+    lines = scale.extrapolation_lines(results, bytes_per_row=20.0)
+    row = next(line for line in lines if line.startswith("| score"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["50,000", "30", "80%"]
+    # 1B rows on 10 executors: 30 + 1e9 / (50,000 x 10 x 0.8) = 2,530 s = 42 min.
+    assert cells[4] == "42 min"
