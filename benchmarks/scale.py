@@ -503,6 +503,9 @@ def step_env(local_dir: Path) -> dict:
         "RAY_TRAIN_V2_ENABLED": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "SPARK_LOCAL_DIRS": str(local_dir),
+        # This checkout's code, whichever checkout the venv's editable install points at (its
+        # finder comes after sys.path); Spark's and Ray's workers inherit it.
+        "PYTHONPATH": str(REPO),
     }
     for key in ("PYSPARK_SUBMIT_ARGS", "LAKESCORE_CONFIG", "RAY_ADDRESS"):
         env.pop(key, None)
