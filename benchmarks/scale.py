@@ -444,7 +444,7 @@ def train_settings_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainSettings)}
 
 
-def write_config(path: Path, *, lake_root: Path, master: str, local_dir: Path, executor_memory: str) -> None:
+def write_config(path: Path, *, lake_root: Path, master: str, executor_memory: str) -> None:
     """The lakescore TOML every step of one size and mode reads (`--config`)."""
     path.write_text(
         "\n".join([
@@ -453,8 +453,6 @@ def write_config(path: Path, *, lake_root: Path, master: str, local_dir: Path, e
             "[spark]",
             f"master = {json.dumps(master)}",
             "[spark.conf]",
-            # Shuffle and spill files on the lake's disk, which the disk check measured.
-            f'"spark.local.dir" = {json.dumps(str(local_dir))}',
             f'"spark.executor.memory" = {json.dumps(executor_memory)}',
             "",
         ])
@@ -502,7 +500,11 @@ def step_env(local_dir: Path) -> dict:
         "PYSPARK_DRIVER_PYTHON": sys.executable,
         "RAY_TRAIN_V2_ENABLED": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Shuffle and spill files on the lake's disk, which the disk check measured (driver in
+        # local mode, executors of the standalone workers).
         "SPARK_LOCAL_DIRS": str(local_dir),
+        # The nightly job hashes the sensitive account_id with a keyed hash; a key for this run only.
+        "LAKESCORE_HASH_KEY": uuid.uuid4().hex,
         # This checkout's code, whichever checkout the venv's editable install points at (its
         # finder comes after sys.path); Spark's and Ray's workers inherit it.
         "PYTHONPATH": str(REPO),
@@ -535,7 +537,7 @@ def run_mode(mode: str, sizes: list[int], args: argparse.Namespace, base: Path, 
             say(f"[{mode}] {format_size(size)}: {check.explain()}")
             lake_root = mode_dir / f"lake-{format_size(size)}"
             config = mode_dir / f"lakescore-{format_size(size)}.toml"
-            write_config(config, lake_root=lake_root, master=master, local_dir=local_dir, executor_memory=args.executor_memory)
+            write_config(config, lake_root=lake_root, master=master, executor_memory=args.executor_memory)
             try:
                 for step, rows, command, note in step_commands(size, cores, args, config, fields):
                     log = mode_dir / f"{format_size(size)}-{step}.log"
