@@ -422,13 +422,15 @@ def run_step(command: Sequence[str], *, log: Path, env: dict, daemon_pids: Seque
         started = time.perf_counter()
         process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, cwd=REPO, start_new_session=True)
-        with RssSampler(process.pid, marker=marker, daemon_pids=daemon_pids, interval=interval) as sampler:
-            try:
-                code = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                code = -1
-        seconds = time.perf_counter() - started
-        stop_group(process, grace=1.0)
+        try:
+            with RssSampler(process.pid, marker=marker, daemon_pids=daemon_pids, interval=interval) as sampler:
+                try:
+                    code = process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    code = -1
+            seconds = time.perf_counter() - started
+        finally:  # also on Ctrl-C or SIGTERM: the step's JVM and workers go with it
+            stop_group(process, grace=1.0)
     # Ray's processes may outlive the step outside its group; they carry its marker.
     for pid in _read_processes().keys() - {os.getpid()}:
         if _owned_by(pid, os.getuid()) and _has_marker(pid, marker):
@@ -725,6 +727,10 @@ def build_report(results: list[StepResult], header: str, bytes_per_row: float = 
     return "\n".join(parts)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -743,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-memory", default="4g", help="Memory each standalone worker offers.")
     parser.add_argument("--step-timeout", type=float, default=6 * 3600, help="Seconds one step may run.")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so that the step running and the standalone daemons are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     sizes = parse_sizes(args.sizes)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
