@@ -70,6 +70,8 @@ MODES = {
     "standalone2": ("standalone", 2),
 }
 MIB = 2**20
+# The standalone worker daemon's main class: sampled around, never counted.
+DAEMON_CLASS = "org.apache.spark.deploy.worker.Worker"
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
@@ -271,6 +273,8 @@ class RssSampler:
 
     def _members(self, processes: dict[int, _Proc]) -> set[int]:
         members = _descendants([self.root, *self.daemon_pids], processes)
+        # The daemon's pid may be spark-class's shell, whose child is the worker JVM: not the step's.
+        members -= {pid for pid in members if DAEMON_CLASS in processes[pid].cmdline}
         if self.root in processes:
             members.add(self.root)
         if self.marker:
@@ -366,7 +370,7 @@ def standalone_cluster(base: Path, workers: int, env: dict, memory: str) -> Iter
         start([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                "--port", str(master_port), "--webui-port", str(master_ui)], base / "master.log")
         worker_processes = [
-            start([spark_class, "org.apache.spark.deploy.worker.Worker", master_url, "--host", "127.0.0.1",
+            start([spark_class, DAEMON_CLASS, master_url, "--host", "127.0.0.1",
                    "--port", str(free_port()), "--webui-port", str(free_port()), "--cores", "1",
                    "--memory", memory, "--work-dir", str(base / f"work{i}")], base / f"worker{i}.log")
             for i in range(workers)
@@ -385,7 +389,7 @@ def standalone_cluster(base: Path, workers: int, env: dict, memory: str) -> Iter
                 logs = "\n".join((base / name).read_text(errors="replace")[-2000:] for name in ("master.log", "worker0.log"))
                 raise TimeoutError(f"{workers} Spark worker(s) did not register with the master within 180s\n{logs}")
             time.sleep(1)
-        # spark-class execs the JVM, so each Popen's pid is the worker JVM: its children are the executors.
+        # Each Popen's pid is spark-class (or the JVM it execs); the executors are below it.
         yield Standalone(master_url=master_url, worker_pids=[p.pid for p in worker_processes])
     finally:
         for process in reversed(started):
