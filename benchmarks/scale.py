@@ -521,8 +521,10 @@ def step_env(local_dir: Path) -> dict:
 
 
 def run_mode(mode: str, sizes: list[int], args: argparse.Namespace, base: Path, fields: set[str],
-             bytes_per_row: list[float], say: Callable[[str], None]) -> list[StepResult]:
-    """Every size of one mode, smallest first; `bytes_per_row` (one element) is updated once measured."""
+             bytes_per_row: list[float], say: Callable[[str], None],
+             on_step: Callable[[list[StepResult]], None] = lambda results: None) -> list[StepResult]:
+    """Every size of one mode, smallest first; `bytes_per_row` (one element) is updated once measured;
+    `on_step` gets this mode's results so far after each step."""
     kind, cores = MODES[mode]
     mode_dir = base / mode
     local_dir = mode_dir / "spark-local"
@@ -551,6 +553,7 @@ def run_mode(mode: str, sizes: list[int], args: argparse.Namespace, base: Path, 
                                                     interval=args.interval, timeout=args.step_timeout)
                     result = StepResult(mode, size, step, rows, seconds, peaks, disk_bytes(lake_root), code == 0, note)
                     results.append(result)
+                    on_step(results)
                     say(f"[{mode}] {format_size(size)} {step}: exit {code}, {seconds:.1f}s, "
                         f"{result.rows_per_s:,.0f} rows/s, all processes {peaks.total / MIB:,.0f} MiB at peak ({note}); log {log}")
                     if code != 0:
@@ -788,19 +791,28 @@ def main(argv: list[str] | None = None) -> int:
         say("training is NOT downsampled: train.negative_sample_rate is not a setting on this checkout")
     results: list[StepResult] = []
     bytes_per_row = [ASSUMED_BYTES_PER_ROW]
-    try:
-        for mode in modes:
-            results += run_mode(mode, sizes, args, base, fields, bytes_per_row, say)
-    finally:
-        command = "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def report_of(done: list[StepResult]) -> str:
         header = (
             f"Scale curve: `{command}`, started {started:%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores; "
             f"sizes {', '.join(map(format_size, sizes))} (rows of the scored day D; the window adds "
             f"{WINDOW_DAYS} x N/10); peak RSS in MiB, sampled every {args.interval:g}s; "
             f"{bytes_per_row[0]:.1f} bytes/row on disk.\n"
         )
-        report = build_report(results, header, bytes_per_row[0])
-        print("\n" + report)
+        return build_report(done, header, bytes_per_row[0])
+
+    def save(mode_results: list[StepResult]) -> None:
+        # Rewritten after every step: a run stopped hours in keeps what it measured.
+        if args.report:
+            args.report.write_text(report_of(results + mode_results))
+
+    try:
+        for mode in modes:
+            results += run_mode(mode, sizes, args, base, fields, bytes_per_row, say, on_step=save)
+    finally:
+        report = report_of(results)
+        print("\n" + report, flush=True)
         if args.report:
             args.report.write_text(report)
             print(f"report written to {args.report}")
