@@ -639,22 +639,22 @@ def scaling_lines(results: list[StepResult]) -> list[str]:
     return lines
 
 
-def fit_linear(points: Sequence[tuple[int, float]]) -> tuple[float, float]:
-    """Least squares of seconds = fixed + rows / rate over (rows, seconds); (fixed, rate).
-    One point, or a slope <= 0 (noise swamps the rows' cost): no fixed part, rate = rows / seconds
-    of the largest point."""
+def fit_linear(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least squares of seconds = fixed + rows / rate over (rows, seconds) at two or more sizes;
+    (fixed, rate), or None when there are fewer than two sizes or the fit has no positive cost
+    per row and no non-negative fixed part (noise swamps what the rows cost)."""
     points = sorted(points)
-    if len(points) >= 2:
-        n = len(points)
-        mean_x = sum(x for x, _ in points) / n
-        mean_y = sum(y for _, y in points) / n
-        var = sum((x - mean_x) ** 2 for x, _ in points)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else 0.0
-        fixed = mean_y - slope * mean_x
-        if slope > 0 and fixed >= 0:
-            return fixed, 1.0 / slope
-    rows, seconds = points[-1]
-    return 0.0, rows / seconds
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n if n else 0.0
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    if n < 2 or not var:
+        return None
+    mean_y = sum(y for _, y in points) / n
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+    fixed = mean_y - slope * mean_x
+    if slope <= 0 or fixed < 0:
+        return None
+    return fixed, 1.0 / slope
 
 
 EXTRAPOLATED_ROWS = (10**9, 10**10)
@@ -685,7 +685,12 @@ def extrapolation_lines(results: list[StepResult], bytes_per_row: float) -> list
                 break
         if not single:
             continue
-        fixed, rate = fit_linear(single)
+        fit = fit_linear(single)
+        if fit is None:
+            lines.append(f"| {step} ({one}) | not fitted: needs two or more sizes whose seconds grow with the rows "
+                         f"(measured: {', '.join(f'{format_size(r)} {t:,.0f}s' for r, t in sorted(single))}) |")
+            continue
+        fixed, rate = fit
         sizes_both = sorted({r.size for r in ok if r.mode == one and r.step == step}
                             & {r.size for r in ok if r.mode == two and r.step == step})
         efficiency = 1.0

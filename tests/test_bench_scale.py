@@ -114,6 +114,11 @@ def test_linear_fit_recovers_the_fixed_seconds_and_the_rate():
     assert rate == pytest.approx(50_000)
 
 
+def test_linear_fit_needs_two_sizes_and_a_cost_per_row():
+    assert scale.fit_linear([(1_000_000, 40.0)]) is None
+    assert scale.fit_linear([(1_000_000, 40.0), (3_000_000, 35.0)]) is None  # faster with more rows: noise
+
+
 def test_extrapolation_divides_the_rows_by_executors_rate_and_efficiency():
     results = [
         _result("local1", 1_000_000, "score", 30.0 + 1_000_000 / 50_000),
