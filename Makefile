@@ -13,7 +13,7 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export RAY_TRAIN_V2_ENABLED := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test test-fast bench gpu-check jars lock dist clean
+.PHONY: setup demo test test-fast bench bench-scale gpu-check jars lock dist clean
 
 setup: $(VENV)/.installed $(JARS)/.resolved $(SQL_SERVER_JAR)
 
@@ -61,6 +61,11 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# Hours, not minutes: 10M, 30M and 100M rows generated, trained on and scored, in local[1], local[2]
+# and on a loopback standalone cluster of 1 and 2 workers (docs/scaling.md). Not part of bench or test.
+bench-scale: setup
+	$(BIN)/python -m benchmarks.scale --report scale-report.md
 
 # On a machine with a CUDA GPU: Ray Train with ray.use_gpu=true, and scoring on CUDA against the CPU.
 gpu-check: $(VENV)/.installed
