@@ -128,3 +128,36 @@ def test_negative_sampling_keeps_every_anomaly_and_the_same_normal_rows_however_
     np.testing.assert_array_equal(keep, in_parts)
     assert not np.array_equal(keep, negative_sample(batch, ["amount", "hour"], 0.1, seed=8))
     assert negative_sample(batch, ["amount", "hour"], 1.0, seed=7).all()
+
+
+def test_downsampling_before_materializing_keeps_the_evaluation_splits_whole_and_marks_a_uniform_training_sample():
+    from training.data import SPLIT_COLUMN
+    from training.pipeline import UNIFORM_COLUMN, downsample_training_split, negative_sample
+
+    rng = np.random.default_rng(3)
+    n = 30_000
+    batch = pd.DataFrame({"amount": rng.normal(size=n).astype(np.float32), "hour": rng.integers(0, 24, n).astype(np.float32)})
+    batch.loc[::89, "hour"] = np.nan
+    batch[LABEL_COLUMN] = rng.random(n) < 0.05
+    batch[SPLIT_COLUMN] = rng.choice(["train", "validation", "test"], size=n, p=[0.8, 0.1, 0.1])
+
+    out = downsample_training_split(batch, ["amount", "hour"], 0.2, seed=5)
+
+    training = batch[batch[SPLIT_COLUMN] == "train"]
+    kept = out[out[SPLIT_COLUMN] == "train"]
+    # Validation and test: every row, in order, marked.
+    for split in ("validation", "test"):
+        pd.testing.assert_frame_equal(out[out[SPLIT_COLUMN] == split].drop(columns=UNIFORM_COLUMN).reset_index(drop=True),
+                                      batch[batch[SPLIT_COLUMN] == split].reset_index(drop=True))
+        assert out.loc[out[SPLIT_COLUMN] == split, UNIFORM_COLUMN].all()
+    # Training: the rows negative_sample keeps, every anomaly among them.
+    expected = training[negative_sample(training, ["amount", "hour"], 0.2, seed=5)]
+    pd.testing.assert_frame_equal(kept.drop(columns=UNIFORM_COLUMN).reset_index(drop=True), expected.reset_index(drop=True))
+    assert kept[LABEL_COLUMN].sum() == training[LABEL_COLUMN].sum()
+    # The marked rows are a uniform sample of the whole split: normals and anomalies at the rate alike.
+    marked = kept[kept[UNIFORM_COLUMN]]
+    assert 0.18 < len(marked) / len(training) < 0.22
+    assert 0.15 < marked[LABEL_COLUMN].sum() / training[LABEL_COLUMN].sum() < 0.25
+    assert (~kept[UNIFORM_COLUMN] & ~kept[LABEL_COLUMN]).sum() == 0  # an unmarked kept row is an anomaly
+    # An empty batch keeps its columns.
+    assert list(downsample_training_split(batch.iloc[:0], ["amount", "hour"], 0.2, seed=5).columns) == [*batch.columns, UNIFORM_COLUMN]

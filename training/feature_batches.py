@@ -109,6 +109,24 @@ def training_rows(
     return raw.loc[split == TRAIN, list(columns)].reset_index(drop=True)
 
 
+def split_tally(
+    raw: pd.DataFrame,
+    plan: SplitPlan,
+    label: str | None = None,
+    label_overrides: Mapping[str, bool] | None = None,
+    keys: Sequence[str] = (),
+    hashed_keys: Sequence[str] = (),
+    hash_key: str = "",
+) -> pd.DataFrame:
+    """Ray Data batch function: rows and anomalies per split of the raw rows (one row per split
+    present), labelled and split as `features_batch` does; rows outside the window are not counted."""
+    labels, split = label_and_split(raw, plan, label, label_overrides, keys, hashed_keys, hash_key)
+    frame = pd.DataFrame({"split": split.astype(str), "label": labels.astype(np.int64)})
+    frame = frame[frame["split"] != ""]
+    grouped = frame.groupby("split")["label"].agg(["size", "sum"]).reset_index()
+    return grouped.rename(columns={"size": "rows", "sum": "anomalies"}).astype({"split": str, "rows": "int64", "anomalies": "int64"})
+
+
 def feature_matrix(batch: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     """The feature columns of a features batch as float32 rows x features (null -> NaN)."""
     return np.stack([batch[f].to_numpy(dtype=np.float32, na_value=np.nan) for f in features], axis=1) if len(

@@ -75,6 +75,7 @@ from training.feature_batches import (
     features_batch,
     fit_preprocessing,
     preprocess_batch,
+    split_tally,
     training_rows,
 )
 from training.thresholds import ALERT_RATE, FIXED, Threshold, choose_threshold_binned
@@ -243,7 +244,8 @@ def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> E
     the training split only, so these figures need no correction."""
     t = settings.train
     features = data.features
-    sample = sample_matrix(data.featured, features, data.preprocessing, TRAIN, data.counts[TRAIN]["rows"], t.sample_rows, t.seed)
+    sample = sample_matrix(data.featured, features, data.preprocessing, TRAIN, data.sample_rows, t.sample_rows, t.seed,
+                           uniform=t.negative_sample_rate < 1.0)
     forest = E.fit_isolation_forest(sample, t.seed)
     weights = {k: v.numpy() for k, v in fitted.trained.state_dict.items()}
     policy, target = _threshold_policy(settings, data.supervised)
@@ -367,6 +369,9 @@ class PreparedData:
     feature_set: FeatureSet  # the spec fitted on the training split: what the bundle records
     supervised: bool = True  # False: the spec has no label (every row counts as normal)
     trained_rows: int = 0  # rows of train_xy: after the autoencoder's filter and negative downsampling
+    # Rows of the training split's uniform sample in `featured` (UNIFORM_COLUMN; all of the split
+    # without negative downsampling): what the preprocessing and the baseline's sample draw from.
+    sample_rows: int = 0
 
 
 def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
@@ -396,37 +401,51 @@ def prepare_datasets(settings: Settings, inputs: TrainingInput) -> PreparedData:
     # the same table version and seed train the same model.
     rows = read_rows(source, read_columns)
     rows.context.execution_options.preserve_order = True  # the dataset's own copy of the context
-    featured = (
-        rows
-        # Verdicts are few (written by people): shipped to every batch as a small dict.
-        .map_batches(features_batch, fn_kwargs={"feature_set": feature_set, **row_kwargs}, batch_format="pandas")
-        .materialize()
-    )
-    counts = split_counts(featured)
+    # Verdicts are few (written by people): shipped to every batch as a small dict.
+    featured = rows.map_batches(features_batch, fn_kwargs={"feature_set": feature_set, **row_kwargs}, batch_format="pandas")
+    rate = t.negative_sample_rate
+    if rate < 1.0:
+        # Negative downsampling before anything is kept: the object store holds the training
+        # split's kept rows (every anomaly, a `rate` of the normals) and the whole validation and
+        # test splits, so a window of any size costs its evaluation splits plus rate x its
+        # training split. The rows of the training split whose draw is below `rate`, anomalies
+        # included, are marked (UNIFORM_COLUMN): a uniform sample of the split, which the
+        # preprocessing and the baseline's sample are fitted on. The split's counts come from a
+        # narrow pass over the source (split and label columns only).
+        featured = featured.map_batches(
+            downsample_training_split, fn_kwargs={"features": features, "rate": rate, "seed": t.seed}, batch_format="pandas"
+        ).materialize()
+        counts = source_split_counts(source, spec, row_kwargs)
+    else:
+        featured = featured.materialize()
+        counts = split_counts(featured)
     _check_counts(counts, t.kind, plan, supervised=inputs.supervised)
 
+    fitted_on = _select(featured, TRAIN, uniform=rate < 1.0)
+    fit_rows = fitted_on.count() if rate < 1.0 else counts[TRAIN]["rows"]
     preprocessing, statistics = fit_preprocessing(
-        _select(featured, TRAIN),
+        fitted_on,
         features,
         (t.clip_low_quantile, t.clip_high_quantile),
         t.clip_margin,
-        rows=counts[TRAIN]["rows"],
+        rows=fit_rows,
     )
+    if rate < 1.0:
+        log.info("preprocessing fitted on a uniform sample of the training split: %d of %d rows", fit_rows,
+                 counts[TRAIN]["rows"])
 
     # What the workers iterate every epoch: materialized, so no Ray Data task competes with them.
-    # Negative downsampling applies here, to the training rows only: the preprocessing above was
-    # fitted on the whole split (the distribution the scorer will see), and validation stays whole.
+    # Validation stays whole; the training split is already downsampled above.
     only_normal = t.kind == AUTOENCODER
-    train_xy = _preprocessed(featured, features, preprocessing, TRAIN, only_normal=only_normal,
-                             negative_rate=t.negative_sample_rate, seed=t.seed).materialize()
+    train_xy = _preprocessed(featured, features, preprocessing, TRAIN, only_normal=only_normal).materialize()
     validation_xy = _preprocessed(featured, features, preprocessing, VALIDATION).materialize()
     trained_rows = train_xy.count()  # from the materialized blocks' metadata
-    if t.negative_sample_rate < 1.0:
+    if rate < 1.0:
         log.info("negative downsampling at %g: %d of %d training rows kept, every anomaly among them",
-                 t.negative_sample_rate, trained_rows, counts[TRAIN]["rows"])
+                 rate, trained_rows, counts[TRAIN]["rows"])
     return PreparedData(
         featured, counts, plan, preprocessing, statistics, train_xy, validation_xy, features, feature_set,
-        inputs.supervised, trained_rows,
+        inputs.supervised, trained_rows, fit_rows,
     )
 
 
@@ -590,8 +609,31 @@ def _check_counts(counts: Mapping[str, Mapping[str, int]], kind: str, plan: Spli
         raise TrainingDataError("the training split holds no row labelled normal; the autoencoder trains on those")
 
 
-def _select(featured: "ray.data.Dataset", split: str) -> "ray.data.Dataset":
-    return featured.map_batches(lambda b: b[b[SPLIT_COLUMN] == split], batch_format="pandas")
+def _select(featured: "ray.data.Dataset", split: str, *, uniform: bool = False) -> "ray.data.Dataset":
+    """The rows of one split; `uniform`: only those marked as the split's uniform sample
+    (`downsample_training_split`)."""
+
+    def select(batch: pd.DataFrame) -> pd.DataFrame:
+        keep = batch[SPLIT_COLUMN] == split
+        if uniform:
+            keep &= batch[UNIFORM_COLUMN].astype(bool)
+        return batch[keep]
+
+    return featured.map_batches(select, batch_format="pandas")
+
+
+def source_split_counts(source: SourceLike, spec: SourceSpec, row_kwargs: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Rows and anomalies per split of the whole source, from a read of the columns that label and
+    split it (not the features): partial counts per block, summed here."""
+    plan = row_kwargs["plan"]
+    columns = list(dict.fromkeys([*plan.columns, *([spec.label] if spec.label else []),
+                                  *(spec.keys if row_kwargs.get("label_overrides") else ())]))
+    partial = read_rows(source, columns).map_batches(split_tally, fn_kwargs=dict(row_kwargs), batch_format="pandas").to_pandas()
+    out = {s: {"rows": 0, "anomalies": 0} for s in SPLITS}
+    for row in partial.itertuples():
+        out[row.split]["rows"] += int(row.rows)
+        out[row.split]["anomalies"] += int(row.anomalies)
+    return out
 
 
 def _preprocessed(
@@ -600,21 +642,18 @@ def _preprocessed(
     preprocessing: Preprocessing,
     split: str,
     only_normal: bool = False,
-    negative_rate: float = 1.0,
-    seed: int = 0,
+    uniform: bool = False,
 ) -> "ray.data.Dataset":
-    """{"x", "y"} of one split, ready for `iter_torch_batches`; with `negative_rate` < 1, every
-    anomalous row and the normal rows that `negative_sample` keeps."""
+    """{"x", "y"} of one split, ready for `iter_torch_batches`; `only_normal`: the rows labelled
+    normal; `uniform`: the split's uniform sample only (see `_select`)."""
 
     def run(batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        batch = batch[batch[SPLIT_COLUMN] == split]
-        out = preprocess_batch(batch, features, preprocessing)
-        keep = np.ones(len(batch), dtype=bool)
-        if only_normal:
-            keep &= out[Y] == 0
-        if negative_rate < 1.0:
-            keep &= negative_sample(batch, features, negative_rate, seed)
-        return {X: out[X][keep], Y: out[Y][keep]}
+        keep = (batch[SPLIT_COLUMN] == split).to_numpy()
+        if uniform:
+            keep &= batch[UNIFORM_COLUMN].to_numpy(dtype=bool)
+        out = preprocess_batch(batch[keep], features, preprocessing)
+        rows = out[Y] == 0 if only_normal else slice(None)
+        return {X: out[X][rows], Y: out[Y][rows]}
 
     return featured.map_batches(run, batch_format="pandas")
 
@@ -626,9 +665,29 @@ def negative_sample(batch: pd.DataFrame, features: Sequence[str], rate: float, s
     machine and partitioning (rows with equal features and label are kept or dropped together)."""
     if not len(batch):
         return np.zeros(0, dtype=bool)
+    return batch[LABEL_COLUMN].to_numpy(dtype=bool) | (_row_draw(batch, features, seed) < rate)
+
+
+def _row_draw(batch: pd.DataFrame, features: Sequence[str], seed: int) -> np.ndarray:
+    """A uniform in [0, 1) per row of a features batch, from a hash of its feature values and label."""
     hashed = pd.util.hash_pandas_object(batch[[*features, LABEL_COLUMN]], index=False).to_numpy()
-    anomalous = batch[LABEL_COLUMN].to_numpy(dtype=bool)
-    return anomalous | (hash_uniform(hashed, seed) < rate)
+    return hash_uniform(hashed, seed)
+
+
+UNIFORM_COLUMN = "__uniform"  # a training row drawn below the sampling rate: the split's uniform sample
+
+
+def downsample_training_split(batch: pd.DataFrame, features: Sequence[str], rate: float, seed: int) -> pd.DataFrame:
+    """Ray Data batch function on a features batch: every row of the validation and test splits,
+    and of the training split the rows `negative_sample` keeps, with UNIFORM_COLUMN true where
+    the row's draw is below `rate` (whatever its label: a uniform sample of the split), and true
+    on the other splits' rows."""
+    if not len(batch):
+        return batch.assign(**{UNIFORM_COLUMN: np.zeros(0, dtype=bool)})
+    training = (batch[SPLIT_COLUMN] == TRAIN).to_numpy()
+    drawn = _row_draw(batch, features, seed) < rate
+    keep = ~training | batch[LABEL_COLUMN].to_numpy(dtype=bool) | drawn
+    return batch.assign(**{UNIFORM_COLUMN: ~training | drawn})[keep].reset_index(drop=True)
 
 
 def sample_matrix(
@@ -639,9 +698,12 @@ def sample_matrix(
     split_rows: int,
     max_rows: int,
     seed: int,
+    *,
+    uniform: bool = False,
 ) -> np.ndarray:
-    """A random sample of at most about `max_rows` preprocessed rows of `split`, in this process."""
-    ds = _preprocessed(featured, features, preprocessing, split)
+    """A random sample of at most about `max_rows` preprocessed rows of `split` (`uniform`: of its
+    uniform sample, `split_rows` rows), in this process."""
+    ds = _preprocessed(featured, features, preprocessing, split, uniform=uniform)
     if split_rows > max_rows:
         ds = ds.random_sample(max_rows / split_rows, seed=seed)
     blocks = [b[X] for b in ds.iter_batches(batch_format="numpy", batch_size=None) if len(b[X])]
