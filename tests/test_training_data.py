@@ -15,6 +15,7 @@ from training.data import (
     SPLIT_COLUMN,
     TEST,
     TRAIN,
+    VALIDATION,
     SplitPlan,
     TableSource,
     UnreadableSourceError,
@@ -104,6 +105,52 @@ def test_a_parquet_snapshot_is_read_with_the_dates_from_its_directory_names(tmp_
     ).to_pandas()
     # Rows of the two dates outside the plan are dropped; the others carry their split.
     assert featured[SPLIT_COLUMN].value_counts().to_dict() == {TRAIN: 10, TEST: 10}
+
+
+def _spoil(folder) -> None:
+    """Overwrite the Parquet files of a partition folder: a read that opens them fails."""
+    files = list(folder.glob("*.parquet"))
+    assert files
+    for f in files:
+        f.write_bytes(b"not parquet")
+
+
+def test_a_window_reads_only_its_partitions_of_a_long_history(tmp_path, ray_local, monkeypatch):
+    from ray.data import DataContext
+
+    monkeypatch.setattr(DataContext.get_current(), "retried_io_errors", [])  # a spoiled file fails at once
+    path = tmp_path / "events"
+    _write_delta(path, pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0], S.EVENT_DATE: NOV}))
+    _spoil(path / f"{S.EVENT_DATE}={NOV[0]}")  # outside the window: never opened
+    source = TableSource("events", str(path), "delta", version=0)
+
+    rows = read_rows(source, ["a", S.EVENT_DATE], (S.EVENT_DATE, {NOV[1], NOV[3]})).to_pandas().sort_values(S.EVENT_DATE)
+    assert [pd.Timestamp(d).date() for d in rows[S.EVENT_DATE]] == [NOV[1], NOV[3]]
+    assert rows["a"].tolist() == [2.0, 4.0]
+    # A window with no partition in the table reads nothing; the whole table would hit the spoiled file.
+    assert read_rows(source, ["a", S.EVENT_DATE], (S.EVENT_DATE, {dt.date(2027, 1, 1)})).count() == 0
+    with pytest.raises(Exception, match="Parquet"):
+        read_rows(source, ["a", S.EVENT_DATE]).count()
+
+    snapshot = tmp_path / "snapshot"
+    frame = _raw_transactions(40)
+    pq.write_to_dataset(pa.Table.from_pandas(frame.astype({S.EVENT_DATE: str}), preserve_index=False), str(snapshot),
+                        partition_cols=[S.EVENT_DATE])
+    _spoil(snapshot / f"{S.EVENT_DATE}={NOV[2]}")
+    parquet = TableSource("snapshot", str(snapshot), "parquet")
+    rows = read_rows(parquet, ["amount", S.EVENT_DATE], (S.EVENT_DATE, {NOV[0], NOV[3]})).to_pandas()
+    assert sorted(rows[S.EVENT_DATE].astype(str).unique()) == [str(NOV[0]), str(NOV[3])]
+    assert len(rows) == 20
+
+
+def test_a_dated_plan_assigns_splits_by_value_and_leaves_nulls_and_other_dates_out():
+    plan = SplitPlan(dated=True, date_column=S.EVENT_DATE, date_to_split={NOV[0]: TRAIN, NOV[1]: VALIDATION, NOV[2]: TEST})
+    raw = pd.DataFrame({S.EVENT_DATE: [NOV[2], None, NOV[0], NOV[3], NOV[0], pd.NaT, NOV[1]]})
+    assert plan.assign(raw, np.zeros(len(raw), bool)).tolist() == [TEST, "", TRAIN, "", TRAIN, "", VALIDATION]
+    text = pd.DataFrame({S.EVENT_DATE: ["2026-11-02", "2026-11-01T00:00:00", None]})  # text and timestamps alike
+    assert plan.assign(text, np.zeros(3, bool)).tolist() == [VALIDATION, TRAIN, ""]
+    assert plan.partitions == (S.EVENT_DATE, frozenset(NOV[:3]))
+    assert SplitPlan(dated=False, keys=("id",)).partitions is None
 
 
 @pytest.mark.parametrize(
