@@ -583,7 +583,11 @@ def split_counts(featured: "ray.data.Dataset") -> dict[str, dict[str, int]]:
         grouped = batch.groupby(SPLIT_COLUMN)[LABEL_COLUMN].agg(["size", "sum"]).reset_index()
         return grouped.rename(columns={SPLIT_COLUMN: "split", "size": "rows", "sum": "anomalies"})
 
-    partial = featured.map_batches(count, batch_format="pandas").to_pandas()
+    return _summed_counts(featured.map_batches(count, batch_format="pandas").to_pandas())
+
+
+def _summed_counts(partial: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """{split: {"rows", "anomalies"}} from per-block partial counts (split, rows, anomalies)."""
     out = {s: {"rows": 0, "anomalies": 0} for s in SPLITS}
     for row in partial.itertuples():
         out[row.split]["rows"] += int(row.rows)
@@ -628,12 +632,8 @@ def source_split_counts(source: SourceLike, spec: SourceSpec, row_kwargs: Mappin
     plan = row_kwargs["plan"]
     columns = list(dict.fromkeys([*plan.columns, *([spec.label] if spec.label else []),
                                   *(spec.keys if row_kwargs.get("label_overrides") else ())]))
-    partial = read_rows(source, columns, plan.partitions).map_batches(split_tally, fn_kwargs=dict(row_kwargs), batch_format="pandas").to_pandas()
-    out = {s: {"rows": 0, "anomalies": 0} for s in SPLITS}
-    for row in partial.itertuples():
-        out[row.split]["rows"] += int(row.rows)
-        out[row.split]["anomalies"] += int(row.anomalies)
-    return out
+    tallies = read_rows(source, columns, plan.partitions).map_batches(split_tally, fn_kwargs=dict(row_kwargs), batch_format="pandas")
+    return _summed_counts(tallies.to_pandas())
 
 
 def _preprocessed(
