@@ -143,6 +143,38 @@ def test_a_window_reads_only_its_partitions_of_a_long_history(tmp_path, ray_loca
     assert len(rows) == 20
 
 
+def test_the_narrow_count_read_counts_the_splits_as_the_featured_rows_do_with_verdicts_applied(tmp_path, ray_local):
+    from lakescore.feedback_keys import record_keys
+    from training.pipeline import source_split_counts, split_counts
+
+    path = tmp_path / "events"
+    frame = _raw_transactions(400, seed=4)
+    frame.insert(0, "txn_id", [f"t{i}" for i in range(len(frame))])
+    _write_delta(path, frame.iloc[:200])
+    _write_delta(path, frame.iloc[200:], mode="append")
+    source = TableSource("events", str(path), "delta", version=1)
+    plan = SplitPlan(dated=True, date_column=S.EVENT_DATE, date_to_split={NOV[0]: TRAIN, NOV[1]: TRAIN, NOV[2]: VALIDATION, NOV[3]: TEST})
+    # Analysts' verdicts: 30 normals of the training days called anomalous, every anomaly of the
+    # test day called normal.
+    keys = record_keys(frame, ["txn_id"])
+    normals = frame.index[~frame[S.IS_ANOMALY] & frame[S.EVENT_DATE].isin(NOV[:2])][:30]
+    cleared = frame.index[frame[S.IS_ANOMALY] & (frame[S.EVENT_DATE] == NOV[3])]
+    overrides = {**{keys[i]: True for i in normals}, **{keys[i]: False for i in cleared}}
+    row_kwargs = {"plan": plan, "label": S.IS_ANOMALY, "label_overrides": overrides, "keys": ["txn_id"]}
+
+    spec = type("Spec", (), {"label": S.IS_ANOMALY, "keys": ("txn_id",)})()
+    narrow = source_split_counts(source, spec, row_kwargs)
+    columns = [*TRANSACTIONS_V1.inputs, "txn_id", S.IS_ANOMALY, S.ANOMALY_TYPE, S.EVENT_DATE]
+    featured = read_rows(source, columns).map_batches(
+        features_batch, fn_kwargs={"feature_set": TRANSACTIONS_V1, **row_kwargs}, batch_format="pandas"
+    )
+    assert narrow == split_counts(featured)
+    assert narrow[TEST]["anomalies"] == 0 and narrow[TRAIN]["rows"] == 200
+    expected_train = int((frame[S.IS_ANOMALY] & frame[S.EVENT_DATE].isin(NOV[:2])).sum())
+    expected_train += len(normals)
+    assert narrow[TRAIN]["anomalies"] == expected_train
+
+
 def test_a_dated_plan_assigns_splits_by_value_and_leaves_nulls_and_other_dates_out():
     plan = SplitPlan(dated=True, date_column=S.EVENT_DATE, date_to_split={NOV[0]: TRAIN, NOV[1]: VALIDATION, NOV[2]: TEST})
     raw = pd.DataFrame({S.EVENT_DATE: [NOV[2], None, NOV[0], NOV[3], NOV[0], pd.NaT, NOV[1]]})
