@@ -31,6 +31,8 @@ from lakescore import schemas as S
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ENV_PREFIX = "LAKESCORE_"
+# score.read_path: the scoring read paths (pipelines.nightly.choose_read).
+READ_PATHS = ("auto", "udf", "files")
 
 
 class ConfigError(ValueError):
@@ -332,6 +334,14 @@ class ScoreSettings:
     # are invisible; the next run of the slice deletes them once they are this old. Longer than
     # any run takes, so that it never deletes the rows of a run still going.
     orphan_grace_hours: float = 24.0
+    # How a run reads the source's rows: "files" (Spark lists and schedules the partition's files,
+    # Python reads them with pyarrow and scores, only flagged rows return to the JVM), "udf"
+    # (Spark scans, an Arrow UDF scores: every source Spark can read), or "auto": "files" where
+    # it is exact (see pipelines.nightly.choose_read; the reason is logged when it is not).
+    read_path: str = "auto"
+    # With the files path: one Spark task reads about this many bytes of Parquet (whole row
+    # groups; a file is split only between its row groups).
+    read_task_bytes: int = 128 * 1024 * 1024
 
     def validated(self) -> "ScoreSettings":
         _check_source(self.table, "score.table")
@@ -345,7 +355,8 @@ class ScoreSettings:
         if self.date_column is not None:
             check_identifier(self.date_column, "score.date_column")
         _require_choice("score.sensitive_action", self.sensitive_action, S.SENSITIVE_ACTIONS)
-        _require_positive(self, "score", "top_reasons", "median_window")
+        _require_choice("score.read_path", self.read_path, READ_PATHS)
+        _require_positive(self, "score", "top_reasons", "median_window", "read_task_bytes")
         if self.min_rows < 0:
             raise ConfigError(f"score.min_rows={self.min_rows} is negative; use 0 for no absolute floor")
         if not (self.min_fraction_of_median >= 0.0 and math.isfinite(self.min_fraction_of_median)):

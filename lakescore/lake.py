@@ -462,3 +462,118 @@ def commit_written_files(
         create_table_with_add_actions(
             str(path), DeltaSchema.from_arrow(table_schema), actions, mode="error", partition_by=[partition_column], commit_properties=properties
         )
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One Parquet file of a source's snapshot, as the scoring files path reads it
+    (`udfs.arrow_files`)."""
+
+    uri: str  # what pyarrow opens: a local path, or a URI (s3://, hdfs://, gs://, abfss://)
+    size: int  # bytes
+    # The file's partition values, (column, value) in the table's partition order: JSON values
+    # (a date or timestamp in ISO form), None for null; cast to the column's type when read.
+    partition: tuple[tuple[str, object], ...] = ()
+
+
+class FilesUnreadable(Exception):
+    """Why the files of a source cannot be read exactly with pyarrow (the message says)."""
+
+
+def delta_files(source: Source, partition: tuple[str, object] | None = None) -> list[DataFile]:
+    """The Parquet files of a Delta source at its pinned version, with their partition values
+    from the log; only those whose partition `column` holds `value` when `partition` is
+    (column, value) (value as a JSON value: a date in ISO form).
+
+    Raises FilesUnreadable where reading the files as they are would not give the snapshot's rows
+    or columns: deletion vectors on any listed file (rows deleted in the snapshot are still in
+    the file), column mapping (the files' column names are not the table's), type widening (a
+    file may hold an older, narrower type).
+    """
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    table = DeltaTable(source.path, version=source.version)
+    reader = set(table.protocol().reader_features or ())
+    configuration = table.metadata().configuration or {}
+    mapping = configuration.get("delta.columnMapping.mode", "none").lower()
+    if "columnMapping" in reader or mapping != "none":
+        raise FilesUnreadable(f"the table uses column mapping (mode {mapping}): its files' column names are not the table's")
+    widening = {"typeWidening", "typeWidening-preview"} & reader
+    if widening:
+        raise FilesUnreadable(f"the table uses {sorted(widening)[0]}: a file may hold a column's older, narrower type")
+    columns = list(table.metadata().partition_columns)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    uris = table.file_uris()
+    if len(uris) != actions.num_rows:
+        raise FilesUnreadable(f"delta-rs listed {len(uris)} file URIs for {actions.num_rows} files")
+    values = {c: actions.column(f"partition.{c}").to_pylist() for c in columns}
+    sizes = actions.column("size_bytes").to_pylist()
+    paths = actions.column("path").to_pylist()
+    files = []
+    for i, uri in enumerate(uris):
+        if Path(uri).name != Path(_unquoted(paths[i])).name and Path(uri).name != Path(paths[i]).name:
+            raise FilesUnreadable(f"delta-rs listed file {uri} beside the log's {paths[i]}")
+        spelled = tuple((c, _json_value(values[c][i])) for c in columns)
+        if partition is not None and dict(spelled).get(partition[0]) != partition[1]:
+            continue
+        files.append(DataFile(uri=_local(uri), size=int(sizes[i]), partition=spelled))
+    if "deletionVectors" in reader and files:
+        marked = {_local(str(u)) for u in pa.table(table.deletion_vectors()).column("filepath").to_pylist()}
+        hit = [f.uri for f in files if f.uri in marked]
+        if hit:
+            raise FilesUnreadable(
+                f"{len(hit)} of the {len(files)} files carry deletion vectors (rows deleted in the snapshot are still in "
+                "the files); an OPTIMIZE or a REORG TABLE ... APPLY (PURGE) rewrites them without"
+            )
+    return files
+
+
+def parquet_files(df: DataFrame, root: str) -> list[DataFile]:
+    """The files Spark would scan for `df` (a Parquet source's rows, after partition pruning),
+    with the partition values of their `column=value` folders under `root` (as text)."""
+    from urllib.parse import unquote
+
+    import pyarrow.fs as pafs
+
+    files = []
+    base = Path(root.removeprefix("file:")).resolve()
+    for uri in sorted(df.inputFiles()):
+        local = _local(uri)
+        filesystem, path = (pafs.LocalFileSystem(), local) if "://" not in local else pafs.FileSystem.from_uri(local)
+        size = filesystem.get_file_info(path).size
+        try:
+            folders = Path(local).parent.relative_to(base).parts
+        except ValueError:
+            folders = ()
+        spelled = []
+        for folder in folders:
+            if "=" in folder:
+                column, value = folder.split("=", 1)
+                value = unquote(value)
+                spelled.append((unquote(column), None if value == "__HIVE_DEFAULT_PARTITION__" else value))
+        files.append(DataFile(uri=local, size=int(size or 0), partition=tuple(spelled)))
+    return files
+
+
+def _local(uri: str) -> str:
+    """A `file:` URI as a local path (what pyarrow opens without a file system); others as they are."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("file:"):
+        return unquote(urlparse(uri).path)
+    return uri
+
+
+def _unquoted(path: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(path)
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -89,6 +89,21 @@ PUBLISHED = "published"  # run_metrics' commit made: analysts see the run; repla
 BOUNDARIES = (COUNTED, STAGED, FLAGGED_WRITTEN, PUBLISHED)
 
 
+# How a run reads and scores its rows (score.read_path, choose_read).
+FILES_PATH = "files"  # Spark schedules the files, Python reads them with pyarrow (udfs.arrow_files)
+UDF_PATH = "udf"  # Spark scans, an Arrow UDF scores (udfs.scoring): every source Spark can read
+
+
+@dataclass(frozen=True)
+class ReadChoice:
+    """How one run reads its rows, and why (logged in one line)."""
+
+    path: str  # FILES_PATH or UDF_PATH
+    reason: str
+    tasks: tuple = ()  # FILES_PATH: udfs.arrow_files.plan_tasks(...)
+    date_filter: tuple[str, str] | None = None  # FILES_PATH: (date column, yyyy-mm-dd) filtered in the files
+
+
 class PartitionError(lake.SourceError):
     """The date partition a run would score is missing or holds fewer rows than the floors allow."""
 
@@ -112,6 +127,7 @@ class RunSummary:
     rows_flagged: int
     scoring_seconds: float  # the one pass over the rows: score, flag, explain, write flagged
     duration_seconds: float  # the whole run, commits and catalog included
+    read_path: str = "udf"  # how the rows were read and scored: FILES_PATH or UDF_PATH (see choose_read)
 
 
 @dataclass(frozen=True)
@@ -392,6 +408,7 @@ def score_date(
     from pipelines.report import write_night_report  # matplotlib: only when a run starts
     from udfs.flagged import flagged_records
     from udfs.metrics import metric_records
+    from udfs.arrow_files import score_files_dataframe
     from udfs.scoring import new_run_totals, score_dataframe, score_models_dataframe
 
     started = time.perf_counter()
@@ -412,9 +429,16 @@ def score_date(
     _reached(boundary, COUNTED)
     totals = [new_run_totals(spark, model) for model in models]
     top_k = settings.score.top_reasons
+    read = choose_read(spark, settings, plan, run_date)
+    log.info("run %s: the %s path (%s)", runs[0].run_id, read.path, read.reason)
     # The job writes only flagged rows; the totals still count every row. One model takes the
     # plain path; a shadow scores in the same UDF over the same rows (one scan, one transfer).
-    if len(models) == 1:
+    if read.path == FILES_PATH:
+        flagged = score_files_dataframe(
+            spark, read.tasks, models, schema=rows.schema, totals=totals, top_k=top_k, sensitive=plan.sensitive,
+            date_filter=read.date_filter, batch_rows=settings.spark.arrow_batch_size,
+        )
+    elif len(models) == 1:
         flagged = score_dataframe(
             rows, models[0], top_k=top_k, totals=totals[0], flagged_only=True, sensitive=plan.sensitive
         )
@@ -483,6 +507,7 @@ def score_date(
                 rows_flagged=counts.rows_flagged,
                 scoring_seconds=scoring_seconds,
                 duration_seconds=duration,
+                read_path=read.path,
             )
         )
     if settings.report.enabled:  # the night is published: its report can only log a warning (pipelines.report)
@@ -542,6 +567,59 @@ def trailing_rows_read(spark: SparkSession, settings: Settings, run: "RunIdentit
         .collect()
     )
     return [int(r[S.VALUE]) for r in rows]
+
+
+def choose_read(spark: SparkSession, settings: Settings, plan: RunPlan, run_date: dt.date) -> ReadChoice:
+    """How a run of `plan` for `run_date` reads its rows (score.read_path).
+
+    "auto" takes the files path where it is exact, else the UDF path: a Delta source without
+    deletion vectors on the date's files, column mapping or type widening (`lake.delta_files`),
+    or a Parquet source; its date column a date partition, a date inside the files, or none;
+    files pyarrow opens from the driver and reads as Spark types them
+    (`udfs.arrow_files.check_readable`). "files" raises ConfigError where it is not exact;
+    "udf" always takes the UDF path.
+    """
+    from udfs.arrow_files import check_readable, plan_tasks
+
+    mode = settings.score.read_path
+    if mode == UDF_PATH:
+        return ReadChoice(UDF_PATH, "score.read_path=udf")
+    schema = plan.rows_of(run_date).schema
+    try:
+        files, date_filter = _run_files(spark, plan, run_date)
+        check_readable(files, schema, spark)
+    except lake.FilesUnreadable as exc:
+        if mode == FILES_PATH:
+            raise ConfigError(
+                f"score.read_path=files cannot read {plan.source_name} exactly: {exc}; set score.read_path=auto "
+                "(the UDF path where the files path is not exact) or udf"
+            ) from None
+        return ReadChoice(UDF_PATH, str(exc))
+    tasks = plan_tasks(files, settings.score.read_task_bytes, spark.sparkContext.defaultParallelism)
+    return ReadChoice(FILES_PATH, f"{len(files)} files in {len(tasks)} tasks", tuple(tasks), date_filter)
+
+
+def _run_files(
+    spark: SparkSession, plan: RunPlan, run_date: dt.date
+) -> "tuple[list[lake.DataFile], tuple[str, str] | None]":
+    """(the files holding the rows of the run, the date filter to apply inside them)."""
+    source, column = plan.source, plan.date_column
+    partitioned = set(lake.partition_columns(spark, source))
+    wanted = None
+    date_filter = None
+    if column is not None:
+        kind = plan.df.schema[column].dataType
+        if not isinstance(kind, T.DateType):
+            raise lake.FilesUnreadable(
+                f"the date column {column} is {kind.simpleString()}, and the files path selects a date on a date column"
+            )
+        if column in partitioned:
+            wanted = (column, run_date.isoformat())
+        else:
+            date_filter = (column, run_date.isoformat())
+    if source.format == "delta":
+        return lake.delta_files(source, wanted), date_filter
+    return lake.parquet_files(plan.rows_of(run_date), source.path), date_filter
 
 
 def _partition(plan: RunPlan, run_date: dt.date) -> str:
