@@ -86,6 +86,7 @@ def _memory_part(spark, settings: Settings, name: str, memory_rows: str) -> list
     measured = []
     for n in [int(n) for n in memory_rows.split(",") if n.strip()]:
         copies = max(1, round(n / rows))
-        peaks, seconds = measure_memory(spark, settings, day, copies, noop=MEMORY_WORKLOAD_NAMES[name].noop)
+        workload = MEMORY_WORKLOAD_NAMES[name]
+        peaks, seconds = measure_memory(spark, settings, day, copies, noop=workload.noop, files=workload.files)
         measured.append((copies * rows, seconds, peaks))
     return measured

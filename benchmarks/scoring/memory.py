@@ -38,17 +38,21 @@ class MemoryWorkload:
     label: str  # the report's row, with the letter the README uses
     java_options: str = ""  # added to the session's JVM options
     noop: bool = False  # the no-op pandas UDF instead of the job's scoring stage
+    files: bool = False  # the job's scoring stage on the files path (udfs.arrow_files)
 
 
 MEMORY_WORKLOADS = (
     MemoryWorkload("memory_nightly_job", "(a) nightly job: scoring stage"),
     MemoryWorkload("memory_nightly_job_young_512m", "(a) the same, young generation 512 MiB", java_options=FIXED_YOUNG_GENERATION),
     MemoryWorkload("memory_noop_pandas_udf", "(b) no-op pandas UDF, same columns", noop=True),
+    MemoryWorkload("memory_nightly_job_files", "(e) nightly job, files path: scoring stage", files=True),
 )
 MEMORY_WORKLOAD_NAMES = {w.name: w for w in MEMORY_WORKLOADS}
 
 
-def measure_memory(spark, settings: Settings, day, copies: int, noop: bool = False) -> tuple[dict[str, float], float]:
+def measure_memory(
+    spark, settings: Settings, day, copies: int, noop: bool = False, files: bool = False
+) -> tuple[dict[str, float], float]:
     """(peaks in MiB, seconds) of the job's scoring stage over `copies` unions of the day,
     written to a scratch Delta path (or, with `noop`, the no-op pandas UDF over the same columns
     into Spark's noop sink), while a thread samples the RSS of this session's JVM and its Python
@@ -62,6 +66,8 @@ def measure_memory(spark, settings: Settings, day, copies: int, noop: bool = Fal
     if noop:
         def action() -> None:
             noop_udf(rows, inputs)
+    elif files:
+        action, totals = nightly_files_stage_over_copies(spark, settings, day.select(*needed), output, run_date_column, copies)
     else:
         action, totals = nightly_scoring_stage_over_copies(spark, settings, rows, output, run_date_column, copies)
 
@@ -97,6 +103,34 @@ def nightly_scoring_stage_over_copies(spark, settings: Settings, rows, output, r
     model = broadcast_model(spark, bundle)
     totals = new_run_totals(spark, model)
     scored = score_dataframe(rows, model, totals=totals, flagged_only=True)
+    flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc), run_date_column)
+
+    def action() -> None:
+        flagged.write.format("delta").mode("overwrite").save(str(settings.lake.root / "_bench_memory"))
+
+    return action, totals
+
+
+def nightly_files_stage_over_copies(spark, settings: Settings, rows, output, run_date_column, copies: int):
+    """(action, totals): as `nightly_scoring_stage_over_copies`, on the files path: the day's
+    files listed `copies` times over (`rows`: the job's columns of the day, for their types)."""
+    from lakescore import lake
+    from udfs.arrow_files import plan_tasks, score_files_dataframe
+    from udfs.broadcast import broadcast_model
+    from udfs.flagged import flagged_records
+    from udfs.metrics import RunIdentity
+    from udfs.scoring import new_run_totals
+
+    bundle = registry.load_registered(spark, settings, MODEL)[1]
+    run = RunIdentity(f"memory-files-{copies}", DAY, bundle.name, bundle.version, bundle.sha256, "bench", None, bundle.threshold)
+    model = broadcast_model(spark, bundle)
+    totals = new_run_totals(spark, model)
+    source = lake.resolve_source(spark, settings, settings.table(settings.generate.table))
+    files = lake.delta_files(source, (S.EVENT_DATE, DAY.isoformat())) * copies
+    tasks = plan_tasks(files, settings.score.read_task_bytes, spark.sparkContext.defaultParallelism)
+    scored = score_files_dataframe(
+        spark, tasks, [model], schema=rows.schema, totals=[totals], batch_rows=settings.spark.arrow_batch_size
+    )
     flagged = flagged_records(scored, output, run, dt.datetime.now(dt.timezone.utc), run_date_column)
 
     def action() -> None:

@@ -115,16 +115,23 @@ class StageTimer:
 
     def _stage_window(self, group: str) -> tuple[float, float] | None:
         """(submission, completion) in epoch seconds of the longest stage of `group` that scanned
-        the rows: the scoring stage (the job's row count also scans them, from footers, briefly)."""
+        the rows: the scoring stage (the job's row count also scans them, from footers, briefly).
+        On the files path Spark scans no rows (Python reads the files): then the longest stage of
+        the group, which is the scoring stage (the others count from footers or read Delta logs)."""
         if self.api is None:
             return None
         stage_ids = [s for job in self._get("/jobs") if job.get("jobGroup") == group for s in job["stageIds"]]
-        windows = []
+        scanned, every = [], []
         for stage_id in stage_ids:
             for attempt in self._get(f"/stages/{stage_id}"):
+                if not attempt.get("completionTime"):
+                    continue
+                window = (_ui_time(attempt["submissionTime"]), _ui_time(attempt["completionTime"]))
+                every.append(window)
                 # Other stages read Delta logs.
-                if attempt.get("inputRecords", 0) >= self.rows and attempt.get("completionTime"):
-                    windows.append((_ui_time(attempt["submissionTime"]), _ui_time(attempt["completionTime"])))
+                if attempt.get("inputRecords", 0) >= self.rows:
+                    scanned.append(window)
+        windows = scanned or every
         return max(windows, key=lambda w: w[1] - w[0]) if windows else None
 
     def _get(self, path: str):

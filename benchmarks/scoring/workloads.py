@@ -56,10 +56,24 @@ def build_scans(spark: SparkSession, settings: Settings, day: DataFrame, with_mo
 
 
 def nightly_job(s: Scans) -> None:
-    """(a) The nightly job's whole run (`run_score`): source count, its scoring stage (the Arrow
-    UDF: features, preprocessing, model, flags, reasons, metric totals into an accumulator;
-    flagged rows written to Delta), two Delta commits and the catalog."""
-    run_score(s.spark, s.settings, DAY, model=MODEL)
+    """(a) The nightly job's whole run (`run_score`) on the UDF path: source count, its scoring
+    stage (the Arrow UDF: features, preprocessing, model, flags, reasons, metric totals into an
+    accumulator; flagged rows written to Delta), two Delta commits and the catalog."""
+    run_score(s.spark, with_read_path(s.settings, "udf"), DAY, model=MODEL)
+
+
+def nightly_job_files(s: Scans) -> None:
+    """(e) The same run on the files path (the job's default where it is exact): Spark schedules
+    the day's files, Python reads them with pyarrow and runs the same scoring, and only the
+    flagged rows return to the JVM (`udfs.arrow_files`)."""
+    run_score(s.spark, with_read_path(s.settings, "files"), DAY, model=MODEL)
+
+
+def with_read_path(settings: Settings, read_path: str) -> Settings:
+    """`settings` with score.read_path set."""
+    import dataclasses
+
+    return dataclasses.replace(settings, score=dataclasses.replace(settings.score, read_path=read_path))
 
 
 def noop_pandas_udf(s: Scans) -> None:
@@ -118,7 +132,8 @@ class SparkWorkload:
 
 # In the order the applications take turns.
 SPARK_WORKLOADS = (
-    SparkWorkload("nightly_job", "(a) nightly job: scoring stage | whole run", nightly_job),
+    SparkWorkload("nightly_job", "(a) nightly job, UDF path: scoring stage | whole run", nightly_job),
+    SparkWorkload("nightly_job_files", "(e) nightly job, files path: scoring stage | whole run", nightly_job_files),
     SparkWorkload("noop_pandas_udf", "(b) pandas UDF that does nothing (transfer floor)", noop_pandas_udf),
     SparkWorkload("noop_pandas_udf_job_columns", "(b0) the same over the job's columns (no date column)", noop_pandas_udf_job_columns),
     SparkWorkload("noop_arrow_udf", "(b') Arrow UDF that does nothing (floor without pandas)", noop_arrow_udf),
