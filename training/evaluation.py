@@ -1,13 +1,10 @@
 """Evaluation of scores on a held-out window, the IsolationForest baseline, and the plots.
 
-(training.baselines fits the IsolationForest with `fit_isolation_forest` and the other baselines
-beside it.)
-
 The training pipeline evaluates from score histograms (training.score_histograms: counts per
 fine bin, never a score per row) and draws its plots from them (`*_binned`). The functions on
 numpy arrays of scores (`evaluate`, `by_type`, `plot_pr_curve`, ...) are the exact reference the
-histograms are tested against, and serve windows small enough to hold. The baseline is fitted on
-a bounded sample of the training split.
+histograms are tested against, and serve windows small enough to hold. The IsolationForest is
+fitted on a bounded sample of the training split, beside the other baselines (training.baselines).
 """
 
 from __future__ import annotations
