@@ -150,6 +150,10 @@ def test_training_builds_the_manifest_it_always_wrote_plus_the_settings_recorded
     expected = _fixture_json()
     expected["training"].update(shuffle_buffer_rows=20_000, precision_at_k=100, sample_rows=100_000,
                                 negative_sample_rate=1.0, trained_rows=0, worker_cache_mb=1024)
+    # Every baseline's figures, and the best one's AUCPR: here the IsolationForest alone, whose
+    # reversed scores rank these rows perfectly (as baseline_test_* always recorded).
+    expected["metrics"].update(baseline_isolation_forest_test_aucpr=1.0, baseline_isolation_forest_test_aucroc=1.0,
+                               best_baseline_test_aucpr=1.0)
     assert json.loads(B._json_bytes(manifest.to_json())) == expected
 
 

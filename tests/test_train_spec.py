@@ -166,6 +166,10 @@ def test_an_mlp_trains_on_the_sensors_table_with_a_spec_written_by_hand(spark, s
     assert sum(c["anomalies"] for c in counts.values()) == int(faults.fillna(False).sum())
     assert 0.0 < m.metrics["test_aucpr"] <= 1.0 and m.metrics["test_aucroc"] > 0.5
     assert entry.metrics["test_aucpr"] == pytest.approx(m.metrics["test_aucpr"])
+    _assert_baselines_beside_the_model(run, ("isolation_forest", "hist_gradient_boosting", "mlp_classifier"))
+    # The registry row carries every baseline's figures too.
+    assert entry.metrics["baseline_hist_gradient_boosting_test_aucpr"] == pytest.approx(
+        m.metrics["baseline_hist_gradient_boosting_test_aucpr"])
 
     # Learned again the same way (a retraining or a reproduction), the vocabulary is the recorded one.
     source = TableSource("sensors", sensors, "parquet")
@@ -190,6 +194,32 @@ def test_an_autoencoder_trains_on_the_sensors_table_with_no_spec_using_the_sugge
     assert {"site=Plant-7", "site=Depot 4", "Temp C", "door open", "ts hour_sin"} <= set(m.feature_set.features)
     assert m.score.type == "reconstruction_error"
     assert m.metrics["test_aucroc"] is not None and m.lineage.split == "time, by reading_day"
+    _assert_baselines_beside_the_model(run, ("isolation_forest", "ecod"))
+
+
+def _assert_baselines_beside_the_model(run, names):
+    """The run evaluated exactly `names` beside the model on the same test rows, each with an
+    AUCPR and its own threshold; the best is the one with the highest AUCPR, the gap is the
+    model's AUCPR minus the best's in points; the manifest and the printed table carry them."""
+    report, m = run.evaluation, run.bundle.manifest
+    test = report["test"]
+    assert tuple(n for n in test if n != "model") == names and report["baselines"]["names"] == list(names)
+    for name in names:
+        assert test[name]["rows"] == test["model"]["rows"] and test[name]["anomalies"] == test["model"]["anomalies"]
+        assert 0.0 <= test[name]["aucpr"] <= 1.0, name
+        assert m.metrics[f"baseline_{name}_test_aucpr"] == pytest.approx(test[name]["aucpr"])
+        assert report["baseline_thresholds"][name]["value"] == test[name]["threshold"]
+    best = max(names, key=lambda n: test[n]["aucpr"])
+    assert report["baselines"]["best"] == best and report["baselines"]["skipped"] == {}
+    assert m.evaluation["baselines"]["best"] == best
+    assert m.metrics["best_baseline_test_aucpr"] == pytest.approx(test[best]["aucpr"])
+    gap = report["baselines"]["gap_aucpr_points"]
+    assert gap == pytest.approx(100 * (test["model"]["aucpr"] - test[best]["aucpr"]))
+    # Older readers find the IsolationForest where they always did.
+    assert m.metrics["baseline_test_aucpr"] == pytest.approx(test["isolation_forest"]["aucpr"])
+    assert report["baseline_threshold"] == report["baseline_thresholds"]["isolation_forest"]
+    assert run.table.splitlines()[0].split()[2:] == list(names)
+    assert run.table.splitlines()[-1] == f"gap to the best baseline ({best}, AUCPR {test[best]['aucpr']:.4f}): {gap:+.2f} AUCPR points"
 
 
 @pytest.mark.slow
@@ -214,3 +244,9 @@ def test_an_autoencoder_trains_without_a_label_and_records_only_what_needs_none(
     assert all(h["validation_loss"] > 0 for h in m.training.history)
     assert m.training.best_validation_aucpr is None
     assert all(c["anomalies"] == 0 for c in m.lineage.counts.values())
+    # The baselines of an autoencoder ran, with their thresholds, but without a label none is best.
+    assert m.evaluation["baselines"]["names"] == ["isolation_forest", "ecod"] and m.evaluation["baselines"]["best"] is None
+    assert m.metrics["best_baseline_test_aucpr"] is None and m.evaluation["baselines"]["gap_aucpr_points"] is None
+    ecod = m.evaluation["test"]["ecod"]
+    assert ecod["rows"] == test["rows"] and 0 <= ecod["flagged"] <= ecod["rows"]
+    assert run.table.splitlines()[-1] == "gap to the best baseline: no AUCPR without labels"

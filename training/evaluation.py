@@ -3,8 +3,8 @@
 The training pipeline evaluates from score histograms (training.score_histograms: counts per
 fine bin, never a score per row) and draws its plots from them (`*_binned`). The functions on
 numpy arrays of scores (`evaluate`, `by_type`, `plot_pr_curve`, ...) are the exact reference the
-histograms are tested against, and serve windows small enough to hold. The baseline is fitted on
-a bounded sample of the training split.
+histograms are tested against, and serve windows small enough to hold. The IsolationForest is
+fitted on a bounded sample of the training split, beside the other baselines (training.baselines).
 """
 
 from __future__ import annotations
@@ -109,15 +109,17 @@ def isolation_forest_scores(forest, x: np.ndarray) -> np.ndarray:
 
 
 def format_table(columns: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = METRICS) -> str:
-    """Metrics as rows, one column per model: `{"mlp": {...}, "isolation_forest": {...}}`."""
+    """Metrics as rows, one column per model: `{"mlp": {...}, "isolation_forest": {...}}`; a
+    column is wide enough for its name (at least 18 characters)."""
     names = list(columns)
     width = max(len(m) for m in metrics) + 2
-    lines = ["metric".ljust(width) + "".join(n.rjust(18) for n in names)]
+    widths = [max(18, len(n) + 2) for n in names]
+    lines = ["metric".ljust(width) + "".join(n.rjust(w) for n, w in zip(names, widths))]
     for metric in metrics:
         cells = []
-        for name in names:
+        for name, w in zip(names, widths):
             value = columns[name].get(metric, math.nan)
-            cells.append((f"{value:d}" if isinstance(value, int) else f"{value:.4f}").rjust(18))
+            cells.append((f"{value:d}" if isinstance(value, int) else f"{value:.4f}").rjust(w))
         lines.append(metric.ljust(width) + "".join(cells))
     return "\n".join(lines)
 

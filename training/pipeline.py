@@ -3,7 +3,7 @@
     read (Ray Data, pinned Delta version) -> features + split -> preprocessing fitted on the
     training split (distributed aggregations) -> TorchTrainer (DDP, checkpoints, early stopping)
     -> scores on validation and test (distributed) -> threshold on validation -> evaluation on
-    test, IsolationForest beside it -> plots, reference histograms -> bundle
+    test, the baselines beside it (training.baselines) -> plots, reference histograms -> bundle
 
 No Spark here: the job resolves the source and registers the bundle. Ray must be initialised
 by the caller (a job's main, or a test fixture).
@@ -12,8 +12,8 @@ What runs in one process, on purpose and bounded: the fine score histograms of t
 and test windows (counts per bin, summed as the distributed scoring streams them in: a few
 megabytes whatever the rows; training.score_histograms states the error this binning allows),
 the vocabularies' top values (counted per block where the rows live, see `fit_spec`), and a sample
-of at most `train.sample_rows` preprocessed training rows for the IsolationForest baseline and the
-reference histograms. No step collects the window's rows: the driver's memory does not grow with it.
+of at most `train.sample_rows` preprocessed training rows, with their labels, for the baselines
+and the reference histograms. No step collects the window's rows: the driver's memory does not grow with it.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from lakescore.manifest import (
 from lakescore.models import AUTOENCODER, MLP, build_model, score_batch
 from lakescore.preprocess import Preprocessing
 from lakescore.specs import DEFAULT_TOP_N, SourceSpec
+from training import baselines as B
 from training import evaluation as E
 from training import score_histograms as H
 from training.data import (
@@ -87,7 +88,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL = "model"
-BASELINE = "isolation_forest"
+# The baseline every run evaluates and older readers know (the manifest's baseline_test_* figures);
+# training.baselines lists the others.
+BASELINE = B.ISOLATION_FOREST
 CHAMPION = "champion"  # retraining: the champion's figures on the challenger's test rows
 PR_CURVE_PNG = "pr_curve.png"
 SCORE_HISTOGRAM_PNG = "score_histogram.png"
@@ -127,12 +130,12 @@ class FittedModel:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """The model and IsolationForest on the validation and test splits, the threshold chosen on
+    """The model and the baselines on the validation and test splits, the threshold chosen on
     validation, and the training sample the reference histograms come from."""
 
     report: dict[str, Any]  # the manifest's `evaluation` entry
     threshold: Threshold
-    # Score counts per fine bin, by (split, MODEL or BASELINE): never a score per row.
+    # Score counts per fine bin, by (split, MODEL or a baseline's name): never a score per row.
     histograms: Mapping[tuple[str, str], H.Histograms] | None
     sample: np.ndarray | None  # preprocessed training rows (at most train.sample_rows)
 
@@ -161,7 +164,7 @@ class TrainingRun:
     path: Path
     trained: TrainedModel
     evaluation: Mapping[str, Any]
-    table: str  # the evaluation, model and IsolationForest side by side
+    table: str  # the evaluation, the model and the baselines side by side, and the gap to the best
 
 
 class TrainingDataError(ValueError):
@@ -201,7 +204,8 @@ def train_candidate(
     fitted = fit(settings, data, version=version, on_epoch_end=on_epoch_end)
     clock.lap("Ray Train: %d epochs", len(fitted.trained.history))
     evaluation = evaluate(settings, data, fitted)
-    clock.lap("IsolationForest fitted on %d rows; validation and test scored", len(evaluation.sample))
+    clock.lap("baselines (%s) fitted on %d rows; validation and test scored",
+              ", ".join(B.in_report(evaluation.report["test"])), len(evaluation.sample))
     if inputs.label_overrides:
         evaluation = dataclasses.replace(evaluation, report={**evaluation.report, "feedback_labels": len(inputs.label_overrides)})
     return Candidate(inputs, data, fitted, evaluation)
@@ -237,47 +241,57 @@ def fit(settings: Settings, data: "PreparedData", *, version: int, on_epoch_end:
 
 
 def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> Evaluation:
-    """Score validation and test with the model and an IsolationForest (fitted on a bounded
-    sample of the same training split) into fine score histograms, choose the threshold on
-    validation's, evaluate on test's (training.score_histograms: every estimated figure comes
-    with the bound on its error). Validation and test are whole: negative downsampling touches
-    the training split only, so these figures need no correction."""
+    """Score validation and test with the model and the baselines (training.baselines: fitted on
+    a bounded sample of the same training split) into fine score histograms, choose each one's
+    threshold on validation's by the same policy, evaluate on test's (training.score_histograms:
+    every estimated figure comes with the bound on its error). Validation and test are whole:
+    negative downsampling touches the training split only, so these figures need no correction."""
     t = settings.train
     features = data.features
-    sample = sample_matrix(data.featured, features, data.preprocessing, TRAIN, data.sample_rows, t.sample_rows, t.seed,
-                           uniform=t.negative_sample_rate < 1.0)
-    forest = E.fit_isolation_forest(sample, t.seed)
+    sample, labels = sample_matrix(data.featured, features, data.preprocessing, TRAIN, data.sample_rows, t.sample_rows,
+                                   t.seed, uniform=t.negative_sample_rate < 1.0)
+    baselines = B.fit_baselines(sample, labels, kind=fitted.architecture["kind"], supervised=data.supervised, seed=t.seed)
+    scorers = (MODEL, *baselines.names)
     weights = {k: v.numpy() for k, v in fitted.trained.state_dict.items()}
     policy, target = _threshold_policy(settings, data.supervised)
     fixed = [target] if policy == FIXED else []
     bins = {MODEL: H.ScoreBins.for_kind(fitted.architecture["kind"]).with_thresholds(fixed),
-            BASELINE: H.ScoreBins.of(H.UNIT).with_thresholds(fixed)}
+            **{name: H.ScoreBins.of(b.scale).with_thresholds(fixed) for name, b in baselines.fitted.items()}}
     histograms = score_splits(data.featured, (VALIDATION, TEST), features, data.preprocessing, fitted.architecture,
-                              weights, forest, bins)
-    val = {m: histograms[(VALIDATION, m)] for m in (MODEL, BASELINE)}
-    test = {m: histograms[(TEST, m)] for m in (MODEL, BASELINE)}
-    threshold = choose_threshold_binned(policy, target, val[MODEL])
-    baseline_threshold = choose_threshold_binned(policy, target, val[BASELINE])
+                              weights, baselines.fitted, bins)
+    val = {m: histograms[(VALIDATION, m)] for m in scorers}
+    test = {m: histograms[(TEST, m)] for m in scorers}
+    thresholds = {m: choose_threshold_binned(policy, target, val[m]) for m in scorers}
     if (policy, target) != (t.threshold_policy, t.threshold_value):
         note = (f"no label to reach a {t.threshold_policy} of {t.threshold_value} with: flagged the top {target:g} of "
                 "validation rows instead (set train.threshold_policy=alert_rate and threshold_value to choose)")
         log.warning(note)
-        threshold = dataclasses.replace(threshold, fallback=note)
-        baseline_threshold = dataclasses.replace(baseline_threshold, fallback=note)
+        thresholds = {m: dataclasses.replace(th, fallback=note) for m, th in thresholds.items()}
     if not data.supervised:
-        return _unlabelled_evaluation(threshold, baseline_threshold, histograms, sample)
-    thresholds = {MODEL: threshold.value, BASELINE: baseline_threshold.value}
+        return _unlabelled_evaluation(thresholds, histograms, sample, baselines.skipped)
+    values = {m: th.value for m, th in thresholds.items()}
     report = {
-        "test": {m: H.evaluate(test[m], thresholds[m], t.precision_at_k) for m in (MODEL, BASELINE)},
-        "validation": {m: H.evaluate(val[m], thresholds[m], t.precision_at_k) for m in (MODEL, BASELINE)},
-        "test_by_anomaly_type": {m: H.by_type(test[m], thresholds[m]) for m in (MODEL, BASELINE)},
-        "baseline_threshold": baseline_threshold.to_manifest(),
+        "test": {m: H.evaluate(test[m], values[m], t.precision_at_k) for m in scorers},
+        "validation": {m: H.evaluate(val[m], values[m], t.precision_at_k) for m in scorers},
+        "test_by_anomaly_type": {m: H.by_type(test[m], values[m]) for m in scorers},
+        **_baseline_thresholds(thresholds),
         "binning": _binning(bins),
     }
-    figures = report["test"][MODEL]
-    log.info("test AUCPR %.4f (+- %.2g), AUCROC %.4f (+- %.2g) from score histograms", figures["aucpr"],
-             figures["aucpr_error"], figures["aucroc"], figures["aucroc_error"])
-    return Evaluation(report=report, threshold=threshold, histograms=histograms, sample=sample)
+    report["baselines"] = B.summary(report["test"], MODEL, baselines.skipped)
+    figures, versus = report["test"][MODEL], report["baselines"]
+    log.info("test AUCPR %.4f (+- %.2g), AUCROC %.4f (+- %.2g) from score histograms; %+.2f AUCPR points over the best "
+             "baseline (%s)", figures["aucpr"], figures["aucpr_error"], figures["aucroc"], figures["aucroc_error"],
+             versus["gap_aucpr_points"], versus["best"])
+    return Evaluation(report=report, threshold=thresholds[MODEL], histograms=histograms, sample=sample)
+
+
+def _baseline_thresholds(thresholds: Mapping[str, Threshold]) -> dict[str, Any]:
+    """The report's baseline thresholds: the IsolationForest's as `baseline_threshold` (where
+    readers of older reports find it), every baseline's under `baseline_thresholds`."""
+    return {
+        "baseline_threshold": thresholds[BASELINE].to_manifest(),
+        "baseline_thresholds": {m: th.to_manifest() for m, th in thresholds.items() if m != MODEL},
+    }
 
 
 def _binning(bins: Mapping[str, H.ScoreBins]) -> dict[str, Any]:
@@ -299,22 +313,23 @@ def _threshold_policy(settings: Settings, supervised: bool) -> tuple[str, float]
 
 
 def _unlabelled_evaluation(
-    threshold: Threshold,
-    baseline_threshold: Threshold,
+    thresholds: Mapping[str, Threshold],
     histograms: Mapping[tuple[str, str], H.Histograms],
     sample: np.ndarray,
+    skipped: Mapping[str, str],
 ) -> Evaluation:
     """What can be measured without a label: rows, threshold and the share flagged; every metric
-    that needs a label (AUCs, precision, recall...) is NaN, None in the manifest."""
-    values = {MODEL: threshold.value, BASELINE: baseline_threshold.value}
+    that needs a label (AUCs, precision, recall...) is NaN, None in the manifest, and so is the
+    gap to the best baseline."""
     report = {
         "labelled": False,
-        "test": {m: H.evaluate_unlabelled(histograms[(TEST, m)], values[m]) for m in (MODEL, BASELINE)},
-        "validation": {m: H.evaluate_unlabelled(histograms[(VALIDATION, m)], values[m]) for m in (MODEL, BASELINE)},
-        "test_by_anomaly_type": {MODEL: {}, BASELINE: {}},
-        "baseline_threshold": baseline_threshold.to_manifest(),
+        "test": {m: H.evaluate_unlabelled(histograms[(TEST, m)], th.value) for m, th in thresholds.items()},
+        "validation": {m: H.evaluate_unlabelled(histograms[(VALIDATION, m)], th.value) for m, th in thresholds.items()},
+        "test_by_anomaly_type": {m: {} for m in thresholds},
+        **_baseline_thresholds(thresholds),
     }
-    return Evaluation(report=report, threshold=threshold, histograms=histograms, sample=sample)
+    report["baselines"] = B.summary(report["test"], MODEL, skipped)
+    return Evaluation(report=report, threshold=thresholds[MODEL], histograms=histograms, sample=sample)
 
 
 def export(
@@ -335,9 +350,10 @@ def export(
     histograms, sample = evaluation.histograms, evaluation.sample
     report = evaluation.report
     label = f"{t.model_name} v{version} ({t.kind}) on {inputs.source.name}, test split"
-    test = {m: histograms[(TEST, m)] for m in (MODEL, BASELINE)}
+    names = B.in_report(report["test"])
+    test = {m: histograms[(TEST, m)] for m in (MODEL, *names)}
     extra_files = {
-        PR_CURVE_PNG: E.plot_pr_curve_binned({t.kind: test[MODEL], BASELINE: test[BASELINE]}, label),
+        PR_CURVE_PNG: E.plot_pr_curve_binned({t.kind: test[MODEL], **{n: test[n] for n in names}}, label),
         SCORE_HISTOGRAM_PNG: E.plot_score_histogram_binned(test[MODEL], threshold.value, label),
     }
     reference = {
@@ -350,8 +366,16 @@ def export(
         manifest = dataclasses.replace(manifest, lineage=manifest.lineage.with_extra(lineage_extra))
     bundle = write_bundle(bundle_dir, manifest, trained.state_dict, reference, extra_files)
     log.info("bundle written to %s", bundle_dir)
-    table = E.format_table({t.kind: report["test"][MODEL], BASELINE: report["test"][BASELINE]})
+    table = evaluation_table(t.kind, report)
     return TrainingRun(bundle=bundle, path=bundle_dir, trained=trained, evaluation=report, table=table)
+
+
+def evaluation_table(kind: str, report: Mapping[str, Any]) -> str:
+    """The test figures of the model (headed by its kind) and of each baseline side by side, and
+    under them the model's gap to the best baseline in AUCPR points."""
+    test = report["test"]
+    table = E.format_table({kind: test[MODEL], **{n: test[n] for n in B.in_report(test)}})
+    return f"{table}\n{B.gap_line(test, MODEL)}"
 
 
 @dataclass(frozen=True)
@@ -700,14 +724,20 @@ def sample_matrix(
     seed: int,
     *,
     uniform: bool = False,
-) -> np.ndarray:
-    """A random sample of at most about `max_rows` preprocessed rows of `split` (`uniform`: of its
-    uniform sample, `split_rows` rows), in this process."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, labels): a random sample of at most about `max_rows` preprocessed rows of `split`
+    (`uniform`: of its uniform sample, `split_rows` rows) and their labels, in this process.
+    Drawn whatever the label, so its share of anomalies is the split's: what the supervised
+    baselines learn from, and with negative downsampling still the whole split's (`uniform`)."""
     ds = _preprocessed(featured, features, preprocessing, split, uniform=uniform)
     if split_rows > max_rows:
         ds = ds.random_sample(max_rows / split_rows, seed=seed)
-    blocks = [b[X] for b in ds.iter_batches(batch_format="numpy", batch_size=None) if len(b[X])]
-    return np.concatenate(blocks)[:max_rows] if blocks else np.empty((0, len(features)), np.float32)
+    blocks = [b for b in ds.iter_batches(batch_format="numpy", batch_size=None) if len(b[X])]
+    if not blocks:
+        return np.empty((0, len(features)), np.float32), np.empty(0, bool)
+    x = np.concatenate([b[X] for b in blocks])[:max_rows]
+    y = np.concatenate([b[Y] for b in blocks])[:max_rows].astype(bool)
+    return x, y
 
 
 def score_splits(
@@ -717,12 +747,12 @@ def score_splits(
     preprocessing: Preprocessing,
     architecture: Mapping[str, Any],
     weights: Mapping[str, np.ndarray],
-    forest,
+    baselines: Mapping[str, B.Baseline],
     bins: Mapping[str, H.ScoreBins],
 ) -> dict[tuple[str, str], H.Histograms]:
     """Score the rows of `splits` with the model (`lakescore.models.score_batch`, as the nightly job
-    does) and the IsolationForest, distributed, into score histograms per (split, MODEL or
-    BASELINE) with `bins` {MODEL: ..., BASELINE: ...}.
+    does) and each of `baselines`, distributed, into score histograms per (split, MODEL or a
+    baseline's name) with `bins` {MODEL: ..., name: ...}.
 
     Each block returns its counts per (split, scorer, label, type, bin), at most one row per
     occupied bin, and they are summed here as they stream in: this process holds the histograms
@@ -738,7 +768,7 @@ def score_splits(
             "preprocessing": preprocessing,
             "architecture": dict(architecture),
             "weights": dict(weights),
-            "forest": forest,
+            "baselines": dict(baselines),
             "bins": dict(bins),
         },
         batch_format="pandas",
@@ -753,8 +783,8 @@ def score_splits(
 class _SplitScorer:
     """A Ray Data worker's scorer: the model is built once when the worker starts, not per batch."""
 
-    def __init__(self, *, splits, features, preprocessing, architecture, weights, forest, bins) -> None:
-        self.splits, self.features, self.preprocessing, self.forest = splits, features, preprocessing, forest
+    def __init__(self, *, splits, features, preprocessing, architecture, weights, baselines, bins) -> None:
+        self.splits, self.features, self.preprocessing, self.baselines = splits, features, preprocessing, baselines
         self.bins = bins
         self.kind = architecture["kind"]
         self.model = build_model(architecture)
@@ -769,7 +799,8 @@ class _SplitScorer:
         types = batch[TYPE_COLUMN].fillna("").to_numpy(dtype=object)
         parts = [
             H.sparse_counts(split, MODEL, labels, types, self.bins[MODEL].index(score_batch(self.model, self.kind, x))),
-            H.sparse_counts(split, BASELINE, labels, types, self.bins[BASELINE].index(E.isolation_forest_scores(self.forest, x))),
+            *(H.sparse_counts(split, name, labels, types, self.bins[name].index(b.scores(x)))
+              for name, b in self.baselines.items()),
         ]
         return pd.concat([pd.DataFrame(p) for p in parts], ignore_index=True)
 
@@ -798,9 +829,11 @@ def build_manifest(settings: Settings, candidate: Candidate, *, version: int) ->
         "test_recall": test[MODEL]["recall"],
         "test_f1": test[MODEL]["f1"],
         "test_precision_at_k": test[MODEL]["precision_at_k"],
+        # The IsolationForest's, under the names older readers know; every baseline's below.
         "baseline_test_aucpr": test[BASELINE]["aucpr"],
         "baseline_test_aucroc": test[BASELINE]["aucroc"],
         "threshold": threshold.value,
+        **baseline_metrics(test),
     }
     clip_quantiles = (t.clip_low_quantile, t.clip_high_quantile)
     return Manifest(
@@ -863,6 +896,20 @@ def build_manifest(settings: Settings, candidate: Candidate, *, version: int) ->
         code_version=code_version(),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def baseline_metrics(test: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The manifest's (and so the registry's) figures of every baseline on test, and the best
+    one's AUCPR. Numbers only, as the metrics entry holds: the best baseline's name is in the
+    evaluation report (`baselines.best`), and the gap is test_aucpr - best_baseline_test_aucpr."""
+    names = B.in_report(test)
+    _, best = B.best_baseline(test, names)
+    out = {}
+    for name in names:
+        out[f"baseline_{name}_test_aucpr"] = test[name]["aucpr"]
+        out[f"baseline_{name}_test_aucroc"] = test[name]["aucroc"]
+    out["best_baseline_test_aucpr"] = best
+    return out
 
 
 def code_version() -> dict[str, str | None]:
