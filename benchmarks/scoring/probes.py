@@ -116,8 +116,8 @@ class StageTimer:
     def _stage_window(self, group: str) -> tuple[float, float] | None:
         """(submission, completion) in epoch seconds of the longest stage of `group` that scanned
         the rows: the scoring stage (the job's row count also scans them, from footers, briefly).
-        On the files path Spark scans no rows (Python reads the files): then the longest stage of
-        the group, which is the scoring stage (the others count from footers or read Delta logs)."""
+        On the files path Spark's scan stage is the row count's only (Python reads the files in
+        the scoring stage, whose input is its tasks): there, the longest stage of the group."""
         if self.api is None:
             return None
         stage_ids = [s for job in self._get("/jobs") if job.get("jobGroup") == group for s in job["stageIds"]]
@@ -131,7 +131,9 @@ class StageTimer:
                 # Other stages read Delta logs.
                 if attempt.get("inputRecords", 0) >= self.rows:
                     scanned.append(window)
-        windows = scanned or every
+        # Where a stage scanned the rows but ran briefly (the files path's count), the scoring
+        # stage is another, longer one.
+        windows = every if not scanned or max(w[1] - w[0] for w in every) > max(w[1] - w[0] for w in scanned) else scanned
         return max(windows, key=lambda w: w[1] - w[0]) if windows else None
 
     def _get(self, path: str):
