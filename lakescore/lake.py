@@ -295,9 +295,15 @@ def read_source(spark: SparkSession, source: Source, version: int | None = None)
 
 
 def partition_columns(spark: SparkSession, source: Source) -> tuple[str, ...]:
-    """The source's partition columns (Delta: from its log; Parquet: its `name=value` folders)."""
+    """The source's partition columns (Delta: from its log; Parquet: its `name=value` folders).
+
+    By path through DeltaTable, not `DESCRIBE DETAIL delta.`path``: SQL resolves the name through
+    the session catalog, which boots the metastore, and an embedded Derby one admits one process
+    (two nightly runs at once, each with an in-memory catalog, would collide on it)."""
     if source.format == "delta":
-        detail = spark.sql(f"DESCRIBE DETAIL delta.`{source.path}`").collect()[0]
+        from delta.tables import DeltaTable
+
+        detail = DeltaTable.forPath(spark, source.path).detail().collect()[0]
         return tuple(detail["partitionColumns"] or ())
     root = Path(source.path)
     return tuple(sorted({p.name.split("=", 1)[0] for p in root.glob("*=*") if p.is_dir()})) if root.is_dir() else ()

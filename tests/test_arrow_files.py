@@ -107,8 +107,16 @@ def _with_read_path(settings, read_path: str):
 
 
 @pytest.fixture(scope="module")
-def file_bundles(spark, settings, transactions):
+def files_settings(settings, tmp_path_factory):
+    """A lake of this module's own: its nights must not show in the runs the suite's other modules
+    query by date (the README's SQL examples read every model of a night)."""
+    return settings.with_overrides({"lake.root": str(tmp_path_factory.mktemp("fileslake")), "lake.database": "filestest"})
+
+
+@pytest.fixture(scope="module")
+def file_bundles(spark, files_settings, transactions):
     """A primary mlp and a shadow autoencoder (test-fixture bundles), registered for this module."""
+    settings = files_settings
     from lakescore import registry
     from lakescore.features import TRANSACTIONS_V1
     from scoring_bundles import AUTOENCODER, build_test_bundle
@@ -162,10 +170,10 @@ def _same_nights(files_night, udf_night) -> None:
 
 
 def test_the_files_path_writes_the_udf_paths_flagged_rows_and_metrics_bit_for_bit_with_a_shadow(
-    spark, settings, transactions, file_bundles
+    spark, files_settings, transactions, file_bundles
 ):
-    files_night = _night(spark, _with_read_path(settings, "files"), transactions)
-    udf_night = _night(spark, _with_read_path(settings, "udf"), transactions)
+    files_night = _night(spark, _with_read_path(files_settings, "files"), transactions)
+    udf_night = _night(spark, _with_read_path(files_settings, "udf"), transactions)
     _same_nights(files_night, udf_night)
     assert {s.model.split("@")[0] for s in files_night[0]} == {MLP_NAME, AE_NAME}
 
@@ -182,7 +190,7 @@ def _dirty_day(spark, transactions) -> pd.DataFrame:
 
 
 def test_a_parquet_source_with_the_date_inside_its_files_scores_the_same_on_both_paths(
-    spark, settings, transactions, file_bundles, tmp_path
+    spark, files_settings, transactions, file_bundles, tmp_path
 ):
     # Not partitioned: the date column is in the files, filtered by the task (nulls, NaN, an
     # unknown category and an empty file among them).
@@ -193,8 +201,8 @@ def test_a_parquet_source_with_the_date_inside_its_files_scores_the_same_on_both
     pq.write_table(pa.Table.from_pandas(frame.iloc[:half], preserve_index=False), path / "a.parquet", row_group_size=500)
     pq.write_table(pa.Table.from_pandas(frame.iloc[half:], preserve_index=False), path / "b.parquet", row_group_size=700)
     pq.write_table(pa.Table.from_pandas(frame.iloc[:0], preserve_index=False), path / "empty.parquet")
-    files_night = _night(spark, _with_read_path(settings, "files"), str(path), shadow=None)
-    udf_night = _night(spark, _with_read_path(settings, "udf"), str(path), shadow=None)
+    files_night = _night(spark, _with_read_path(files_settings, "files"), str(path), shadow=None)
+    udf_night = _night(spark, _with_read_path(files_settings, "udf"), str(path), shadow=None)
     _same_nights(files_night, udf_night)
     assert files_night[0][0].rows_read == int((frame[S.EVENT_DATE] == DAY).sum())
 
@@ -211,7 +219,7 @@ def _delta_copy(spark, transactions, path, properties: dict[str, str]) -> str:
 
 
 def test_deletion_vectors_send_the_run_to_the_udf_path_which_skips_the_deleted_rows(
-    spark, settings, transactions, file_bundles, tmp_path, caplog
+    spark, files_settings, transactions, file_bundles, tmp_path, caplog
 ):
     path = _delta_copy(spark, transactions, tmp_path / "dv", {"delta.enableDeletionVectors": "true"})
     before = spark.read.format("delta").load(path).count()
@@ -220,21 +228,21 @@ def test_deletion_vectors_send_the_run_to_the_udf_path_which_skips_the_deleted_r
     kept = spark.read.format("delta").load(path).count()
     assert 0 < kept < before
     with caplog.at_level(logging.INFO, logger="pipelines.nightly"):
-        summaries, flagged, _ = _night(spark, settings, path, shadow=None)
+        summaries, flagged, _ = _night(spark, files_settings, path, shadow=None)
     assert summaries[0].read_path == UDF_PATH and summaries[0].rows_scored == kept
     assert any("deletion vectors" in r.getMessage() and "udf path" in r.getMessage() for r in caplog.records)
     assert not (flagged[S.RECORD_KEY].map(lambda k: int(k) % 3 == 0)).any()
     with pytest.raises(ConfigError, match="deletion vectors"):
-        run_nightly(spark, _with_read_path(settings, "files"), DAY, source=path, model=MLP_NAME)
+        run_nightly(spark, _with_read_path(files_settings, "files"), DAY, source=path, model=MLP_NAME)
 
 
-def test_column_mapping_sends_the_run_to_the_udf_path(spark, settings, transactions, file_bundles, tmp_path):
+def test_column_mapping_sends_the_run_to_the_udf_path(spark, files_settings, transactions, file_bundles, tmp_path):
     path = _delta_copy(
         spark, transactions, tmp_path / "mapped",
         {"delta.columnMapping.mode": "name", "delta.minReaderVersion": "2", "delta.minWriterVersion": "5"},
     )
     spark.sql(f"ALTER TABLE delta.`{path}` RENAME COLUMN {S.COUNTRY} TO country_old")
     spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({S.COUNTRY} STRING)")
-    summaries, _, _ = _night(spark, settings, path, shadow=None)
+    summaries, _, _ = _night(spark, files_settings, path, shadow=None)
     assert summaries[0].read_path == UDF_PATH
     assert summaries[0].rows_scored == spark.read.format("delta").load(path).count()

@@ -1096,14 +1096,17 @@ def test_two_runs_of_one_slice_at_once_publish_one_night_whole_and_the_other_fai
     racer = {**overrides, "spark.conf": {"spark.sql.catalogImplementation": "in-memory"}}
     barrier = tmp_path / "barrier"
     barrier.mkdir()
-    jobs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACING_RUN, json.dumps(racer), DAY.isoformat(), source, str(directory), str(barrier)],
-            env=_subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [(job.wait(timeout=400), *job.communicate()) for job in jobs]
+    # Their output goes to files: a pipe nobody reads until the end fills (64 KiB of Spark's
+    # warnings) and blocks its writer before the barrier, so the other waits out its deadline.
+    logs = [(tmp_path / f"racer{i}.out", tmp_path / f"racer{i}.err") for i in range(2)]
+    jobs = []
+    for out_path, err_path in logs:
+        with out_path.open("w") as out, err_path.open("w") as err:
+            jobs.append(subprocess.Popen(
+                [sys.executable, "-c", _RACING_RUN, json.dumps(racer), DAY.isoformat(), source, str(directory), str(barrier)],
+                env=_subprocess_env(), stdout=out, stderr=err, text=True,
+            ))
+    results = [(job.wait(timeout=400), out.read_text(), err.read_text()) for job, (out, err) in zip(jobs, logs)]
     codes = sorted(code for code, _, _ in results)
     assert codes in ([0, 0], [0, EXIT_CONFLICT]), [err[-3000:] for _, _, err in results]
     published = [json.loads(out.strip().splitlines()[-1])["run_id"] for code, out, _ in results if code == 0]
