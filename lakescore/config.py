@@ -247,6 +247,10 @@ class TrainSettings:
     # Bound on rows taken into one process: the IsolationForest baseline's fit sample and the
     # reference histograms for drift.
     sample_rows: int = 100_000
+    # Evaluation scores validation and test in the training process itself when the window has at
+    # most this many rows (a Ray Data actor pool's start costs more than scoring them); above it,
+    # in a pool, never holding a score per row either way. 0: always in a pool.
+    evaluate_in_process_rows: int = 200_000
     # The table's feature spec (TOML, lakescore/specs.py); None: the builtin spec whose columns the
     # table has, else a spec suggested from a sample of the table (printed, so it can be saved).
     spec: Path | None = None
@@ -283,6 +287,11 @@ class TrainSettings:
             raise ConfigError(f"train.shuffle_buffer_rows={self.shuffle_buffer_rows} must be >= 0 (0: no local shuffle)")
         if self.worker_cache_mb < 0:
             raise ConfigError(f"train.worker_cache_mb={self.worker_cache_mb} must be >= 0 (0: stream every epoch)")
+        if self.evaluate_in_process_rows < 0:
+            raise ConfigError(
+                f"train.evaluate_in_process_rows={self.evaluate_in_process_rows} must be >= 0 (0: always evaluate in "
+                "a Ray Data actor pool)"
+            )
         self._check_held_out_splits()
         return self
 

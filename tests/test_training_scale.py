@@ -161,3 +161,55 @@ def test_downsampling_before_materializing_keeps_the_evaluation_splits_whole_and
     assert (~kept[UNIFORM_COLUMN] & ~kept[LABEL_COLUMN]).sum() == 0  # an unmarked kept row is an anomaly
     # An empty batch keeps its columns.
     assert list(downsample_training_split(batch.iloc[:0], ["amount", "hour"], 0.2, seed=5).columns) == [*batch.columns, UNIFORM_COLUMN]
+
+
+def test_a_small_window_evaluated_in_process_gives_the_pools_histograms_exactly(ray_local):
+    """train.evaluate_in_process_rows: the driver scores a small window itself, with the same
+    scorer on the same blocks as the actor pool: every histogram count is the same, for the model
+    and each baseline, on rows with NaN, nulls, an empty block and a training split left out."""
+    import ray.data
+    import torch
+
+    from lakescore.models import MLP, build_model
+    from lakescore.preprocess import Preprocessing
+    from training import baselines as B
+    from training.data import SPLIT_COLUMN, TYPE_COLUMN
+    from training.pipeline import MODEL, TEST, TRAIN, VALIDATION, score_splits
+
+    rng = np.random.default_rng(5)
+    features = ("a", "b", "c")
+    n = 3_000
+    labels = rng.random(n) < 0.05
+    frame = pd.DataFrame({f: rng.normal(size=n) + 2.5 * labels for f in features})
+    frame.loc[::37, "a"] = np.nan
+    frame.loc[::41, "b"] = None
+    frame[LABEL_COLUMN] = labels
+    frame[SPLIT_COLUMN] = np.array([TRAIN, VALIDATION, TEST])[np.arange(n) % 3]
+    frame[TYPE_COLUMN] = np.where(labels, np.where(np.arange(n) % 2 == 0, "spike", "burst"), None)
+    blocks = [frame.iloc[:1000], frame.iloc[1000:1000], frame.iloc[1000:]]  # an empty block among them
+    featured = ray.data.from_pandas(blocks).materialize()
+
+    x = frame[list(features)].to_numpy(np.float64)
+    preprocessing = Preprocessing.from_statistics(
+        features, np.nanmedian(x, 0), np.nanquantile(x, 0.01, 0), np.nanquantile(x, 0.99, 0), np.nanmean(x, 0), np.nanstd(x, 0)
+    )
+    sample, _ = preprocessing.apply(frame[list(features)].to_numpy(np.float32))
+    architecture = {"kind": MLP, "n_features": 3, "hidden": [8], "dropout": 0.0}
+    torch.manual_seed(0)
+    weights = {k: v.numpy() for k, v in build_model(architecture).state_dict().items()}
+    fitted = B.fit_baselines(sample[:600], labels[:600], kind=MLP, supervised=True, seed=0).fitted
+    bins = {MODEL: H.ScoreBins.of(H.LOGIT), **{name: H.ScoreBins.of(b.scale) for name, b in fitted.items()}}
+
+    def histograms(in_process: bool):
+        return score_splits(featured, (VALIDATION, TEST), features, preprocessing, architecture, weights, fitted, bins,
+                            in_process=in_process)
+
+    here, pooled = histograms(True), histograms(False)
+    assert set(here) == set(pooled) == {(s, m) for s in (VALIDATION, TEST) for m in bins}
+    assert len(bins) == 4  # the model, IsolationForest, HistGradientBoosting and MLPClassifier
+    for key in here:
+        assert here[key].rows == pooled[key].rows == n // 3
+        assert np.array_equal(here[key].normal, pooled[key].normal), key
+        assert sorted(here[key].anomalous) == sorted(pooled[key].anomalous) == ["burst", "spike"], key
+        for kind in here[key].anomalous:
+            assert np.array_equal(here[key].anomalous[kind], pooled[key].anomalous[kind]), (key, kind)

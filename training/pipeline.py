@@ -257,8 +257,9 @@ def evaluate(settings: Settings, data: "PreparedData", fitted: FittedModel) -> E
     fixed = [target] if policy == FIXED else []
     bins = {MODEL: H.ScoreBins.for_kind(fitted.architecture["kind"]).with_thresholds(fixed),
             **{name: H.ScoreBins.of(b.scale).with_thresholds(fixed) for name, b in baselines.fitted.items()}}
+    window_rows = sum(int(c.get("rows", 0)) for c in data.counts.values())
     histograms = score_splits(data.featured, (VALIDATION, TEST), features, data.preprocessing, fitted.architecture,
-                              weights, baselines.fitted, bins)
+                              weights, baselines.fitted, bins, in_process=window_rows <= t.evaluate_in_process_rows)
     val = {m: histograms[(VALIDATION, m)] for m in scorers}
     test = {m: histograms[(TEST, m)] for m in scorers}
     thresholds = {m: choose_threshold_binned(policy, target, val[m]) for m in scorers}
@@ -749,6 +750,8 @@ def score_splits(
     weights: Mapping[str, np.ndarray],
     baselines: Mapping[str, B.Baseline],
     bins: Mapping[str, H.ScoreBins],
+    *,
+    in_process: bool = False,
 ) -> dict[tuple[str, str], H.Histograms]:
     """Score the rows of `splits` with the model (`lakescore.models.score_batch`, as the nightly job
     does) and each of `baselines`, distributed, into score histograms per (split, MODEL or a
@@ -758,22 +761,32 @@ def score_splits(
     occupied bin, and they are summed here as they stream in: this process holds the histograms
     (a few megabytes), never a score per row, however large the window.
 
+    `in_process`: score here, block by block of the materialized rows (the batches the pool's
+    workers get: whole blocks), with the same scorer, instead of in a pool of Ray Data actors.
+    For a small window (`train.evaluate_in_process_rows`) the pool's start (actors spawned, the
+    model and baselines shipped to each) costs more than the scoring; the counts are the same.
+
     Eight arguments: the model is built in each Ray Data worker from its parts (architecture,
     weights, preprocessing, features), and the rows, the baseline and the bins come with them."""
-    counts = featured.map_batches(
-        _SplitScorer,
-        fn_constructor_kwargs={
-            "splits": tuple(splits),
-            "features": tuple(features),
-            "preprocessing": preprocessing,
-            "architecture": dict(architecture),
-            "weights": dict(weights),
-            "baselines": dict(baselines),
-            "bins": dict(bins),
-        },
-        batch_format="pandas",
-    )
-    merged = H.merge_counts(counts.iter_batches(batch_format="numpy", batch_size=None), bins)
+    scorer_kwargs = {
+        "splits": tuple(splits),
+        "features": tuple(features),
+        "preprocessing": preprocessing,
+        "architecture": dict(architecture),
+        "weights": dict(weights),
+        "baselines": dict(baselines),
+        "bins": dict(bins),
+    }
+    if in_process:
+        scorer = _SplitScorer(**scorer_kwargs)
+        parts = (
+            {c: frame[c].to_numpy() for c in frame.columns}
+            for frame in (scorer(b) for b in featured.iter_batches(batch_format="pandas", batch_size=None))
+        )
+    else:
+        counts = featured.map_batches(_SplitScorer, fn_constructor_kwargs=scorer_kwargs, batch_format="pandas")
+        parts = counts.iter_batches(batch_format="numpy", batch_size=None)
+    merged = H.merge_counts(parts, bins)
     for split in splits:  # a split without rows still has (empty) histograms
         for name, b in bins.items():
             merged.setdefault((split, name), H.Histograms.empty(b))
