@@ -253,6 +253,7 @@ def test_a_bundle_whose_manifest_was_edited_on_disk_is_refused_on_load(tmp_path)
 NOT_FROM_OVERRIDES = {
     "autoencoder_hidden": "an mlp bundle's architecture sets `hidden` (an autoencoder's sets this one)",
     "spec": "`--reproduce` trains with the spec and vocabularies the bundle records, not a file",
+    "evaluate_in_process_rows": "where the evaluation scores (this process or an actor pool), not what: the same counts",
 }
 
 
