@@ -779,10 +779,7 @@ def score_splits(
     }
     if in_process:
         scorer = _SplitScorer(**scorer_kwargs)
-        parts = (
-            {c: frame[c].to_numpy() for c in frame.columns}
-            for frame in (scorer(b) for b in featured.iter_batches(batch_format="pandas", batch_size=None))
-        )
+        parts = (scorer(b) for b in featured.iter_batches(batch_format="pandas", batch_size=None))
     else:
         counts = featured.map_batches(_SplitScorer, fn_constructor_kwargs=scorer_kwargs, batch_format="pandas")
         parts = counts.iter_batches(batch_format="numpy", batch_size=None)

@@ -361,10 +361,11 @@ def display_counts(histograms: Histograms, bins: int = 50) -> tuple[np.ndarray, 
 
 
 def merge_counts(
-    parts: Iterable[Mapping[str, np.ndarray]], bins: Mapping[str, ScoreBins]
+    parts: "Iterable[Mapping[str, np.ndarray] | pd.DataFrame]", bins: Mapping[str, ScoreBins]
 ) -> dict[tuple[str, str], Histograms]:
-    """Sum sparse partial counts (batches with `HISTOGRAM_COLUMNS`, from `sparse_counts`) into one
-    Histograms per (split, scorer): memory is the histograms', however many rows were counted."""
+    """Sum sparse partial counts (batches with `HISTOGRAM_COLUMNS`, from `sparse_counts`: numpy
+    batches or frames) into one Histograms per (split, scorer): memory is the histograms',
+    however many rows were counted."""
     import pandas as pd
 
     out: dict[tuple[str, str], Histograms] = {}

@@ -69,10 +69,9 @@ def run_part(settings: Settings, part: str, runs: int, memory_rows: str, warmup:
 
 def _spark_workload_part(spark, settings: Settings, name: str, runs: int, warmup: int) -> dict:
     day = read_day(spark, settings)
-    rows = day.count()
     workload = SPARK_WORKLOAD_NAMES[name]
     scans = build_scans(spark, settings, day, with_model=workload.uses_model)
-    timer = StageTimer(spark, rows)
+    timer = StageTimer(spark)
     cold = timer.measure(name, lambda: workload.run(scans))[0]
     for _ in range(warmup - 1):
         workload.run(scans)

@@ -80,13 +80,12 @@ def python_cpu(before: dict[int, tuple[float, float]], after: dict[int, tuple[fl
 
 
 class StageTimer:
-    """Times an action and, through the Spark UI's REST API, the stage that scanned the rows:
+    """Times an action and, through the Spark UI's REST API, its longest stage (the scoring one):
     the stage's own wall time (submission to completion) leaves out planning, the Delta commit
     and catalog calls around it. Falls back to the action's time when the UI is off."""
 
-    def __init__(self, spark, rows: int):
+    def __init__(self, spark):
         self.spark = spark
-        self.rows = rows
         sc = spark.sparkContext
         self.jvm_pid = jvm_pid(spark)
         self.api = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}" if sc.uiWebUrl else None
@@ -114,26 +113,18 @@ class StageTimer:
         return window[1] - window[0], seconds, (machine, jvm, workers_cpu, jit)
 
     def _stage_window(self, group: str) -> tuple[float, float] | None:
-        """(submission, completion) in epoch seconds of the longest stage of `group` that scanned
-        the rows: the scoring stage (the job's row count also scans them, from footers, briefly).
-        On the files path Spark's scan stage is the row count's only (Python reads the files in
-        the scoring stage, whose input is its tasks): there, the longest stage of the group."""
+        """(submission, completion) in epoch seconds of the longest stage of `group`: the scoring
+        stage on either path (the row count scans briefly, from footers; other stages read Delta
+        logs; on the files path the scoring stage's input is its tasks, not the rows)."""
         if self.api is None:
             return None
         stage_ids = [s for job in self._get("/jobs") if job.get("jobGroup") == group for s in job["stageIds"]]
-        scanned, every = [], []
-        for stage_id in stage_ids:
-            for attempt in self._get(f"/stages/{stage_id}"):
-                if not attempt.get("completionTime"):
-                    continue
-                window = (_ui_time(attempt["submissionTime"]), _ui_time(attempt["completionTime"]))
-                every.append(window)
-                # Other stages read Delta logs.
-                if attempt.get("inputRecords", 0) >= self.rows:
-                    scanned.append(window)
-        # Where a stage scanned the rows but ran briefly (the files path's count), the scoring
-        # stage is another, longer one.
-        windows = every if not scanned or max(w[1] - w[0] for w in every) > max(w[1] - w[0] for w in scanned) else scanned
+        windows = [
+            (_ui_time(attempt["submissionTime"]), _ui_time(attempt["completionTime"]))
+            for stage_id in stage_ids
+            for attempt in self._get(f"/stages/{stage_id}")
+            if attempt.get("completionTime")
+        ]
         return max(windows, key=lambda w: w[1] - w[0]) if windows else None
 
     def _get(self, path: str):
