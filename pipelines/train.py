@@ -198,6 +198,17 @@ def _log_start(settings: Settings, inputs: "TrainingInput", version: int) -> Non
 
 
 RAY_ON_SPARK = "spark"
+# Ray Train's controller collects a worker's report (one per epoch, with its checkpoint) when it
+# polls the worker group, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S seconds (Ray's default: 2), and
+# a worker's next report waits until the last one is collected. On a table of a few hundred rows
+# that wait was most of an epoch (docs/measurements.md, "Training a small table"). A value in the
+# job's environment wins.
+TRAIN_POLL_INTERVAL_S = "0.2"
+
+
+def job_environment() -> dict[str, str]:
+    """Environment variables for the Ray processes of a training job (its runtime_env)."""
+    return {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_INTERVAL_S)}
 
 
 @contextlib.contextmanager
@@ -225,6 +236,7 @@ def ray_cluster(settings: Settings, spark: SparkSession | None = None) -> Iterat
     if ray.is_initialized():
         yield
         return
+    runtime_env = {"env_vars": job_environment()}
     with contextlib.ExitStack() as stack:
         if on_spark:
             if spark is None:
@@ -234,11 +246,11 @@ def ray_cluster(settings: Settings, spark: SparkSession | None = None) -> Iterat
             address = stack.enter_context(
                 ray_on_spark(spark, worker_nodes=settings.ray.spark_worker_nodes, head_cpus=settings.ray.spark_head_cpus)
             )
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
         elif settings.ray.address:
-            ray.init(address=settings.ray.address, log_to_driver=False)
+            ray.init(address=settings.ray.address, log_to_driver=False, runtime_env=runtime_env)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
         stack.callback(ray.shutdown)
         DataContext.get_current().enable_progress_bars = False
         yield

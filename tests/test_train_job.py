@@ -253,3 +253,12 @@ def test_the_real_benchmarks_reach_the_issue_targets(settings, benchmark_tables,
         # The autoencoder trained on the rows labelled normal only.
         history = run.bundle.manifest.training.history
         assert history[0]["train_rows"] == counts["train"]["rows"] - counts["train"]["anomalies"]
+
+
+def test_a_training_job_asks_ray_train_to_collect_reports_every_fifth_of_a_second_unless_told_otherwise(monkeypatch):
+    from pipelines.train import job_environment
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert job_environment() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}  # Ray's own default is 2 s
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    assert job_environment() == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5"}
