@@ -242,6 +242,11 @@ class TrainSettings:
     # shuffles all of it each epoch, when twice the shard (it and its shuffled copy) fits in this
     # many MiB; otherwise it streams the shard every epoch through Ray Data (0: always stream).
     worker_cache_mb: int = 1024
+    # When the shards are held and the training and validation splits together are at most this
+    # many MiB, every worker reads both whole and keeps its own slice, instead of taking shards
+    # from Ray Data's split coordinators (an actor per split and run, slower to start than reading
+    # a small table twice). 0: always take Ray Data's shards.
+    whole_read_mb: int = 64
     # Evaluation: precision among the k highest scores of the test window.
     precision_at_k: int = 100
     # Bound on rows taken into one process: the IsolationForest baseline's fit sample and the
@@ -287,6 +292,8 @@ class TrainSettings:
             raise ConfigError(f"train.shuffle_buffer_rows={self.shuffle_buffer_rows} must be >= 0 (0: no local shuffle)")
         if self.worker_cache_mb < 0:
             raise ConfigError(f"train.worker_cache_mb={self.worker_cache_mb} must be >= 0 (0: stream every epoch)")
+        if self.whole_read_mb < 0:
+            raise ConfigError(f"train.whole_read_mb={self.whole_read_mb} must be >= 0 (0: always take Ray Data's shards)")
         if self.evaluate_in_process_rows < 0:
             raise ConfigError(
                 f"train.evaluate_in_process_rows={self.evaluate_in_process_rows} must be >= 0 (0: always evaluate in "

@@ -497,13 +497,15 @@ class TrainingRecord:
     trained_rows: int | None = None  # training rows after downsampling (what one epoch reads)
     # None: trained before the per-worker cache existed, i.e. streamed every epoch (0).
     worker_cache_mb: int | None = None
+    # None: trained before small splits were read whole, i.e. with Ray Data's shards (0).
+    whole_read_mb: int | None = None
 
     _ALWAYS = ("epochs_run", "best_epoch", "best_validation_aucpr", "num_workers", "pos_weight", "batch_size",
                "learning_rate", "weight_decay", "epochs", "patience", "seed", "ray_run", "checkpoint")
     _RECORDED_SINCE = ("use_gpu", "validation_days", "test_days", "validation_fraction", "test_fraction",
                        "clip_margin", "max_pos_weight", "shuffle_buffer_rows", "precision_at_k", "sample_rows",
                        "negative_sample_rate", "trained_rows",
-                       "worker_cache_mb")
+                       "worker_cache_mb", "whole_read_mb")
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self._ALWAYS}
@@ -529,6 +531,8 @@ class TrainingRecord:
             out["train.clip_low_quantile"], out["train.clip_high_quantile"] = self.clip_quantiles
         # A bundle that does not record it was trained before the cache: streamed, so stream again.
         out["train.worker_cache_mb"] = 0 if self.worker_cache_mb is None else self.worker_cache_mb
+        # Which rows each worker trains on: a bundle from before whole reads took Ray Data's shards.
+        out["train.whole_read_mb"] = 0 if self.whole_read_mb is None else self.whole_read_mb
         out["ray.num_workers"] = self.num_workers
         if self.use_gpu is not None:
             out["ray.use_gpu"] = self.use_gpu
@@ -571,6 +575,7 @@ class TrainingRecord:
             negative_sample_rate=o.get("negative_sample_rate", _rate, **later),
             trained_rows=o.get("trained_rows", _int(0), **later),
             worker_cache_mb=o.get("worker_cache_mb", _int(0), **later),
+            whole_read_mb=o.get("whole_read_mb", _int(0), **later),
         )
 
 

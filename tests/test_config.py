@@ -112,6 +112,7 @@ def test_an_anomaly_rate_out_of_range_is_refused(tmp_path):
         ({"train.negative_sample_rate": "1.5"}, r"train\.negative_sample_rate=1\.5 must be in \(0, 1\]"),
         ({"train.negative_sample_rate": "nan"}, r"train\.negative_sample_rate=nan must be in \(0, 1\]"),
         ({"train.worker_cache_mb": "-1"}, r"train\.worker_cache_mb=-1 must be >= 0"),
+        ({"train.whole_read_mb": "-1"}, r"train\.whole_read_mb=-1 must be >= 0 \(0: always take Ray Data's shards\)"),
         ({"train.validation_fraction": "0.5"}, r"train\.validation_fraction=0\.5 must be in \(0, 0\.5\)"),
         ({"score.sensitive_action": "mask"}, r"score\.sensitive_action='mask' is not one of: hash, drop"),
         ({"score.allow_columns": "amount, ,country"}, r"an empty column name in score\.allow_columns"),

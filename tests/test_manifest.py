@@ -149,7 +149,7 @@ def test_training_builds_the_manifest_it_always_wrote_plus_the_settings_recorded
     )
     expected = _fixture_json()
     expected["training"].update(shuffle_buffer_rows=20_000, precision_at_k=100, sample_rows=100_000,
-                                negative_sample_rate=1.0, trained_rows=0, worker_cache_mb=1024)
+                                negative_sample_rate=1.0, trained_rows=0, worker_cache_mb=1024, whole_read_mb=64)
     # Every baseline's figures, and the best one's AUCPR: here the IsolationForest alone, whose
     # reversed scores rank these rows perfectly (as baseline_test_* always recorded).
     expected["metrics"].update(baseline_isolation_forest_test_aucpr=1.0, baseline_isolation_forest_test_aucroc=1.0,
@@ -172,10 +172,13 @@ def test_the_recorded_training_maps_back_to_the_settings_that_trained_the_model(
         B.load_bundle(BUNDLE_V1).manifest.train_overrides()).train.negative_sample_rate == 1.0
     # ...and streamed its shard every epoch (before the worker cache), and so does its reproduction.
     assert t.worker_cache_mb == 0
-    newer = dict(_fixture_json()["training"], shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000, worker_cache_mb=64)
+    # Nor did it read small splits whole: its reproduction takes Ray Data's shards, as it did.
+    assert t.whole_read_mb == 0
+    newer = dict(_fixture_json()["training"], shuffle_buffer_rows=5000, precision_at_k=50, sample_rows=1000, worker_cache_mb=64,
+                 whole_read_mb=16)
     overrides = TrainingRecord.from_json(newer).settings_overrides()
     assert (overrides["train.shuffle_buffer_rows"], overrides["train.precision_at_k"], overrides["train.sample_rows"]) == (5000, 50, 1000)
-    assert overrides["train.worker_cache_mb"] == 64
+    assert overrides["train.worker_cache_mb"] == 64 and overrides["train.whole_read_mb"] == 16
 
 
 def test_lineage_keys_a_caller_adds_are_kept_and_written_back_flat():
@@ -271,7 +274,7 @@ def test_every_training_setting_is_taken_from_the_bundle_or_named_as_not_and_a_c
     changed = {f"train.{k}": v for k, v in {
         "epochs": 3, "batch_size": 7, "learning_rate": 0.5, "weight_decay": 0.25, "dropout": 0.5, "seed": 99,
         "patience": 1, "clip_low_quantile": 0.1, "clip_high_quantile": 0.9, "clip_margin": 3.0,
-        "max_pos_weight": 2.0, "shuffle_buffer_rows": 1, "precision_at_k": 5, "sample_rows": 10, "worker_cache_mb": 3,
+        "max_pos_weight": 2.0, "shuffle_buffer_rows": 1, "precision_at_k": 5, "sample_rows": 10, "worker_cache_mb": 3, "whole_read_mb": 5,
         "negative_sample_rate": 0.5, "threshold_policy": "alert_rate", "threshold_value": 0.05, "validation_days": 3, "test_days": 2,
     }.items()}
     today = Settings().with_overrides({"lake.root": str(tmp_path), "ray.num_workers": 5, **changed})

@@ -18,6 +18,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 ARCHITECTURE = {"kind": "mlp", "n_features": 4, "hidden": [8], "dropout": 0.0}
 
 
+def ray_unmaterialized():
+    import ray
+
+    return ray.data.range(10)
+
+
 def _cache(rows: int) -> ShardCache:
     x = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2)
     return ShardCache(x, x[:, 0] / 2)
@@ -88,11 +94,39 @@ def test_a_cached_shard_trains_the_same_model_twice_and_reports_its_stages(split
     second = _fit(splits, settings, tmp_path, "cached-2")
     assert all(torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
     assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in second.history]
-    assert all(h["ingest"] == "cache" and h["train_rows"] == 1200 for h in first.history)
+    assert all(h["ingest"] == "whole" and h["train_rows"] == 1200 for h in first.history)
     # The shard is read once per worker-group start: in the first epoch only.
     assert first.history[0]["read_seconds"] > 0 and first.history[0]["to_tensor_seconds"] > 0
     assert [h["read_seconds"] for h in first.history[1:]] == [0.0, 0.0]
     assert all(h["shuffle_seconds"] > 0 and h["forward_seconds"] > 0 and h["backward_seconds"] > 0 for h in first.history)
+
+
+def test_two_workers_slice_small_splits_read_whole_or_take_ray_datas_shards_and_train_on_every_row(
+    splits, settings, tmp_path
+):
+    from training.trainer import reads_whole
+
+    assert reads_whole(*splits, whole_read_mb=1)  # 1,600 rows: each worker reads both, keeps its half
+    assert not reads_whole(*splits, whole_read_mb=0) and not reads_whole(splits[0], ray_unmaterialized(), 1024)
+    whole = _fit(splits, settings, tmp_path, "whole", **{"ray.num_workers": "2"})
+    # As a large table: Ray Data's split coordinators hand out the shards.
+    split = _fit(splits, settings, tmp_path, "split", **{"ray.num_workers": "2", "train.whole_read_mb": "0"})
+    for run in (whole, split):
+        assert [h["train_rows"] for h in run.history] == [1200] * 3 and all(h["workers"] == 2 for h in run.history)
+        assert run.best_validation_aucpr > 0.9
+    assert {h["ingest"] for h in whole.history} == {"whole"} and {h["ingest"] for h in split.history} == {"cache"}
+    # Read whole, the first epoch reads both splits; the other epochs read nothing.
+    assert whole.history[0]["read_seconds"] > 0 and [h["read_seconds"] for h in whole.history[1:]] == [0.0, 0.0]
+
+
+def test_a_worker_keeps_its_contiguous_slice_of_a_split_read_whole(ray_local):
+    import ray
+
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    ds = ray.data.from_items([{"x": row, "y": float(i)} for i, row in enumerate(x)]).materialize()
+    parts = [ShardCache.pull(ds.iterator(), torch.device("cpu"), StageClock(), (rank, 3)) for rank in range(3)]
+    assert [p.y.tolist() for p in parts] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]
+    assert torch.equal(torch.cat([p.x for p in parts]), torch.from_numpy(x))
 
 
 def test_a_shard_over_the_cache_budget_is_streamed_every_epoch_and_trains_as_well(splits, settings, tmp_path):

@@ -896,6 +896,7 @@ def build_manifest(settings: Settings, candidate: Candidate, *, version: int) ->
             max_pos_weight=t.max_pos_weight,
             shuffle_buffer_rows=t.shuffle_buffer_rows,
             worker_cache_mb=t.worker_cache_mb,
+            whole_read_mb=t.whole_read_mb,
             precision_at_k=t.precision_at_k,
             sample_rows=t.sample_rows,
             negative_sample_rate=t.negative_sample_rate,

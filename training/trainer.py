@@ -15,7 +15,10 @@ contiguous tensor on its device (`ShardCache`) and each epoch shuffles all of it
 permutation, then hands torch views of it: no per-batch conversion, copy or shuffle buffer.
 Otherwise it streams the shard every epoch through Ray Data's `iter_torch_batches` with a local
 shuffle buffer. Either way the epoch metrics carry the seconds per stage (`StageClock`), so the
-bottleneck has a name; docs/scaling.md has the figures.
+bottleneck has a name; docs/scaling.md has the figures. Splits under `train.whole_read_mb` are not
+split by Ray Data at all: every worker reads all of their rows once and keeps its own contiguous
+slice of each (starting Ray Data's split coordinators, an actor per split and run, cost more than
+reading a few thousand rows twice).
 
 Early stopping on validation AUCPR: the validation split is sharded across the workers too; each
 scores its shard into a fine score histogram (training.score_histograms: counts per bin, so its
@@ -186,8 +189,9 @@ class ShardCache:
         return len(self.y)
 
     @classmethod
-    def pull(cls, shard, device: torch.device, clock: StageClock) -> "ShardCache":
-        """Read `shard` ({"x", "y"}) whole, block by block, into float32 tensors on `device`."""
+    def pull(cls, shard, device: torch.device, clock: StageClock, part: tuple[int, int] | None = None) -> "ShardCache":
+        """Read `shard` ({"x", "y"}) whole, block by block, into float32 tensors on `device`;
+        with `part` = (rank, world), keep only that worker's contiguous slice of its rows."""
         started = time.perf_counter()
         xs, ys = [], []
         for block in shard.iter_batches(batch_size=None, batch_format="numpy"):
@@ -197,10 +201,17 @@ class ShardCache:
         clock.add("read", read - started)
         x = np.concatenate(xs).astype(np.float32, copy=False) if xs else np.empty((0, 0), np.float32)
         y = np.concatenate(ys).astype(np.float32, copy=False) if ys else np.empty(0, np.float32)
+        if part is not None:
+            rows = slice(*(round(len(y) * k / part[1]) for k in (part[0], part[0] + 1)))
+            x, y = np.ascontiguousarray(x[rows]), np.ascontiguousarray(y[rows])
         # One copy to the device for the whole run (none on the CPU: from_numpy shares the memory).
         cache = cls(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
         clock.add("to_tensor", time.perf_counter() - read)
         return cache
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The rows in their order, in slices (views) of `batch_size`: the validation pass."""
+        return ({"x": self.x[i : i + batch_size], "y": self.y[i : i + batch_size]} for i in range(0, len(self.y), batch_size))
 
     def truncate(self, rows: int) -> None:
         """Keep the first `rows`: every DDP worker must take the same number of steps."""
@@ -225,6 +236,17 @@ def _shard_rows_agreed(rows: int, device: torch.device, world: int) -> int:
     fewest = torch.tensor([rows], dtype=torch.int64, device=device)
     dist.all_reduce(fewest, op=dist.ReduceOp.MIN)
     return int(fewest.item())
+
+
+def reads_whole(train: "ray.data.Dataset", validation: "ray.data.Dataset", whole_read_mb: int) -> bool:
+    """Whether the workers read both splits whole and slice them: both together are at most
+    `whole_read_mb` MiB. Known only for materialized datasets."""
+    from ray.data.dataset import MaterializedDataset
+
+    if not (isinstance(train, MaterializedDataset) and isinstance(validation, MaterializedDataset)):
+        return False
+    sizes = (train.size_bytes(), validation.size_bytes())
+    return None not in sizes and sum(sizes) <= whole_read_mb * 2**20
 
 
 def fits_worker_cache(train: "ray.data.Dataset", num_workers: int, cache_mb: int) -> bool:
@@ -259,6 +281,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     pos_weight = config.get("pos_weight")
     shuffle_buffer = config.get("shuffle_buffer_rows") or None
     cache_shard = config.get("cache_shard", False)  # fit_model's decision, the same on every worker
+    whole = config.get("read_whole", False)  # every worker reads the splits whole (fit_model)
     threads = max(1, int(config.get("cpus_per_worker", 1)))
     on_epoch_end = config.get("on_epoch_end")  # see fit_model
     supervised = config.get("supervised", True)  # False: stop on the validation loss, not AUCPR
@@ -294,7 +317,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     validation = ray.train.get_dataset_shard("validation")
     bins = ScoreBins.for_kind(kind)
 
-    cache = None
+    cache = validation_cache = None
     stopping = EarlyStopping(patience, state["best_aucpr"], state["best_epoch"], state["bad_epochs"])
     for epoch in range(start_epoch, epochs):
         if stopping.stop:
@@ -304,8 +327,10 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         epoch_seed = seed * 100_003 + epoch * 101 + rank
         if cache_shard:
             if cache is None:  # the first epoch of this worker-group start pays the read
-                cache = ShardCache.pull(train_shard, device, clock)
+                cache = ShardCache.pull(train_shard, device, clock, (rank, world) if whole else None)
                 cache.truncate(_shard_rows_agreed(len(cache), device, world))
+                if whole:
+                    validation_cache = ShardCache.pull(validation, device, clock, (rank, world))
             batches = cache.epoch_batches(batch_size, epoch_seed, clock)
         else:
             batches = train_shard.iter_torch_batches(
@@ -319,9 +344,11 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         rows, loss_sum = _train_one_epoch(model, optimizer, loss_fn, kind, batches, clock)
         train_seconds = time.perf_counter() - started
 
-        shard = validation_histogram(
-            plain, kind, validation.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device=device), bins
-        )
+        if validation_cache is not None:
+            validation_batches = validation_cache.batches(4096)
+        else:
+            validation_batches = validation.iter_torch_batches(batch_size=4096, dtypes=torch.float32, device=device)
+        shard = validation_histogram(plain, kind, validation_batches, bins)
         summed, total_rows, total_loss = _agree(shard, rows, loss_sum, device, world)
         aucpr, aucroc, mean_score = _validation_figures(summed, bins)
         # The autoencoder's score is its reconstruction error: their mean is its validation loss.
@@ -339,7 +366,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             "train_rows": int(total_rows),
             "train_seconds": train_seconds,
             "train_rows_per_s": total_rows / train_seconds if train_seconds > 0 else math.nan,
-            "ingest": "cache" if cache_shard else "stream",
+            "ingest": ("whole" if whole else "cache") if cache_shard else "stream",
             **clock.metrics(),  # this worker's (rank 0's in the history); see StageClock
             "epoch_seconds": time.perf_counter() - started,
             "best_epoch": stopping.best_epoch,
@@ -501,6 +528,7 @@ def fit_model(
 
     t, ray_settings = settings.train, settings.ray
     storage_path = checkpoint_storage(settings)
+    cache_shard = fits_worker_cache(train, ray_settings.num_workers, t.worker_cache_mb)
     config = {
         "architecture": dict(architecture),
         "epochs": t.epochs,
@@ -511,7 +539,9 @@ def fit_model(
         "seed": t.seed,
         "pos_weight": pos_weight,
         "shuffle_buffer_rows": t.shuffle_buffer_rows,
-        "cache_shard": fits_worker_cache(train, ray_settings.num_workers, t.worker_cache_mb),
+        "cache_shard": cache_shard,
+        # Only where the shards are held: a streamed whole split would train every worker on every row.
+        "read_whole": cache_shard and reads_whole(train, validation, t.whole_read_mb),
         "cpus_per_worker": ray_settings.cpus_per_worker,
         "on_epoch_end": on_epoch_end,
         "supervised": supervised,
@@ -536,7 +566,7 @@ def fit_model(
         datasets={"train": train, "validation": validation},
         # Both splits are sharded (validation without dropping rows: see _ShardedIngest), and read
         # in their materialized order, so a run is reproducible (see prepare_datasets).
-        dataset_config=_sharded_ingest(),
+        dataset_config=_sharded_ingest(split=not config["read_whole"]),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -556,10 +586,14 @@ def fit_model(
     )
 
 
-def _sharded_ingest():
+def _sharded_ingest(split: bool = True):
     """Ray Train's DataConfig with the training split sharded in equal parts (DDP needs the same
-    steps on every worker) and the validation split in parts that drop no row."""
+    steps on every worker) and the validation split in parts that drop no row; without `split`,
+    every worker gets both whole (`reads_whole`: each keeps its slice)."""
     from ray.train import DataConfig
+
+    if not split:
+        return DataConfig(datasets_to_split=[], execution_options=_ordered_ingest())
 
     class _ShardedIngest(DataConfig):
         def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
