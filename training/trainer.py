@@ -211,7 +211,7 @@ class ShardCache:
 
     def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         """The rows in their order, in slices (views) of `batch_size`: the validation pass."""
-        return ({"x": self.x[i : i + batch_size], "y": self.y[i : i + batch_size]} for i in range(0, len(self.y), batch_size))
+        return _slices(self.x, self.y, batch_size)
 
     def truncate(self, rows: int) -> None:
         """Keep the first `rows`: every DDP worker must take the same number of steps."""
@@ -224,7 +224,12 @@ class ShardCache:
         order = torch.randperm(len(self), generator=generator).to(self.x.device)
         x, y = self.x[order], self.y[order]
         clock.add("shuffle", time.perf_counter() - started)
-        return ({"x": x[i : i + batch_size], "y": y[i : i + batch_size]} for i in range(0, len(y), batch_size))
+        return _slices(x, y, batch_size)
+
+
+def _slices(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of `batch_size` rows (the last one shorter), as views of `x` and `y`."""
+    return ({"x": x[i : i + batch_size], "y": y[i : i + batch_size]} for i in range(0, len(y), batch_size))
 
 
 def _shard_rows_agreed(rows: int, device: torch.device, world: int) -> int:
@@ -238,25 +243,28 @@ def _shard_rows_agreed(rows: int, device: torch.device, world: int) -> int:
     return int(fewest.item())
 
 
+def _materialized_bytes(*datasets: "ray.data.Dataset") -> int | None:
+    """The datasets' bytes together, from their blocks' metadata; None unless all are materialized
+    (a lazy dataset's size is unknown without running it)."""
+    from ray.data.dataset import MaterializedDataset
+
+    if not all(isinstance(d, MaterializedDataset) for d in datasets):
+        return None
+    sizes = [d.size_bytes() for d in datasets]
+    return None if None in sizes else sum(sizes)
+
+
 def reads_whole(train: "ray.data.Dataset", validation: "ray.data.Dataset", whole_read_mb: int) -> bool:
     """Whether the workers read both splits whole and slice them: both together are at most
     `whole_read_mb` MiB. Known only for materialized datasets."""
-    from ray.data.dataset import MaterializedDataset
-
-    if not (isinstance(train, MaterializedDataset) and isinstance(validation, MaterializedDataset)):
-        return False
-    sizes = (train.size_bytes(), validation.size_bytes())
-    return None not in sizes and sum(sizes) <= whole_read_mb * 2**20
+    size = _materialized_bytes(train, validation)
+    return size is not None and size <= whole_read_mb * 2**20
 
 
 def fits_worker_cache(train: "ray.data.Dataset", num_workers: int, cache_mb: int) -> bool:
     """Whether each worker can hold its shard of `train` and its shuffled copy in `cache_mb` MiB.
     Known only for a materialized dataset (its size is in the block metadata); otherwise False."""
-    from ray.data.dataset import MaterializedDataset
-
-    if cache_mb <= 0 or not isinstance(train, MaterializedDataset):
-        return False
-    size = train.size_bytes()
+    size = _materialized_bytes(train) if cache_mb > 0 else None
     return size is not None and 2 * size / num_workers <= cache_mb * 2**20
 
 
